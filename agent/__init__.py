@@ -1,0 +1,1 @@
+"""The hostplane host agent: inventory, VMs and passthrough, host networks."""

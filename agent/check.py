@@ -1,0 +1,79 @@
+"""`hostplane-agent check`: could this host pass a GPU through, and if not, what to change."""
+
+import os
+
+from agent.hostinfo import host_facts, vfio_module_state
+from agent.inventory.sysfs import SysfsTree
+
+
+def libvirt_probe(uri):
+    """{"ok", "uri", "version", "error"} from a read-only connection attempt."""
+    try:
+        import libvirt
+    except ImportError:
+        return {"ok": False, "uri": uri, "version": None, "error": "libvirt-python not installed"}
+    try:
+        conn = libvirt.openReadOnly(uri)
+    except libvirt.libvirtError as exc:
+        return {"ok": False, "uri": uri, "version": None, "error": str(exc)}
+    try:
+        version = conn.getLibVersion()
+        return {"ok": True, "uri": uri, "error": None,
+                "version": f"{version // 1000000}.{version // 1000 % 1000}.{version % 1000}"}
+    finally:
+        conn.close()
+
+
+def readiness_rows(config, libvirt_status=None):
+    """[(check, ok, observed, what to change)] for the readiness table."""
+    sysfs = SysfsTree(config["host"]["sysfs_root"])
+    facts = host_facts(sysfs, config["host"]["proc_root"])
+    iommu = facts["iommu"]
+    vfio = vfio_module_state(sysfs)
+    libvirt_status = libvirt_status or libvirt_probe(config["libvirt"]["uri"])
+    cpu_flags = _cpu_vendor_hint(config["host"]["proc_root"])
+    param = "amd_iommu=on iommu=pt" if cpu_flags == "amd" else "intel_iommu=on iommu=pt"
+    firmware = "AMD-Vi/IOMMU" if cpu_flags == "amd" else "VT-d"
+    return [
+        ("IOMMU enabled in kernel", iommu["kernel_enabled"],
+         " ".join(iommu["cmdline_flags"]) or "no iommu flag on the command line",
+         f"add '{param}' to the kernel command line (GRUB_CMDLINE_LINUX), update-grub, reboot"),
+        ("IOMMU groups present", iommu["ready"], f"{iommu['groups']} groups",
+         f"enable {firmware} in the BIOS/firmware setup, and the kernel parameter above; reboot"),
+        ("vfio-pci module", vfio in ("loaded", "available"), vfio,
+         "install the kernel's modules package, then 'modprobe vfio-pci'"),
+        ("KVM device", facts["kvm"], "/dev/kvm present" if facts["kvm"] else "no /dev/kvm",
+         "enable virtualisation (VT-x/AMD-V) in firmware, load kvm_intel/kvm_amd"),
+        ("libvirt reachable", libvirt_status["ok"],
+         libvirt_status["version"] or libvirt_status["error"] or "unknown",
+         f"start libvirtd, check [libvirt] uri ({libvirt_status['uri']})"),
+    ]
+
+
+def run_check(config, out=print):
+    rows = readiness_rows(config)
+    width = max(len(row[0]) for row in rows)
+    out(f"{'CHECK':<{width}}  {'OK':<3}  OBSERVED")
+    for name, ok, observed, _ in rows:
+        out(f"{name:<{width}}  {'yes' if ok else 'NO':<3}  {observed}")
+    failed = [row for row in rows if not row[1]]
+    if failed:
+        out("")
+        out("A GPU could not be passed through on this host. To change:")
+        for name, _, _, fix in failed:
+            out(f"- {name}: {fix}")
+        return 1
+    out("")
+    out("Ready: GPUs on this host can be passed through.")
+    return 0
+
+
+def _cpu_vendor_hint(proc_root):
+    try:
+        with open(os.path.join(proc_root, "cpuinfo"), encoding="utf-8") as handle:
+            for line in handle:
+                if line.startswith("vendor_id"):
+                    return "amd" if "AMD" in line else "intel"
+    except OSError:
+        pass
+    return "intel"

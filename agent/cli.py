@@ -1,0 +1,73 @@
+"""`hostplane-agent`: serve (default), inventory, check."""
+
+import argparse
+import json
+import os
+import sys
+
+from agent.config import check_serving_config, host_id, load_agent_config
+from hostplane.config import ConfigError
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="hostplane-agent",
+                                     description="hostplane host agent")
+    parser.add_argument("--config", help="config file (default /etc/hostplane/agent.toml)")
+    commands = parser.add_subparsers(dest="command")
+    serve = commands.add_parser("serve", help="run the agent API under gunicorn (default)")
+    serve.add_argument("--bind", help="override [server] bind")
+    inventory = commands.add_parser("inventory", help="print the device inventory as JSON")
+    inventory.add_argument("--sysfs-root", help="read a captured sysfs tree instead of /sys")
+    inventory.add_argument("--compact", action="store_true", help="one line of JSON")
+    commands.add_parser("check", help="can this host pass GPUs through? exit 1 if not")
+    args = parser.parse_args(argv)
+    try:
+        overrides = {}
+        if getattr(args, "sysfs_root", None):
+            overrides["host"] = {"sysfs_root": args.sysfs_root, "watch_udev": False}
+        config = load_agent_config(args.config, overrides=overrides)
+        if args.command == "inventory":
+            return print_inventory(config, args.compact)
+        if args.command == "check":
+            from agent.check import run_check
+            return run_check(config)
+        return serve_forever(config, args)
+    except ConfigError as exc:
+        print(f"hostplane-agent: {exc}", file=sys.stderr)
+        return 2
+
+
+def print_inventory(config, compact=False):
+    from agent.services import Agent
+    config["host"]["watch_udev"] = False
+    if not config["host"]["id"]:
+        try:
+            host_id(config)
+        except ConfigError:
+            config["host"]["id"] = "unknown"
+    config["host"]["state_dir"] = ""
+    agent = Agent(config)
+    agent.inventory.scan()
+    body = json.loads(agent.inventory.body()[0])
+    body["host_id"] = agent.host_id
+    print(json.dumps(body, indent=None if compact else 2))
+    return 0
+
+
+def serve_forever(config, args):
+    check_serving_config(config)
+    server = config["server"]
+    command = [sys.executable, "-m", "gunicorn", "--bind", args.bind or server["bind"],
+               "--workers", str(server["workers"]), "--access-logfile", "-",
+               "--graceful-timeout", "30"]
+    if server["tls_cert"]:
+        command += ["--certfile", server["tls_cert"], "--keyfile", server["tls_key"]]
+    command.append("agent.app:create_app()")
+    if args.config:
+        os.environ["HOSTPLANE_AGENT_CONFIG"] = os.path.abspath(args.config)
+    os.execv(sys.executable, command)
+    return 0  # not reached
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,54 @@
+"""Agent configuration: defaults, file, environment (see INTERFACE.md)."""
+
+import os
+
+from hostplane.config import ConfigError, load_config
+from hostplane.core.pci import DEFAULT_CRITICAL_DRIVERS
+
+DEFAULT_PATH = "/etc/hostplane/agent.toml"
+DEFAULTS = {
+    "server": {"bind": "0.0.0.0:7070", "token": "", "insecure": False, "tls_cert": "",
+               "tls_key": "", "require_tls": False, "workers": 2, "max_body_kb": 256,
+               "metrics_token": False},
+    "libvirt": {"uri": "qemu:///system", "detach_timeout_s": 10.0, "stop_timeout_s": 60.0},
+    "host": {"id": "", "controller_url": "", "sysfs_root": "/sys", "proc_root": "/proc",
+             "state_dir": "/var/lib/hostplane", "watch_udev": True,
+             "critical_drivers": list(DEFAULT_CRITICAL_DRIVERS), "pci_ids": ""},
+    "network": {"netns": ""},
+}
+
+
+def load_agent_config(path=None, environ=None, overrides=None):
+    environ = os.environ if environ is None else environ
+    path = path or environ.get("HOSTPLANE_AGENT_CONFIG") or DEFAULT_PATH
+    config = load_config(DEFAULTS, path, environ)
+    for section, values in (overrides or {}).items():
+        config[section].update(values)
+    return config
+
+
+def check_serving_config(config):
+    """Raise ConfigError with the one-line reason the agent must not serve."""
+    server = config["server"]
+    if not server["token"] and not server["insecure"]:
+        raise ConfigError("no API token: set [server] token in /etc/hostplane/agent.toml or "
+                          "HOSTPLANE_SERVER_TOKEN (or insecure = true for a lab)")
+    if bool(server["tls_cert"]) != bool(server["tls_key"]):
+        raise ConfigError("[server] tls_cert and tls_key must be given together")
+    if server["require_tls"] and not server["tls_cert"]:
+        raise ConfigError("[server] require_tls is set but no tls_cert/tls_key is configured")
+
+
+def host_id(config):
+    """`[host] id`, else /etc/machine-id: stable across agent restarts."""
+    if config["host"]["id"]:
+        return config["host"]["id"]
+    for path in ("/etc/machine-id", "/var/lib/dbus/machine-id"):
+        try:
+            with open(path, encoding="ascii") as handle:
+                value = handle.read().strip()
+            if value:
+                return value
+        except OSError:
+            continue
+    raise ConfigError("no host id: set [host] id or HOSTPLANE_HOST_ID (no /etc/machine-id)")

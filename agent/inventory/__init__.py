@@ -1,0 +1,1 @@
+"""The host's device inventory: sysfs and udev readers, names, the live store."""

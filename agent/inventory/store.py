@@ -1,0 +1,175 @@
+"""The agent's live view of its devices, with a generation and a cached JSON body.
+
+Readers (sysfs for PCI, udev or a captured tree for USB) fill it; the hot-plug monitor
+updates one device at a time; the libvirt side pushes who holds what. Every change
+recomputes a digest, so `generation` and the ETag move exactly when the answer does,
+and the JSON body is serialised once per change rather than once per request.
+"""
+
+import hashlib
+import json
+import threading
+
+from hostplane.core.pci import build_pci_inventory
+from hostplane.core.usb import build_usb_device
+
+
+class Inventory:
+    def __init__(self, sysfs, usb_source, generation, critical_drivers, names=None):
+        self.sysfs = sysfs
+        self.usb_source = usb_source
+        self.critical_drivers = tuple(critical_drivers)
+        self.names = names
+        self._generation = generation
+        self._lock = threading.RLock()
+        self._pci_records = {}
+        self._pci = {}
+        self._usb = {}
+        self._attachments = {}
+        self._body = None
+        self._listeners = []
+
+    # --- filling ----------------------------------------------------------------------
+    def scan(self):
+        """Read every PCI function and USB device afresh."""
+        records = {r["address"]: r for r in self.sysfs.read_pci_functions()}
+        usb = self._build_usb(self.usb_source.all())
+        with self._lock:
+            self._pci_records = records
+            self._rebuild_pci()
+            self._usb = usb
+            self._changed("scan")
+
+    def refresh_pci(self, address):
+        """Re-read one function after a hot-plug, bind or unbind event."""
+        record = self.sysfs.read_pci_function(address)
+        with self._lock:
+            if record is None:
+                self._pci_records.pop(address, None)
+            else:
+                self._pci_records[address] = record
+            self._rebuild_pci()
+            self._changed(f"pci {address}")
+
+    def refresh_usb(self, sys_name, attrs):
+        """Add or replace the USB device at port `sys_name`; attrs None means removed."""
+        with self._lock:
+            current = {d["port"]: d for d in self._usb.values() if d["port"] != sys_name}
+            if attrs is not None:
+                device = build_usb_device(sys_name, attrs)
+                current[sys_name] = device
+            self._usb = _unique_usb_ids(list(current.values()))
+            self._changed(f"usb {sys_name}")
+
+    def set_attachments(self, attachments):
+        """{"pci:<id>" | "usb:<id>": vm name} as libvirt's domain XML says."""
+        with self._lock:
+            if attachments == self._attachments:
+                return
+            self._attachments = dict(attachments)
+            self._body = None
+            self._changed("attachments")
+
+    def add_listener(self, callback):
+        """callback(generation, reason) after every change (used to notify the controller)."""
+        self._listeners.append(callback)
+
+    # --- reading ----------------------------------------------------------------------
+    def pci(self, device_id):
+        with self._lock:
+            device = self._pci.get(device_id)
+            return None if device is None else self._with_holder("pci", device)
+
+    def usb(self, device_id):
+        with self._lock:
+            device = self._usb.get(device_id)
+            return None if device is None else self._with_holder("usb", device)
+
+    def pci_devices(self):
+        with self._lock:
+            return [self._with_holder("pci", d) for d in self._pci.values()]
+
+    def usb_devices(self):
+        with self._lock:
+            return [self._with_holder("usb", d) for d in self._usb.values()]
+
+    def iommu_groups(self):
+        groups = {}
+        for device in self.pci_devices():
+            if device["iommu_group"] is not None:
+                groups.setdefault(device["iommu_group"], []).append(device)
+        return [{"group": number, "devices": sorted(d["id"] for d in members),
+                 "viable": all(d["assignable"] for d in members),
+                 "attached_to": sorted({d["attached_to"] for d in members if d["attached_to"]})}
+                for number, members in sorted(groups.items())]
+
+    @property
+    def generation(self):
+        return self.body()[1]
+
+    def body(self):
+        """(JSON bytes, generation, etag) of `GET /v1/devices`, cached per change."""
+        with self._lock:
+            if self._body is None:
+                self._body = self._render()
+            return self._body
+
+    def counts(self):
+        """{(kind, type): n} for metrics."""
+        totals = {}
+        for device in self.pci_devices():
+            key = ("pci", device["type"], "attached" if device["attached_to"] else "free")
+            totals[key] = totals.get(key, 0) + 1
+        for device in self.usb_devices():
+            key = ("usb", "hub" if device["is_hub"] else "usb",
+                   "attached" if device["attached_to"] else "free")
+            totals[key] = totals.get(key, 0) + 1
+        return totals
+
+    # --- internals ----------------------------------------------------------------------
+    def _build_usb(self, items):
+        return _unique_usb_ids([build_usb_device(name, attrs) for name, attrs in items])
+
+    def _rebuild_pci(self):
+        self._pci = build_pci_inventory(self._pci_records.values(), self.critical_drivers,
+                                        self.names)
+
+    def _with_holder(self, kind, device):
+        device = dict(device)
+        device["attached_to"] = self._attachments.get(f"{kind}:{device['id']}")
+        return device
+
+    def _render(self):
+        pci = self.pci_devices()
+        usb = self.usb_devices()
+        content = json.dumps({"pci": pci, "usb": usb}, sort_keys=True,
+                             separators=(",", ":")).encode()
+        digest = hashlib.sha256(content).hexdigest()
+        generation = self._generation.observe(digest)
+        payload = b'{"generation":%d,' % generation + content[1:]
+        return payload, generation, f'"{generation}-{digest[:20]}"'
+
+    def _changed(self, reason):
+        before = self._body[1] if self._body is not None else None
+        self._body = None
+        _, generation, _ = self.body()
+        if generation != before:
+            for callback in list(self._listeners):
+                callback(generation, reason)
+
+
+def _unique_usb_ids(devices):
+    """Key by id; devices sharing a serial (cheap sticks do) fall back to port ids."""
+    by_id = {}
+    for device in devices:
+        by_id.setdefault(device["id"], []).append(device)
+    result = {}
+    for device_id, same in by_id.items():
+        if len(same) == 1:
+            result[device_id] = same[0]
+            continue
+        for device in same:
+            device = dict(device)
+            device["id"] = f"{device['vendor_id']}:{device['product_id']}@{device['port']}"
+            result[device["id"]] = device
+    return dict(sorted(result.items()))

@@ -1,0 +1,87 @@
+"""The agent's adapters wired together: one `Agent` per process, built from config.
+
+Blueprints reach it through `current_agent()`. Each adapter is pointed by config
+(sysfs root, libvirt URI, network namespace), which is how tests use real parts.
+"""
+
+import logging
+import os
+import uuid
+
+from flask import current_app
+
+from agent.config import host_id as configured_host_id
+from agent.hostinfo import host_facts
+from agent.inventory.generation import SharedGeneration
+from agent.inventory.pciids import shared_pciids
+from agent.inventory.store import Inventory
+from agent.inventory.sysfs import SysfsTree
+from agent.inventory.udev import TreeUsbSource, UdevUsbSource
+from hostplane import __version__
+
+log = logging.getLogger(__name__)
+
+
+class Agent:
+    def __init__(self, config):
+        self.config = config
+        self.version = __version__
+        self.host_id = configured_host_id(config)
+        self.boot_id = uuid.uuid4().hex
+        host = config["host"]
+        self.sysfs = SysfsTree(host["sysfs_root"])
+        self.live_host = os.path.realpath(host["sysfs_root"]) == "/sys"
+        usb_source = UdevUsbSource() if self.live_host else TreeUsbSource(self.sysfs)
+        pciids = shared_pciids(host["pci_ids"] or None)
+        self.inventory = Inventory(
+            self.sysfs, usb_source,
+            SharedGeneration(os.path.join(host["state_dir"], "inventory.generation")
+                             if host["state_dir"] else None),
+            host["critical_drivers"], names=pciids.names if pciids.available else None)
+        self.monitor = None
+        self.virt = None        # libvirt adapter (agent.virt), set by start()
+        self.networks = None    # netlink adapter (agent.net), set by start()
+
+    def start(self):
+        self.inventory.scan()
+        if self.config["host"]["controller_url"]:
+            from agent.notify import ControllerNotifier
+            self.inventory.add_listener(ControllerNotifier(
+                self.config["host"]["controller_url"], self.host_id, self.boot_id,
+                self.config["server"]["token"]))
+        if self.live_host and self.config["host"]["watch_udev"]:
+            self._start_monitor()
+
+    def _start_monitor(self):
+        from agent.inventory.udev import HotplugMonitor
+        try:
+            self.monitor = HotplugMonitor(self.inventory, self.inventory.usb_source.context)
+            self.monitor.start()
+        except Exception as exc:  # noqa: BLE001 - no netlink (containers): poll still works
+            log.warning("udev monitor unavailable (%s); hot-plug is seen on rescan only", exc)
+            self.monitor = None
+
+    def host(self):
+        facts = host_facts(self.sysfs, self.config["host"]["proc_root"])
+        facts["host_id"] = self.host_id
+        facts["boot_id"] = self.boot_id
+        facts["agent_version"] = self.version
+        facts["libvirt"] = self.libvirt_status()
+        return facts
+
+    def libvirt_status(self):
+        if self.virt is None:
+            return {"ok": False, "uri": self.config["libvirt"]["uri"], "version": None,
+                    "qemu_version": None, "error": "libvirt adapter not started"}
+        return self.virt.status()
+
+    def close(self):
+        if self.monitor is not None:
+            self.monitor.stop()
+        for adapter in (self.virt, self.networks):
+            if adapter is not None and hasattr(adapter, "close"):
+                adapter.close()
+
+
+def current_agent():
+    return current_app.extensions["hostplane_agent"]

@@ -1,0 +1,1 @@
+"""The hostplane controller: host registry, device inventory, placement."""

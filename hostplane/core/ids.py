@@ -1,0 +1,54 @@
+"""Identities of devices, VMs and networks, and the checks that guard them at the edge.
+
+A PCI device is named by its full address (`0000:01:00.0`). A USB device is named by
+what survives a replug: `vid:pid:serial` when it has a serial, else `vid:pid@port` with
+the sysfs port path (`1-1.2`). Bus and device numbers change on every replug, so they
+are reported but never used as an id.
+"""
+
+import re
+
+PCI_ADDRESS = re.compile(r"^[0-9a-f]{4}:[0-9a-f]{2}:[0-1][0-9a-f]\.[0-7]$")
+USB_ID = re.compile(r"^[0-9a-f]{4}:[0-9a-f]{4}(?::[A-Za-z0-9._-]{1,126}|@(?:usb[0-9]{1,3}|[0-9]{1,3}-[0-9]{1,3}(?:\.[0-9]{1,3}){0,6}))$")
+OBJECT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+_SERIAL_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
+
+
+class InvalidId(ValueError):
+    """An id or name that can never name anything; the edge answers 400."""
+
+
+def normalize_pci_address(text):
+    """Lower-cased address, or InvalidId; accepts `01:00.0` as domain 0000."""
+    candidate = str(text).strip().lower()
+    if re.fullmatch(r"[0-9a-f]{2}:[0-1][0-9a-f]\.[0-7]", candidate):
+        candidate = "0000:" + candidate
+    if not PCI_ADDRESS.match(candidate):
+        raise InvalidId(f"{text!r} is not a PCI address like 0000:01:00.0")
+    return candidate
+
+
+def usb_id(vendor_id, product_id, serial=None, port=None):
+    """The stable id of a USB device; serials are folded to URL-safe characters."""
+    vendor_id, product_id = vendor_id.lower(), product_id.lower()
+    serial = (serial or "").strip()
+    if serial:
+        return f"{vendor_id}:{product_id}:{_SERIAL_UNSAFE.sub('_', serial)[:126]}"
+    return f"{vendor_id}:{product_id}@{port}"
+
+
+def normalize_usb_id(text):
+    candidate = str(text).strip()
+    head, sep, tail = candidate[:9].lower(), candidate[9:10], candidate[10:]
+    candidate = head + sep + tail
+    if not USB_ID.match(candidate):
+        raise InvalidId(f"{text!r} is not a USB id like 046d:c52b:SERIAL or 046d:c52b@1-1.2")
+    return candidate
+
+
+def check_name(text, what="name"):
+    """VM, network and group names: 1-63 of [A-Za-z0-9_.-], starting alphanumeric."""
+    if not isinstance(text, str) or not OBJECT_NAME.match(text):
+        raise InvalidId(f"{what} {str(text)[:80]!r} must be 1-63 letters, digits, '_', '.' "
+                        "or '-', starting with a letter or digit")
+    return text
