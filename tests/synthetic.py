@@ -243,3 +243,9 @@ def _link(path, target):
     if os.path.lexists(path):
         os.unlink(path)
     os.symlink(os.path.relpath(target, os.path.dirname(path)), path)
+
+
+def small_gpu_host():
+    """Shortcut to `tests.hosts.small_gpu_host` (the host most tests start from)."""
+    from tests.hosts import small_gpu_host as build
+    return build()
