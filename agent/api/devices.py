@@ -25,7 +25,7 @@ def devices():
     return response
 
 
-@bp.get("/v1/devices/pci/<device_id>")
+@bp.get("/v1/devices/pci/<path:device_id>")
 @describe("One PCI function by full address (0000:01:00.0)", tags=["devices"])
 def pci_device(device_id):
     address = _valid(normalize_pci_address, device_id)

@@ -142,8 +142,7 @@ class Inventory:
     def _render(self):
         pci = self.pci_devices()
         usb = self.usb_devices()
-        content = json.dumps({"pci": pci, "usb": usb}, sort_keys=True,
-                             separators=(",", ":")).encode()
+        content = json.dumps({"pci": pci, "usb": usb}, separators=(",", ":")).encode()
         digest = hashlib.sha256(content).hexdigest()
         generation = self._generation.observe(digest)
         payload = b'{"generation":%d,' % generation + content[1:]
