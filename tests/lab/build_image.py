@@ -20,7 +20,7 @@ import subprocess
 import sys
 import time
 
-SCRIPT_VERSION = "1"
+SCRIPT_VERSION = "2"
 SUITE = "bookworm"
 MIRROR = "http://deb.debian.org/debian"
 DEFAULT_CACHE = "/var/cache/hostplane-lab"
@@ -122,7 +122,8 @@ def is_complete(folder):
 # --- build steps -----------------------------------------------------------
 
 def download_kernel(work, kernel_pkg):
-    run(["apt-get", "download", kernel_pkg], cwd=work)
+    run(["apt-get", "-q", "-o", "APT::Sandbox::User=root", "download",
+         kernel_pkg], cwd=work)
     debs = [f for f in os.listdir(work)
             if f.startswith(kernel_pkg + "_") and f.endswith(".deb")]
     return os.path.join(work, debs[0])
@@ -173,8 +174,9 @@ def configure(rootfs, folder):
           "[Network]\nLinkLocalAddressing=no\nConfigureWithoutCarrier=yes\n")
     run(["chroot", rootfs, "systemctl", "enable", "systemd-networkd"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # Units that only slow a TCG boot down.
     run(["chroot", rootfs, "systemctl", "mask",
-         "systemd-networkd-wait-online.service"])
+         "systemd-networkd-wait-online.service", "e2scrub_reap.service"])
     # Root shell on the serial console, for debugging a node that has no SSH.
     write(rootfs, "/etc/systemd/system/serial-getty@ttyS0.service.d/auto.conf",
           "[Service]\nExecStart=\nExecStart=-/sbin/agetty --autologin root "
@@ -196,8 +198,10 @@ def configure(rootfs, folder):
         with open(conf, "a") as f:
             f.write('\nuser = "root"\ngroup = "root"\n'
                     'security_driver = "none"\n')
+    # Only the listed modules (and their dependencies): a small initrd.
     write(rootfs, "/etc/initramfs-tools/modules",
           "\n".join(INITRAMFS_MODULES) + "\n")
+    write(rootfs, "/etc/initramfs-tools/conf.d/lab.conf", "MODULES=list\n")
 
 
 def make_initramfs(rootfs, kver):
@@ -230,6 +234,16 @@ def make_fs(rootfs, folder):
     run(["mkfs.ext4", "-q", "-F", "-L", "hplab-root", "-d", rootfs, img,
          f"{size_mb}M"])
     log(f"root.img: {size_mb} MiB file system, rootfs {used} MiB")
+
+
+def prune(root, keep):
+    """Drop images of older inputs (3 GB sparse each); keep debs/ and run/."""
+    for name in os.listdir(root):
+        base = name.split(".")[0]
+        if len(base) == 16 and base != keep and \
+                all(c in "0123456789abcdef" for c in base):
+            log(f"removing stale image {name}")
+            shutil.rmtree(os.path.join(root, name))
 
 
 def build(root, force=False):
@@ -268,10 +282,12 @@ def build(root, force=False):
                                            time.gmtime())), f, indent=1)
     shutil.rmtree(rootfs)
     shutil.rmtree(os.path.join(work, "kernel"))
+    os.unlink(deb)
     if os.path.exists(folder):
         shutil.rmtree(folder)
     os.rename(work, folder)
     log(f"image ready in {folder}")
+    prune(root, digest)
     steps.summary()
     return folder
 

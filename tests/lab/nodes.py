@@ -83,12 +83,18 @@ class QMP:
             elif "return" in resp:
                 return resp["return"]
 
-    def wait_event(self, name, timeout=30):
-        """Return the first event called name (also ones seen earlier)."""
+    def wait_event(self, name, timeout=30, **data):
+        """First event called name whose data has these items (seen ones too).
+
+        E.g. wait_event("DEVICE_DELETED", device="usbstor1"): QEMU also
+        reports the removal of a device's children, under other paths.
+        """
         deadline = time.monotonic() + timeout
         while True:
             for ev in self.events:
-                if ev["event"] == name:
+                evd = ev.get("data", {})
+                if ev["event"] == name and all(evd.get(k) == v
+                                               for k, v in data.items()):
                     self.events.remove(ev)
                     return ev
             left = deadline - time.monotonic()
@@ -299,7 +305,7 @@ def qemu_command(n, paths, d, ssh_port, l2, mem_mb=MEM_MB, smp=1):
             "-device", "bochs-display,bus=rp2",
             "-drive", f"if=none,id=nvm0,format=raw,file={d}/nvme.img",
             "-device", f"nvme,drive=nvm0,serial=HPLAB{n}NVME0,bus=rp3",
-            "-device", "qemu-xhci,id=xhci,bus=rp4",
+            "-device", "qemu-xhci,id=xhci,p2=8,p3=8,bus=rp4",
             "-device", "usb-tablet,bus=xhci.0",
             "-device", "usb-kbd,bus=xhci.0",
             "-drive", f"if=none,id=usbdisk0,format=raw,file={d}/usb0.img",
