@@ -1,0 +1,60 @@
+"""The device state machine: every status change of a cluster device goes through here.
+
+Like Nova's PCI device object, each transition checks the status it may start from and
+raises `IllegalTransition` naming what was expected, so a racing claim or a stale caller
+fails loudly instead of silently double-assigning a device. Functions take any object with
+`id`, `status`, `vm` and `state` attributes (SQLAlchemy rows included) and change it in place.
+"""
+
+READY, ATTACHED, UNAVAILABLE = "ready", "attached", "unavailable"
+ENABLED, DISABLED = "enabled", "disabled"
+
+
+class IllegalTransition(Exception):
+    def __init__(self, device_id, status, expected, why=None):
+        self.device_id, self.status, self.expected = device_id, status, tuple(expected)
+        message = (f"device {device_id} is {status}, expected "
+                   f"{' or '.join(self.expected)}")
+        super().__init__(f"{message}: {why}" if why else message)
+
+
+def claim(device, vm):
+    """ready → attached to `vm`; only an enabled device is handed out."""
+    _expect(device, (READY,))
+    if device.vm is not None:
+        raise IllegalTransition(device.id, device.status, (READY,), f"held by {device.vm}")
+    if device.state != ENABLED:
+        raise IllegalTransition(device.id, device.status, (READY,), "disabled by admin")
+    device.status, device.vm = ATTACHED, vm
+
+
+def release(device, vm):
+    """attached to `vm` → ready; releasing on behalf of another VM is refused."""
+    _expect(device, (ATTACHED,))
+    if device.vm != vm:
+        raise IllegalTransition(device.id, device.status, (ATTACHED,),
+                                f"held by {device.vm}, not {vm}")
+    device.status, device.vm = READY, None
+
+
+def mark_unavailable(device):
+    """Gone or replaced on its host: the holder is kept so the operator sees the conflict."""
+    device.status = UNAVAILABLE
+
+
+def can_delete(device):
+    return device.status == UNAVAILABLE
+
+
+def enable(device):
+    device.state = ENABLED
+
+
+def disable(device):
+    """Blocks new claims; a device already attached stays with its VM."""
+    device.state = DISABLED
+
+
+def _expect(device, expected):
+    if device.status not in expected:
+        raise IllegalTransition(device.id, device.status, expected)

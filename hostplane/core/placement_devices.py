@@ -1,0 +1,117 @@
+"""Which devices of one host a request would claim, or why that host cannot give them.
+
+A VM only takes devices of its own host. A GPU is claimed with every other function of its
+IOMMU group (its gpu-audio function, or a second GPU behind the same bridge), since VFIO hands
+a group to one VM or to none. Tenants see only devices an admin shared, and never USB.
+"""
+
+from hostplane.core.placement_index import device_blocker
+from hostplane.core.usb import PER_VM_LIMITS
+
+
+def pick_pci(asks, host_id, index, shared_only):
+    """((("pci", id), ...), reasons) for the GPU asks on this host; asks by id go first."""
+    taken = {}        # id → None, in claim order: asked devices and their group siblings
+    counted = set()   # ids that satisfied an ask
+    reasons = []
+    for ask in sorted(asks, key=lambda ask: ask.id is None):
+        if ask.id is not None:
+            _pick_by_id(ask.id, host_id, index, shared_only, taken, counted, reasons)
+        else:
+            _pick_by_model(ask, host_id, index, shared_only, taken, counted, reasons)
+    return tuple(("pci", device_id) for device_id in taken), reasons
+
+
+def _pick_by_id(device_id, host_id, index, shared_only, taken, counted, reasons):
+    device = index.device(host_id, "pci", device_id)
+    if device is None or (shared_only and not device.shared):
+        reasons.append(f"no PCI device {device_id} on this host")
+        return
+    if device_id in counted:
+        reasons.append(f"PCI device {device_id} asked twice")
+        return
+    if device_id not in taken:
+        blocker = index.blockers.get((host_id, device_id))
+        if blocker:
+            reasons.append(blocker)
+            return
+        _take(device, index, taken)
+    counted.add(device_id)
+
+
+def _pick_by_model(ask, host_id, index, shared_only, taken, counted, reasons):
+    model = f"{ask.vendor_id}:{ask.device_id}"
+    gpus = index.gpu_models.get((ask.vendor_id, ask.device_id), {}).get(host_id, ())
+    if shared_only:
+        gpus = [gpu for gpu in gpus if gpu.shared]
+    if not gpus:
+        reasons.append(f"no GPU {model} on this host")
+        return
+    got, blocked = 0, []
+    for gpu in gpus:
+        if got == ask.count:
+            break
+        if gpu.id in counted:
+            continue
+        if gpu.id not in taken:
+            blocker = index.blockers.get((host_id, gpu.id))
+            if blocker:
+                blocked.append(blocker)
+                continue
+            _take(gpu, index, taken)
+        counted.add(gpu.id)
+        got += 1
+    if got < ask.count:
+        reasons.extend(blocked)
+        plural = "GPU" if ask.count == 1 else "GPUs"
+        reasons.append(f"only {got} of {ask.count} {plural} {model} free")
+
+
+def _take(device, index, taken):
+    taken[device.id] = None
+    for sibling in index.siblings(device):
+        taken[sibling.id] = None
+
+
+def pick_usb(usb_ids, host_id, index, usb_hosts):
+    """((("usb", id), ...), reasons): every USB device of a VM sits on the VM's host."""
+    claims, reasons = [], []
+    for usb_id in usb_ids:
+        device = index.device(host_id, "usb", usb_id)
+        if device is None:
+            elsewhere = usb_hosts.get(usb_id)
+            if elsewhere:
+                reasons.append(f"USB {usb_id} is on {', '.join(elsewhere)}")
+            continue   # found nowhere: a reason on every host, see usb_global_reasons
+        blocker = device_blocker(device)
+        if blocker:
+            reasons.append(blocker)
+        else:
+            claims.append(("usb", usb_id))
+    return tuple(claims), reasons
+
+
+def usb_global_reasons(request, index):
+    """Reasons that reject every host alike: admin-only, unknown devices, per-VM limits."""
+    if not request.usb:
+        return []
+    reasons = []
+    if request.tenant is not None:
+        reasons.append("USB devices are admin-only")
+    majors = {}
+    for usb_id in dict.fromkeys(request.usb):
+        hosts = index.usb_hosts(usb_id)
+        if not hosts:
+            reasons.append(f"USB {usb_id} not found on any host")
+            continue
+        major = index.device(hosts[0], "usb", usb_id).usb_major
+        majors[major] = majors.get(major, 0) + 1
+    if request.existing_vm is not None:
+        for device in index.held.get(request.existing_vm.name, ()):
+            if device.kind == "usb" and device.id not in request.usb:
+                majors[device.usb_major] = majors.get(device.usb_major, 0) + 1
+    for major, count in sorted(majors.items(), key=lambda item: item[0] or 0):
+        limit = PER_VM_LIMITS.get(major)
+        if limit is not None and count > limit:
+            reasons.append(f"USB {major}.x limit: {count} for this VM, at most {limit}")
+    return reasons

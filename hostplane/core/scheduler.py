@@ -1,0 +1,258 @@
+"""Device-locality placement: (request, snapshot of the cluster) → ranked hosts and reasons.
+
+Pure and deterministic. The controller builds a `Snapshot` from its database, asks `place`,
+then claims `Placement.chosen.devices` in one transaction. Every rejected host carries the
+reasons an operator reads in a 422 or in `POST /v1/schedule/explain`, so a reason names the
+thing to fix ("GPU 0000:3b:00.0 attached to vm-7"), never a code.
+
+Scores: the share of the strategy's resource (CPU or memory) left free on the host after the
+placement, minus one per VM of the same soft anti-affinity group already there; higher is better.
+"""
+
+from dataclasses import dataclass, field
+
+from hostplane.core.placement_devices import pick_pci, pick_usb, usb_global_reasons
+from hostplane.core.placement_index import SnapshotIndex
+from hostplane.core.usb import PER_VM_LIMITS
+
+USB_LIMITS = PER_VM_LIMITS
+STRATEGIES = ("least-cpu", "least-memory")
+ANTI_AFFINITY_MODES = ("enforced", "soft")
+STRATEGY_MODES = ("enforced", "preferred")
+
+
+@dataclass(frozen=True, slots=True)
+class HostView:
+    id: str
+    cluster: str
+    status: str            # connecting | connected | disconnected
+    state: str             # enabled | disabled | maintenance
+    iommu_enabled: bool    # the controller's admin switch
+    iommu_ready: bool      # what the agent reports: kernel IOMMU on and ready
+    cpu_threads: int
+    memory_mib: int
+    used_vcpus: int        # sums over VMs placed or claimed on the host
+    used_memory_mib: int
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceView:
+    host_id: str
+    kind: str              # pci | usb
+    id: str
+    type: str              # gpu, gpu-audio, nic, ... or usb
+    vendor_id: str
+    product_id: str        # PCI device_id or USB product_id
+    state: str             # enabled | disabled
+    status: str            # ready | attached | unavailable
+    vm: str | None
+    shared: bool
+    assignable: bool
+    iommu_group: int | None
+    usb_major: int | None
+    name: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class VmView:
+    name: str
+    host_id: str
+    state: str
+    anti_affinity_group: str | None = None
+    tenant: str | None = None
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The cluster as the database saw it; indexes are built once, on construction."""
+    hosts: tuple
+    devices: tuple
+    vms: tuple
+    index: SnapshotIndex = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self):
+        for name in ("hosts", "devices", "vms"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+        object.__setattr__(self, "index", SnapshotIndex(self.hosts, self.devices, self.vms))
+
+    @classmethod
+    def build(cls, hosts, devices, vms):
+        return cls(tuple(hosts), tuple(devices), tuple(vms))
+
+
+@dataclass(frozen=True, slots=True)
+class GpuAsk:
+    """One GPU by PCI address, or `count` GPUs of one vendor/device model."""
+    id: str | None = None
+    vendor_id: str | None = None
+    device_id: str | None = None
+    count: int = 1
+
+    def __post_init__(self):
+        if self.id is None and (self.vendor_id is None or self.device_id is None):
+            raise ValueError("a GPU is asked by id or by vendor_id and device_id")
+        if self.count < 1:
+            raise ValueError("GPU count must be at least 1")
+
+
+@dataclass(frozen=True)
+class PlacementRequest:
+    name: str
+    vcpus: int
+    memory_mib: int
+    gpus: tuple = ()
+    usb: tuple = ()
+    host: str | None = None
+    cluster: str | None = None
+    anti_affinity_group: str | None = None
+    anti_affinity: str = "enforced"
+    strategy: str = "least-cpu"
+    tenant: str | None = None          # None: admin
+    existing_vm: VmView | None = None  # adding devices to a VM that already exists
+
+    def __post_init__(self):
+        object.__setattr__(self, "gpus", tuple(self.gpus))
+        object.__setattr__(self, "usb", tuple(self.usb))
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}")
+        if self.anti_affinity not in ANTI_AFFINITY_MODES:
+            raise ValueError(f"anti_affinity must be one of {', '.join(ANTI_AFFINITY_MODES)}")
+
+
+@dataclass(frozen=True)
+class Policy:
+    cpu_overcommit: float = 4.0
+    memory_overcommit: float = 1.0
+    strategy_mode: str = "preferred"
+    strategy_limit: float = 0.8   # enforced mode: highest share of the resource in use after placing
+
+    def __post_init__(self):
+        if self.strategy_mode not in STRATEGY_MODES:
+            raise ValueError(f"strategy_mode must be one of {', '.join(STRATEGY_MODES)}")
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    host_id: str
+    score: float
+    devices: tuple   # ((kind, id), ...) to claim, IOMMU-group siblings included
+
+
+@dataclass(frozen=True)
+class Placement:
+    ranked: tuple
+    rejected: dict
+
+    @property
+    def chosen(self):
+        return self.ranked[0] if self.ranked else None
+
+
+def place(request, snapshot, policy=Policy()):
+    """Rank every host able to run the request; give every other host its reasons."""
+    index = snapshot.index
+    everywhere = usb_global_reasons(request, index)
+    judge = _Judge(request, policy, index)
+    ranked, rejected = [], {}
+    for host in snapshot.hosts:
+        reasons, score, devices = judge(host)
+        if everywhere:
+            reasons = everywhere + reasons
+        if reasons:
+            rejected[host.id] = tuple(reasons)
+        else:
+            ranked.append(Candidate(host.id, score, devices))
+    ranked.sort(key=lambda c: (-c.score, c.host_id))
+    return Placement(tuple(ranked), rejected)
+
+
+class _Judge:
+    """Per-request constants computed once, then one call per host."""
+
+    def __init__(self, request, policy, index):
+        self.request, self.policy, self.index = request, policy, index
+        vm = request.existing_vm
+        self.vm = vm
+        self.vm_host = index.hosts.get(vm.host_id) if vm else None
+        self.pinned = None   # why this VM cannot leave its host, or None
+        if vm is not None:
+            if vm.state == "running":
+                self.pinned = f"{vm.name} is running on {vm.host_id}"
+            elif index.held.get(vm.name):
+                self.pinned = f"{vm.name} holds devices on {vm.host_id}"
+            elif not request.usb:
+                self.pinned = f"{vm.name} is defined on {vm.host_id}"
+        group = request.anti_affinity_group or (vm.anti_affinity_group if vm else None)
+        self.group_name = group
+        self.group_hosts = index.anti_affinity.get((request.tenant, group), {}) if group else {}
+        self.enforce_group = request.anti_affinity == "enforced"
+        self.cpu_strategy = request.strategy == "least-cpu"
+        self.enforce_strategy = policy.strategy_mode == "enforced"
+        self.usb_hosts = {usb_id: index.usb_hosts(usb_id) for usb_id in request.usb}
+
+    def __call__(self, host):
+        request, vm = self.request, self.vm
+        reasons = list(self.index.host_reasons[host.id])
+        if request.host is not None and host.id != request.host:
+            reasons.append(f"not the requested host {request.host}")
+        if request.cluster is not None and host.cluster != request.cluster:
+            reasons.append(f"in cluster {host.cluster}, not {request.cluster}")
+        at_home = vm is not None and host.id == vm.host_id
+        if vm is not None and not at_home:
+            if self.pinned:
+                reasons.append(self.pinned)
+            elif self.vm_host is not None and host.cluster != self.vm_host.cluster:
+                reasons.append(f"{vm.name} may move only within cluster {self.vm_host.cluster}")
+        cpu_use, memory_use = self._capacity(host, 0 if at_home else 1, reasons)
+        score = self._strategy(cpu_use, memory_use, reasons)
+        score -= self._anti_affinity(host, reasons)
+        devices = ()
+        if request.gpus:
+            if not host.iommu_enabled:
+                reasons.append("host IOMMU switched off")
+            elif not host.iommu_ready:
+                reasons.append("host IOMMU not ready")
+            devices, device_reasons = pick_pci(request.gpus, host.id, self.index,
+                                               shared_only=request.tenant is not None)
+            reasons.extend(device_reasons)
+        if request.usb:
+            usb, usb_reasons = pick_usb(request.usb, host.id, self.index, self.usb_hosts)
+            reasons.extend(usb_reasons)
+            devices += usb
+        return reasons, score, devices
+
+    def _capacity(self, host, adds, reasons):
+        """Shares of CPU and memory in use after placing; appends shortfalls."""
+        policy, request = self.policy, self.request
+        cpu_total = host.cpu_threads * policy.cpu_overcommit
+        memory_total = host.memory_mib * policy.memory_overcommit
+        vcpus, memory = request.vcpus * adds, request.memory_mib * adds
+        cpu_free = cpu_total - host.used_vcpus
+        memory_free = memory_total - host.used_memory_mib
+        if vcpus > cpu_free:
+            reasons.append(f"not enough CPU: {max(int(cpu_free), 0)} vCPUs free, {vcpus} asked")
+        if memory > memory_free:
+            reasons.append(f"not enough memory: {max(int(memory_free), 0)} MiB free, "
+                           f"{memory} asked")
+        cpu_use = (host.used_vcpus + vcpus) / cpu_total if cpu_total > 0 else 1.0
+        memory_use = (host.used_memory_mib + memory) / memory_total if memory_total > 0 else 1.0
+        return cpu_use, memory_use
+
+    def _strategy(self, cpu_use, memory_use, reasons):
+        use = cpu_use if self.cpu_strategy else memory_use
+        if self.enforce_strategy and use > self.policy.strategy_limit:
+            what = "CPU" if self.cpu_strategy else "memory"
+            reasons.append(f"{what} use would be {use:.0%}, over the "
+                           f"{self.policy.strategy_limit:.0%} limit of {self.request.strategy}")
+        return 1.0 - use
+
+    def _anti_affinity(self, host, reasons):
+        """Penalty for soft anti-affinity; a reason when enforced."""
+        others = [name for name in self.group_hosts.get(host.id, ())
+                  if self.vm is None or name != self.vm.name]
+        if not others:
+            return 0
+        if self.enforce_group:
+            reasons.append(f"anti-affinity group {self.group_name} has {', '.join(others)} here")
+            return 0
+        return len(others)
