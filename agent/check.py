@@ -42,8 +42,6 @@ def readiness_rows(config, libvirt_status=None):
          f"enable {firmware} in the BIOS/firmware setup, and the kernel parameter above; reboot"),
         ("vfio-pci module", vfio in ("loaded", "available"), vfio,
          "install the kernel's modules package, then 'modprobe vfio-pci'"),
-        ("KVM device", facts["kvm"], "/dev/kvm present" if facts["kvm"] else "no /dev/kvm",
-         "enable virtualisation (VT-x/AMD-V) in firmware, load kvm_intel/kvm_amd"),
         ("libvirt reachable", libvirt_status["ok"],
          libvirt_status["version"] or libvirt_status["error"] or "unknown",
          f"start libvirtd, check [libvirt] uri ({libvirt_status['uri']})"),
@@ -51,11 +49,13 @@ def readiness_rows(config, libvirt_status=None):
 
 
 def run_check(config, out=print):
+    """Print the table; exit status 1 when a GPU could not be passed through."""
     rows = readiness_rows(config)
     width = max(len(row[0]) for row in rows)
     out(f"{'CHECK':<{width}}  {'OK':<3}  OBSERVED")
     for name, ok, observed, _ in rows:
         out(f"{name:<{width}}  {'yes' if ok else 'NO':<3}  {observed}")
+    kvm_note(out)
     failed = [row for row in rows if not row[1]]
     if failed:
         out("")
@@ -66,6 +66,13 @@ def run_check(config, out=print):
     out("")
     out("Ready: GPUs on this host can be passed through.")
     return 0
+
+
+def kvm_note(out=print):
+    """KVM only makes guests fast; passthrough itself needs IOMMU + vfio (TCG works too)."""
+    if not os.path.exists("/dev/kvm"):
+        out("note: no /dev/kvm: guests will run under TCG emulation (slow); enable VT-x/AMD-V "
+            "in firmware and load kvm_intel/kvm_amd")
 
 
 def _cpu_vendor_hint(proc_root):

@@ -98,7 +98,7 @@ def gpu_server():
         for bus in range(4):
             for dev in range(8):
                 for fn in range(5):
-                    host.pci.append(F(f"0000:{0x7e + socket * 0x80 + bus:02x}:{dev:02x}.{fn}",
+                    host.pci.append(F(f"0000:{(0x7e, 0xfa)[socket] + bus:02x}:{dev:02x}.{fn}",
                                       INTEL, f"{0x3450 + dev * 8 + fn:04x}", "088000", None,
                                       next(group), socket))
     bus = iter(range(0x10, 0x7e))

@@ -120,6 +120,23 @@ def pci_attributes(function):
     return attrs
 
 
+def pci_config(function):
+    """The first 64 bytes of config space (what an unprivileged reader sees)."""
+    config = bytearray(64)
+    config[0:2] = int(function.vendor, 16).to_bytes(2, "little")
+    config[2:4] = int(function.device, 16).to_bytes(2, "little")
+    config[4:6] = (0x0407 if function.driver else 0).to_bytes(2, "little")
+    config[6:8] = (0x0010).to_bytes(2, "little")
+    config[8] = 0xa1
+    config[9:12] = bytes.fromhex(function.class_code)[::-1]
+    bridge = function.class_code.startswith("0604")
+    config[0x0e] = 0x01 if bridge else (0x80 if function.address.endswith(".0") else 0x00)
+    if not bridge:
+        config[0x2c:0x2e] = int(function.subsystem[0], 16).to_bytes(2, "little")
+        config[0x2e:0x30] = int(function.subsystem[1], 16).to_bytes(2, "little")
+    return bytes(config)
+
+
 def pci_links(function):
     """{link name: path relative to /sys} (made relative when written)."""
     links = {}
@@ -162,6 +179,8 @@ def write_sysfs_tree(host, root):
         _write(base, "uevent", "\n".join(pci_uevent(function) + ["SUBSYSTEM=pci"]))
         for name, value in pci_attributes(function).items():
             _write(base, name, value)
+        with open(os.path.join(base, "config"), "wb") as handle:
+            handle.write(pci_config(function))
         links = pci_links(function)
         if function.physfn:
             links["physfn"] = pci_device_path(host, host.function(function.physfn))[1:]
@@ -208,6 +227,7 @@ def write_umockdev(host, path):
         lines += [f"E: {line}" for line in pci_uevent(function) + ["SUBSYSTEM=pci"]]
         lines += [f"A: {name}={_escape(value)}\\n" for name, value in
                   sorted(pci_attributes(function).items())]
+        lines.append(f"H: config={pci_config(function).hex().upper()}")
         links = pci_links(function)
         if function.physfn:
             links["physfn"] = pci_device_path(host, host.function(function.physfn))[1:]

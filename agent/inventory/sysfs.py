@@ -34,8 +34,8 @@ class SysfsTree:
 
     def read_pci_function(self, address):
         """Raw record of one function, or None if it vanished while being read."""
-        base = os.path.join(self.pci_dir, address)
-        event = _uevent(os.path.join(base, "uevent"))
+        base = f"{self.pci_dir}/{address}"
+        event = _uevent(f"{base}/uevent")
         if event is None:
             return None
         vendor_id, _, device_id = event.get("PCI_ID", ":").partition(":")
@@ -49,7 +49,7 @@ class SysfsTree:
             class_code = _hex_attr(base, "class")
         if not vendor_id or class_code is None:
             return None
-        driver = event.get("DRIVER") or _link_name(os.path.join(base, "driver"))
+        driver = event.get("DRIVER") or _link_name(f"{base}/driver")
         record = {
             "address": address,
             "vendor_id": vendor_id.lower().zfill(4),
@@ -60,7 +60,7 @@ class SysfsTree:
             "driver": driver,
             "numa_node": _numa_node(base),
             "iommu_group": _group_number(base),
-            "physfn": _link_name(os.path.join(base, "physfn")),
+            "physfn": _link_name(f"{base}/physfn"),
         }
         total_vfs = _int_attr(base, "sriov_totalvfs")
         if total_vfs is not None:
@@ -95,11 +95,17 @@ class SysfsTree:
 
 
 def _read(path):
+    # os.open/os.read: a third of the cost of open() for these tiny files.
     try:
-        with open(path, "rb") as handle:
-            return handle.read().decode("utf-8", "replace").strip()
-    except (FileNotFoundError, NotADirectoryError, PermissionError, OSError):
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
         return None
+    try:
+        return os.read(fd, 65536).decode("utf-8", "replace").strip()
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
 
 
 def _uevent(path):
@@ -115,14 +121,14 @@ def _uevent(path):
 
 
 def _hex_attr(base, name):
-    text = _read(os.path.join(base, name))
+    text = _read(f"{base}/{name}")
     if not text:
         return None
     return text[2:] if text.lower().startswith("0x") else text
 
 
 def _int_attr(base, name):
-    text = _read(os.path.join(base, name))
+    text = _read(f"{base}/{name}")
     try:
         return int(text) if text is not None else None
     except ValueError:
@@ -136,13 +142,13 @@ def _numa_node(base):
 
 def _link_name(path):
     try:
-        return os.path.basename(os.readlink(path))
+        return os.readlink(path).rsplit("/", 1)[-1]
     except OSError:
         return None
 
 
 def _group_number(base):
-    name = _link_name(os.path.join(base, "iommu_group"))
+    name = _link_name(f"{base}/iommu_group")
     try:
         return int(name) if name is not None else None
     except ValueError:

@@ -5,6 +5,8 @@ Input is one plain dict per function as a sysfs reader produced it (see
 INTERFACE.md. Everything here is pure, so tests feed it recorded values directly.
 """
 
+import functools
+
 # (class prefix, type): the longest matching prefix of the 6-digit class code wins.
 _CLASS_TYPES = (
     ("0300", "gpu"), ("0302", "gpu"), ("0380", "gpu"),
@@ -18,6 +20,7 @@ DEFAULT_CRITICAL_DRIVERS = ("virtio-pci", "ahci", "ata_piix", "megaraid_sas", "m
                             "smartpqi", "hpsa", "aacraid")
 
 
+@functools.lru_cache(maxsize=512)
 def type_for_class(class_code):
     """Device type from a class code such as "030200" (gpu-audio needs the siblings)."""
     code = class_code.lower()
