@@ -1,0 +1,82 @@
+"""A resync compares what the controller knows with what the agent now reports."""
+
+from types import SimpleNamespace
+
+from hostplane.core.pci import build_pci_inventory
+from hostplane.core.reconcile import reconcile
+from tests.hosts import small_gpu_host
+
+
+def reported_devices(host):
+    """What the agent's /v1/devices lists for a described host (PCI only), keyed by id."""
+    records = [{"address": f.address, "vendor_id": f.vendor, "device_id": f.device,
+                "class_code": f.class_code, "driver": f.driver, "iommu_group": f.iommu_group,
+                "numa_node": f.numa_node, "physfn": f.physfn} for f in host.pci]
+    return build_pci_inventory(records)
+
+
+def known_rows(reported, **changes):
+    """The controller's rows after an earlier sync; changes: {id: {attribute: value}}."""
+    rows = {}
+    for device_id, d in reported.items():
+        fields = dict(id=device_id, kind="pci", vendor_id=d["vendor_id"],
+                      product_id=d["device_id"], status="ready", vm=None, type=d["type"],
+                      iommu_group=d["iommu_group"])
+        rows[device_id] = SimpleNamespace(**{**fields, **changes.get(device_id, {})})
+    return rows
+
+
+def test_nothing_changed_reports_nothing():
+    reported = reported_devices(small_gpu_host())
+    result = reconcile(known_rows(reported), reported)
+    assert result.added == result.vanished == result.moved == result.updated == []
+    assert result.holder_mismatch == [] and result.returned == []
+
+
+def test_vanished_attached_gpu_is_listed_to_become_unavailable_not_freed():
+    reported = reported_devices(small_gpu_host())
+    known = known_rows(reported, **{"0000:3b:00.0": {"status": "attached", "vm": "vm-7"}})
+    del reported["0000:3b:00.0"]
+    result = reconcile(known, reported)
+    assert result.vanished == ["0000:3b:00.0"]
+    assert result.unavailable == ["0000:3b:00.0"]
+    assert known["0000:3b:00.0"].vm == "vm-7"   # reconcile only reports; the row is untouched
+
+
+def test_address_now_holding_another_device_is_moved():
+    reported = reported_devices(small_gpu_host())
+    known = known_rows(reported)
+    reported["0000:3b:00.0"] = dict(reported["0000:3b:00.0"], device_id="2204")
+    result = reconcile(known, reported)
+    assert result.moved == ["0000:3b:00.0"]
+    assert result.updated == []
+
+
+def test_new_devices_are_added_and_returning_ones_listed_apart():
+    reported = reported_devices(small_gpu_host())
+    known = known_rows(reported, **{"0000:af:00.0": {"status": "unavailable"}})
+    del known["0000:5e:00.0"]
+    result = reconcile(known, reported)
+    assert result.added == ["0000:5e:00.0"]
+    assert result.returned == ["0000:af:00.0"]
+    assert result.vanished == []
+
+
+def test_changed_fields_and_holder_disagreement_are_reported():
+    reported = reported_devices(small_gpu_host())
+    known = known_rows(reported, **{"0000:af:00.0": {"status": "attached", "vm": "vm-1"}})
+    reported["0000:3b:00.0"] = dict(reported["0000:3b:00.0"], iommu_group=99)
+    reported["0000:af:00.0"] = dict(reported["0000:af:00.0"], attached_to="vm-2")
+    result = reconcile(known, reported)
+    assert result.updated == ["0000:3b:00.0"]
+    assert result.holder_mismatch == [("0000:af:00.0", "vm-1", "vm-2")]
+
+
+def test_usb_devices_are_matched_by_vendor_and_product():
+    known = {"0781:5567:S1": SimpleNamespace(id="0781:5567:S1", kind="usb", vendor_id="0781",
+                                             product_id="5567", status="ready", vm=None)}
+    same = {"0781:5567:S1": {"id": "0781:5567:S1", "vendor_id": "0781", "product_id": "5567",
+                             "attached_to": None}}
+    assert reconcile(known, same).moved == []
+    other = {"0781:5567:S1": dict(same["0781:5567:S1"], product_id="5581")}
+    assert reconcile(known, other).moved == ["0781:5567:S1"]
