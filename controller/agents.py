@@ -1,0 +1,87 @@
+"""HTTP client for one agent. Transport failures become 503; agent errors pass through.
+
+The agent already answers with the shared error envelope, so a 409 from the agent
+(device busy, group not viable) reaches the controller's caller with the agent's own
+code and message, tagged with the host it came from.
+"""
+
+import requests
+
+from hostplane.errors import ApiError, DependencyDown
+
+NOT_MODIFIED = object()
+
+
+class AgentClient:
+    def __init__(self, url, token, timeout=5.0, session=None):
+        self.url = url.rstrip("/")
+        self.token = token
+        self.timeout = timeout
+        self.session = session or requests.Session()
+
+    # --- inventory and identity --------------------------------------------------------
+    def health(self):
+        return self._call("GET", "/v1/health").json()
+
+    def host(self):
+        return self._call("GET", "/v1/host").json()
+
+    def devices(self, etag=None):
+        """(body, etag), or (NOT_MODIFIED, etag) when `etag` still matches."""
+        headers = {"If-None-Match": etag} if etag else {}
+        response = self._call("GET", "/v1/devices", headers=headers, ok=(200, 304))
+        if response.status_code == 304:
+            return NOT_MODIFIED, etag
+        return response.json(), response.headers.get("ETag")
+
+    # --- VMs ---------------------------------------------------------------------------
+    def create_vm(self, spec):
+        return self._call("POST", "/v1/vms", json=spec).json()
+
+    def vm(self, name):
+        return self._call("GET", f"/v1/vms/{name}").json()
+
+    def start_vm(self, name):
+        return self._call("POST", f"/v1/vms/{name}/start").json()
+
+    def stop_vm(self, name, force=False):
+        return self._call("POST", f"/v1/vms/{name}/stop", json={"force": force}).json()
+
+    def delete_vm(self, name):
+        self._call("DELETE", f"/v1/vms/{name}", ok=(200, 202, 204, 404))
+
+    def attach(self, name, kind, device_id):
+        return self._call("POST", f"/v1/vms/{name}/devices",
+                          json={"type": kind, "id": device_id}).json()
+
+    def detach(self, name, device_id):
+        self._call("DELETE", f"/v1/vms/{name}/devices/{device_id}", ok=(200, 202, 204, 404))
+
+    # --- plumbing ----------------------------------------------------------------------
+    def _call(self, method, path, ok=(200, 201, 202, 204), headers=None, **kwargs):
+        headers = {"Authorization": f"Bearer {self.token}", **(headers or {})}
+        try:
+            response = self.session.request(method, self.url + path, headers=headers,
+                                            timeout=self.timeout, **kwargs)
+        except requests.RequestException as exc:
+            raise DependencyDown(f"agent at {self.url} unreachable: {type(exc).__name__}",
+                                 code="agent_unreachable", details={"agent": self.url}) from None
+        if response.status_code in ok:
+            return response
+        raise _agent_error(self.url, response)
+
+
+def _agent_error(url, response):
+    try:
+        error = response.json()["error"]
+        code, message, details = error["code"], error["message"], error.get("details") or {}
+    except (ValueError, KeyError, TypeError):
+        code, message, details = "agent_error", f"agent answered {response.status_code}", {}
+    status = response.status_code
+    if status == 401:
+        return DependencyDown("agent refused the controller's token", code="agent_auth_failed",
+                              details={"agent": url})
+    if status >= 500:
+        return DependencyDown(f"agent at {url}: {message}", code=code,
+                              details={**details, "agent": url})
+    return ApiError(message, code=code, status=status, details={**details, "agent": url})

@@ -1,0 +1,102 @@
+"""The cluster's device inventory. Tenants see only what an admin shared; recalling a
+share blocks new claims by tenants and leaves devices already attached where they are."""
+
+from flask import Blueprint, jsonify, request
+from sqlalchemy import select
+
+from controller.api.hosts import _iso
+from controller.api.schemas import DevicePatch
+from controller.db.models import Device, Host
+from controller.services import current, require_admin, tenant
+from hostplane.api import describe, parse_body
+from hostplane.core import device_states
+from hostplane.errors import BadRequest, Conflict, NotFound
+
+bp = Blueprint("devices", __name__)
+FILTERS = {"host": "host id", "cluster": "cluster name", "type": "gpu, gpu-audio, nic, usb, ...",
+           "status": "ready, attached or unavailable", "kind": "pci or usb"}
+
+
+@bp.get("/v1/devices")
+@describe("Every device of every host (tenants: the shared ones)", query=FILTERS,
+          tags=["devices"])
+def listing():
+    unknown = set(request.args) - set(FILTERS)
+    if unknown:
+        raise BadRequest(f"unknown filter {sorted(unknown)[0]}", code="invalid_filter",
+                         details={"filters": sorted(FILTERS)})
+    query = select(Device).order_by(Device.host_id, Device.id)
+    args = request.args
+    if args.get("host"):
+        query = query.where(Device.host_id == args["host"])
+    if args.get("cluster"):
+        query = query.join(Host, Host.id == Device.host_id).where(Host.cluster == args["cluster"])
+    for column in ("type", "status", "kind"):
+        if args.get(column):
+            query = query.where(getattr(Device, column) == args[column])
+    if tenant() is not None:
+        query = query.where(Device.shared.is_(True), Device.kind == "pci")
+    with current().db.read() as session:
+        return jsonify({"devices": [render(d) for d in session.scalars(query)]})
+
+
+@bp.get("/v1/devices/<host_id>/<path:device_id>")
+@describe("One device", tags=["devices"])
+def show(host_id, device_id):
+    with current().db.read() as session:
+        return jsonify(render(_get(session, host_id, device_id)))
+
+
+@bp.patch("/v1/devices/<host_id>/<path:device_id>")
+@describe("Enable/disable, rename or share a device", body=DevicePatch, tags=["devices"])
+def patch(host_id, device_id):
+    require_admin("changing devices")
+    body = parse_body(DevicePatch)
+    with current().db.write() as session:
+        device = _get(session, host_id, device_id)
+        if body.state == "enabled":
+            device_states.enable(device)
+        elif body.state == "disabled":
+            device_states.disable(device)
+        if body.name is not None:
+            device.name = body.name
+        if body.shared is not None:
+            if body.shared and device.kind == "usb":
+                raise Conflict("USB devices are admin-only and cannot be shared",
+                               code="usb_admin_only")
+            device.shared = body.shared
+        return jsonify(render(device))
+
+
+@bp.delete("/v1/devices/<host_id>/<path:device_id>")
+@describe("Forget a device that is unavailable", responses=(204, 409), tags=["devices"])
+def delete(host_id, device_id):
+    require_admin("removing devices")
+    with current().db.write() as session:
+        device = _get(session, host_id, device_id)
+        if not device_states.can_delete(device):
+            raise Conflict(f"device {device_id} is {device.status}; only an unavailable "
+                           "device can be deleted", code="device_not_unavailable")
+        session.delete(device)
+        host = session.get(Host, host_id)
+        host.etag = None   # the next fetch reads everything, so a newcomer there is added
+    return "", 204
+
+
+def _get(session, host_id, device_id):
+    device = session.get(Device, (host_id, device_id))
+    if device is None or (tenant() is not None and not device.shared):
+        raise NotFound(f"no device {device_id} on host {host_id}", code="device_not_found")
+    return device
+
+
+def render(device):
+    facts = device.facts or {}
+    return {"host_id": device.host_id, "id": device.id, "kind": device.kind,
+            "type": device.type, "vendor_id": device.vendor_id,
+            "product_id": device.product_id, "name": device.name, "state": device.state,
+            "status": device.status, "vm": device.vm, "shared": device.shared,
+            "assignable": device.assignable, "iommu_group": device.iommu_group,
+            "usb_version": facts.get("usb_version"), "reported_vm": device.reported_vm,
+            "unavailable_reason": device.unavailable_reason,
+            "created_at": _iso(device.created_at)}

@@ -1,0 +1,115 @@
+"""Host registry. Maintenance stops new placements only: running VMs keep running and keep
+their devices (drain them by stopping/deleting); `disabled` is the same for the scheduler.
+Switching `iommu_enabled` off blocks new GPU claims and leaves attached GPUs alone."""
+
+from flask import Blueprint, jsonify
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+
+from controller.api.schemas import HostCreate, HostPatch
+from controller.db.models import Host, Vm
+from controller.services import current, require_admin
+from hostplane.api import describe, parse_body
+from hostplane.errors import Conflict, NotFound
+
+bp = Blueprint("hosts", __name__)
+
+
+@bp.post("/v1/hosts")
+@describe("Register an agent by URL and token; the controller asks it who it is",
+          body=HostCreate, responses=(201, 409, 503), tags=["hosts"])
+def register():
+    require_admin("registering hosts")
+    body = parse_body(HostCreate)
+    ctl = current()
+    health = ctl.client_factory(body.url, body.token, timeout=ctl.poller.timeout).health()
+    host_id = str(health.get("host_id") or "")
+    if not host_id or len(host_id) > 128:
+        raise Conflict("the agent did not say which host it is", code="agent_without_id")
+    try:
+        with ctl.db.write() as session:
+            if session.get(Host, host_id) is not None:
+                raise Conflict(f"host {host_id} is already registered", code="host_exists")
+            session.add(Host(id=host_id, url=body.url.rstrip("/"), token=body.token,
+                             cluster=body.cluster, status="connecting"))
+    except IntegrityError:
+        raise Conflict(f"host {host_id} is already registered", code="host_exists") from None
+    ctl.poller.fetch_now(host_id, background=False)
+    return jsonify(render(_get(host_id))), 201
+
+
+@bp.get("/v1/hosts")
+@describe("Every host with its status, admin state and capacity", tags=["hosts"])
+def listing():
+    with current().db.read() as session:
+        hosts = session.scalars(select(Host).order_by(Host.id)).all()
+        usage = _usage(session)
+    return jsonify({"hosts": [render(h, usage.get(h.id)) for h in hosts]})
+
+
+@bp.get("/v1/hosts/<host_id>")
+@describe("One host", tags=["hosts"])
+def show(host_id):
+    with current().db.read() as session:
+        return jsonify(render(_get(host_id), _usage(session, host_id).get(host_id)))
+
+
+@bp.patch("/v1/hosts/<host_id>")
+@describe("Change admin state (enabled/disabled/maintenance), IOMMU switch or cluster",
+          body=HostPatch, tags=["hosts"])
+def patch(host_id):
+    require_admin("changing hosts")
+    body = parse_body(HostPatch)
+    with current().db.write() as session:
+        host = _get(host_id, session)
+        for field, value in body.model_dump(exclude_none=True).items():
+            setattr(host, field, value)
+        return jsonify(render(host))
+
+
+@bp.delete("/v1/hosts/<host_id>")
+@describe("Forget a host that runs no VMs known to the controller", responses=(204, 409),
+          tags=["hosts"])
+def delete(host_id):
+    require_admin("removing hosts")
+    with current().db.write() as session:
+        host = _get(host_id, session)
+        vms = session.scalars(select(Vm.name).where(Vm.host_id == host_id)).all()
+        if vms:
+            raise Conflict(f"host {host_id} still has VMs: {', '.join(vms[:10])}",
+                           code="host_in_use", details={"vms": vms})
+        session.delete(host)
+    return "", 204
+
+
+def _get(host_id, session=None):
+    if session is None:
+        with current().db.read() as session:
+            return _get(host_id, session)
+    host = session.get(Host, host_id)
+    if host is None:
+        raise NotFound(f"no host {host_id}", code="host_not_found")
+    return host
+
+
+def _usage(session, host_id=None):
+    query = select(Vm.host_id, func.count(), func.sum(Vm.vcpus), func.sum(Vm.memory_mib))
+    if host_id is not None:
+        query = query.where(Vm.host_id == host_id)
+    return {row[0]: row[1:] for row in session.execute(query.group_by(Vm.host_id))}
+
+
+def render(host, usage=None):
+    vms, vcpus, memory = usage or (0, 0, 0)
+    return {"id": host.id, "url": host.url, "cluster": host.cluster, "status": host.status,
+            "state": host.state, "iommu_enabled": host.iommu_enabled,
+            "iommu_ready": host.iommu_ready, "hostname": host.hostname,
+            "cpu_threads": host.cpu_threads, "memory_mib": host.memory_mib,
+            "vms": vms, "used_vcpus": int(vcpus or 0), "used_memory_mib": int(memory or 0),
+            "boot_id": host.boot_id, "generation": host.generation,
+            "failures": host.failures, "last_error": host.last_error,
+            "last_seen": _iso(host.last_seen), "created_at": _iso(host.created_at)}
+
+
+def _iso(moment):
+    return moment.isoformat() if moment else None

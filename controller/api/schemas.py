@@ -1,0 +1,130 @@
+"""Request bodies, validated at the edge (400 naming every problem, nothing changed)."""
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from hostplane.core.ids import InvalidId, check_name, normalize_pci_address, normalize_usb_id
+from hostplane.core.scheduler import GpuAsk, PlacementRequest
+
+HEX4 = r"^[0-9a-fA-F]{4}$"
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+def _checked(check, value):
+    try:
+        return check(value)
+    except InvalidId as exc:
+        raise ValueError(str(exc)) from None
+
+
+class HostCreate(_Body):
+    url: str = Field(pattern=r"^https?://[A-Za-z0-9.\-\[\]:]+(:[0-9]{1,5})?/?$", max_length=512)
+    token: str = Field(min_length=1, max_length=512)
+    cluster: str = "default"
+
+    _cluster = field_validator("cluster")(lambda v: _checked(check_name, v))
+
+
+class HostPatch(_Body):
+    state: Literal["enabled", "disabled", "maintenance"] | None = None
+    iommu_enabled: bool | None = None
+    cluster: str | None = None
+
+    _cluster = field_validator("cluster")(lambda v: v and _checked(check_name, v))
+
+
+class DevicePatch(_Body):
+    state: Literal["enabled", "disabled"] | None = None
+    name: str | None = Field(default=None, min_length=1, max_length=255)
+    shared: bool | None = None
+
+
+class GpuBody(_Body):
+    id: str | None = None
+    vendor_id: str | None = Field(default=None, pattern=HEX4)
+    device_id: str | None = Field(default=None, pattern=HEX4)
+    count: int = Field(default=1, ge=1, le=64)
+
+    _id = field_validator("id")(lambda v: v and _checked(normalize_pci_address, v))
+
+    @model_validator(mode="after")
+    def _one_form(self):
+        by_model = self.vendor_id is not None or self.device_id is not None
+        if (self.id is None) == (not by_model) or (by_model and None in (self.vendor_id,
+                                                                          self.device_id)):
+            raise ValueError("name a GPU by id, or by vendor_id and device_id (with count)")
+        if self.id is not None and self.count != 1:
+            raise ValueError("count goes with vendor_id/device_id, not with id")
+        return self
+
+    def ask(self):
+        if self.id:
+            return GpuAsk(id=self.id)
+        return GpuAsk(vendor_id=self.vendor_id.lower(), device_id=self.device_id.lower(),
+                      count=self.count)
+
+
+class UsbBody(_Body):
+    id: str
+
+    _id = field_validator("id")(lambda v: _checked(normalize_usb_id, v))
+
+
+class NetworkBody(_Body):
+    bridge: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,15}$")
+
+
+class DeviceAsks(_Body):
+    gpus: list[GpuBody] = Field(default_factory=list, max_length=16)
+    usb: list[UsbBody] = Field(default_factory=list, max_length=16)
+
+
+class VmCreate(DeviceAsks):
+    name: str
+    vcpus: int = Field(ge=1, le=1024)
+    memory_mib: int = Field(ge=16, le=16 * 1024 * 1024)
+    networks: list[NetworkBody] = Field(default_factory=list, max_length=16)
+    host: str | None = Field(default=None, min_length=1, max_length=128)
+    cluster: str | None = None
+    anti_affinity_group: str | None = None
+    anti_affinity: Literal["enforced", "soft"] = "enforced"
+    strategy: Literal["least-cpu", "least-memory"] = "least-cpu"
+    start: bool = True
+
+    _name = field_validator("name")(lambda v: _checked(check_name, v))
+    _names = field_validator("cluster", "anti_affinity_group")(
+        lambda v: v and _checked(check_name, v))
+
+    def placement(self, tenant):
+        return PlacementRequest(
+            name=self.name, vcpus=self.vcpus, memory_mib=self.memory_mib,
+            gpus=[gpu.ask() for gpu in self.gpus], usb=[usb.id for usb in self.usb],
+            host=self.host, cluster=self.cluster,
+            anti_affinity_group=self.anti_affinity_group, anti_affinity=self.anti_affinity,
+            strategy=self.strategy, tenant=tenant)
+
+
+class VmDevicesAdd(DeviceAsks):
+    """Either `{"type", "id"}` (one device, as on the agent) or `{"gpus", "usb"}`."""
+    type: Literal["pci", "usb"] | None = None
+    id: str | None = None
+
+    @model_validator(mode="after")
+    def _one_form(self):
+        if (self.type is None) != (self.id is None):
+            raise ValueError("type and id go together")
+        if self.type == "pci":
+            self.gpus.append(GpuBody(id=self.id))
+        elif self.type == "usb":
+            self.usb.append(UsbBody(id=self.id))
+        if not self.gpus and not self.usb:
+            raise ValueError("name at least one device: {type, id}, gpus or usb")
+        return self
+
+
+class VmStop(_Body):
+    force: bool = False

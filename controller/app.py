@@ -1,0 +1,100 @@
+"""The controller's Flask application factory, for gunicorn and tests alike.
+
+    gunicorn 'controller.app:create_app()'
+
+reads /etc/hostplane/controller.toml (or HOSTPLANE_CONTROLLER_CONFIG) plus HOSTPLANE_*
+variables. The schema must be current (`hostplane-controller db upgrade`).
+"""
+
+from flask import Flask, request
+from prometheus_client.core import GaugeMetricFamily
+from sqlalchemy import func, select
+
+from controller.api import devices, events, hosts, meta, schedule, vms
+from controller.config import check_serving_config, load_controller_config, principals
+from controller.db.models import Device, Host
+from controller.services import Controller, current
+from hostplane import auth
+from hostplane.core.device_states import IllegalTransition
+from hostplane.errors import envelope, register_error_handlers
+from hostplane.metrics import install_request_metrics
+
+BLUEPRINTS = [meta.bp, hosts.bp, devices.bp, vms.bp, schedule.bp, events.bp]
+
+
+def _optional_blueprints():
+    """The dashboard belongs to another slice and may be absent."""
+    module = "controller.api.dashboard"
+    try:
+        return [__import__(module, fromlist=["bp"]).bp]
+    except ImportError as exc:
+        if exc.name != module:
+            raise
+        return []
+
+
+def create_app(config=None, start=True):
+    """Build the app; `config` is a loaded dict (tests) or None to load from disk/env."""
+    if config is None:
+        config = load_controller_config()
+    check_serving_config(config)
+    app = Flask("hostplane-controller")
+    app.config["MAX_CONTENT_LENGTH"] = config["server"]["max_body_kb"] * 1024
+    app.json.sort_keys = False
+    controller = Controller(config)
+    app.extensions["hostplane_controller"] = controller
+    register_error_handlers(app)
+
+    @app.errorhandler(IllegalTransition)
+    def _illegal(exc):   # a claim that lost a race the scheduler could not see
+        return envelope(409, "device_busy", str(exc), {"device": exc.device_id})
+
+    public = set(meta.PUBLIC_ENDPOINTS)
+    if config["server"]["metrics_token"]:
+        public.discard("meta.metrics")
+    app.extensions["public_endpoints"] = public
+    insecure = config["server"]["insecure"] and not config["server"]["admin_token"]
+    tokens = principals(config)
+    auth.install(app, lambda given: "admin" if insecure else _resolve(tokens, given),
+                 public=public)
+    registry = install_request_metrics(app, "hostplane_controller")
+    registry.register(_InventoryCollector(controller))
+    for blueprint in BLUEPRINTS + _optional_blueprints():
+        app.register_blueprint(blueprint)
+    if start and config["poll"]["enabled"]:
+        controller.poller.start()
+    return app
+
+
+def _resolve(tokens, given):
+    """Admin or tenant token; on a host's events endpoint, also that host's agent token."""
+    principal = auth.find_principal(given, tokens)
+    if principal is None and request.endpoint == "events.event" and given:
+        host_id = (request.view_args or {}).get("host_id")
+        with current().db.read() as session:
+            host = session.get(Host, host_id)
+        if host is not None and auth.token_matches(given, host.token):
+            principal = f"agent:{host_id}"
+    return principal
+
+
+class _InventoryCollector:
+    """Hosts by status and devices by type/status, read from the database at scrape time."""
+
+    def __init__(self, controller):
+        self.controller = controller
+
+    def collect(self):
+        hosts = GaugeMetricFamily("hostplane_controller_hosts", "Hosts", labels=["status"])
+        devices = GaugeMetricFamily("hostplane_controller_devices", "Devices",
+                                    labels=["type", "status"])
+        with self.controller.db.read() as session:
+            for status, count in session.execute(
+                    select(Host.status, func.count()).group_by(Host.status)):
+                hosts.add_metric([status], count)
+            for kind, status, count in session.execute(
+                    select(Device.type, Device.status, func.count())
+                    .group_by(Device.type, Device.status)):
+                devices.add_metric([kind, status], count)
+        yield hosts
+        yield devices

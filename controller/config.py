@@ -1,0 +1,47 @@
+"""Controller configuration: defaults, file, environment (see INTERFACE.md)."""
+
+import os
+
+from hostplane.config import ConfigError, load_config
+
+DEFAULT_PATH = "/etc/hostplane/controller.toml"
+DEFAULTS = {
+    "server": {"bind": "0.0.0.0:7080", "admin_token": "", "insecure": False, "workers": 2,
+               "max_body_kb": 256, "metrics_token": False},
+    "tenants": {},
+    "database": {"url": "sqlite:////var/lib/hostplane/controller.db", "pool_size": 5,
+                 "busy_timeout_s": 30.0},
+    "poll": {"interval_s": 10, "timeout_s": 5, "max_failures": 3, "concurrency": 32,
+             "jitter_s": 1.0, "enabled": True},
+    "scheduler": {"cpu_overcommit": 4.0, "memory_overcommit": 1.0, "strategy": "least-cpu",
+                  "strategy_mode": "preferred", "claim_attempts": 5},
+}
+
+
+def load_controller_config(path=None, environ=None, overrides=None):
+    environ = os.environ if environ is None else environ
+    path = path or environ.get("HOSTPLANE_CONTROLLER_CONFIG") or DEFAULT_PATH
+    config = load_config(DEFAULTS, path, environ)
+    for section, values in (overrides or {}).items():
+        config[section].update(values)
+    return config
+
+
+def check_serving_config(config):
+    """Raise ConfigError with the one-line reason the controller must not serve."""
+    server = config["server"]
+    if not server["admin_token"] and not server["insecure"]:
+        raise ConfigError("no admin token: set [server] admin_token in "
+                          "/etc/hostplane/controller.toml or HOSTPLANE_SERVER_ADMIN_TOKEN "
+                          "(or insecure = true for a lab)")
+    for name, token in config["tenants"].items():
+        if not isinstance(token, str) or len(token) < 8:
+            raise ConfigError(f"[tenants] {name}: token must be a string of 8+ characters")
+
+
+def principals(config):
+    """{token: principal}: `admin` or `tenant:<name>`."""
+    found = {token: f"tenant:{name}" for name, token in config["tenants"].items()}
+    if config["server"]["admin_token"]:
+        found[config["server"]["admin_token"]] = "admin"
+    return found

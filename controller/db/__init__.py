@@ -1,0 +1,90 @@
+"""Engine and sessions, with the locking each database needs for atomic claims.
+
+SQLite: WAL, a busy timeout, and write transactions opened with `BEGIN IMMEDIATE`, so
+two claims never both read "free" and both write (the second waits for the first).
+PostgreSQL: ordinary transactions, and claims lock the rows they read with
+`SELECT ... FOR UPDATE` (`Database.locked`), which is what makes several controller
+processes on one database safe.
+"""
+
+import contextlib
+import os
+
+from sqlalchemy import create_engine, event
+from sqlalchemy.orm import sessionmaker
+
+from controller.db.models import Base, Device, Host, Vm  # noqa: F401 - re-exported
+
+_MIGRATIONS = os.path.join(os.path.dirname(os.path.dirname(__file__)), "migrations")
+
+
+class Database:
+    def __init__(self, url, busy_timeout_s=30.0, pool_size=5):
+        self.url = url
+        self.is_sqlite = url.startswith("sqlite")
+        if self.is_sqlite:
+            _make_parent_dir(url)
+            self.engine = create_engine(url, connect_args={
+                "timeout": busy_timeout_s, "check_same_thread": False})
+            _sqlite_pragmas(self.engine, busy_timeout_s)
+            writer = self.engine.execution_options(hostplane_begin="BEGIN IMMEDIATE")
+        else:
+            self.engine = create_engine(url, pool_size=pool_size, max_overflow=pool_size * 2,
+                                        pool_pre_ping=True)
+            writer = self.engine
+        self._read = sessionmaker(self.engine, expire_on_commit=False)
+        self._write = sessionmaker(writer, expire_on_commit=False)
+
+    @contextlib.contextmanager
+    def read(self):
+        with self._read() as session:
+            yield session
+
+    @contextlib.contextmanager
+    def write(self):
+        """One transaction that takes the write lock at once (SQLite) and commits on exit."""
+        with self._write() as session, session.begin():
+            yield session
+
+    def locked(self, statement):
+        """`statement` with row locks where the database has them (PostgreSQL)."""
+        return statement if self.is_sqlite else statement.with_for_update()
+
+    def upgrade(self):
+        upgrade(self.url)
+
+    def close(self):
+        self.engine.dispose()
+
+
+def upgrade(url, revision="head"):
+    """Apply the versioned migrations (what `hostplane-controller db upgrade` runs)."""
+    from alembic import command
+    from alembic.config import Config
+    config = Config()
+    config.set_main_option("script_location", _MIGRATIONS)
+    config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    command.upgrade(config, revision)
+
+
+def _make_parent_dir(url):
+    path = url.split(":///", 1)[-1]
+    if path and path != ":memory:" and not url.startswith("sqlite:///:memory:"):
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+
+
+def _sqlite_pragmas(engine, busy_timeout_s):
+    @event.listens_for(engine, "connect")
+    def _connect(dbapi_connection, _record):
+        dbapi_connection.isolation_level = None   # we emit BEGIN ourselves
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_s * 1000)}")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _begin(connection):
+        connection.exec_driver_sql(
+            connection.get_execution_options().get("hostplane_begin", "BEGIN"))

@@ -1,0 +1,122 @@
+"""Place, then claim atomically: the bridge between the pure scheduler and the database.
+
+Placement runs on a lock-free snapshot (fast, and wrong only when another request wins
+the race). The claim then takes the write lock of the chosen host — `BEGIN IMMEDIATE` on
+SQLite, `SELECT ... FOR UPDATE` of the host and device rows on PostgreSQL — re-runs the
+same scheduler on that host's rows as they are now, and flips the devices it picks to
+`attached` in the same transaction that records the VM. A lost race retries placement;
+capacity and devices are reserved before the agent is called and given back if it fails.
+"""
+
+from sqlalchemy import func, select
+
+from controller.db.models import Device, Host, Vm
+from hostplane.core import device_states
+from hostplane.core.scheduler import (DeviceView, HostView, Policy, Snapshot, VmView,
+                                      place)
+from hostplane.errors import Conflict, Unplaceable
+
+
+def policy_from(config):
+    scheduler = config["scheduler"]
+    return Policy(cpu_overcommit=float(scheduler["cpu_overcommit"]),
+                  memory_overcommit=float(scheduler["memory_overcommit"]),
+                  strategy_mode=scheduler["strategy_mode"])
+
+
+def snapshot(session, host_ids=None, lock=None):
+    """The cluster (or the given hosts, row-locked with `lock`) as scheduler views."""
+    hosts_q, devices_q = select(Host), select(Device)
+    vms_q = select(Vm).where(Vm.host_id.is_not(None))
+    usage_q = (select(Vm.host_id, func.coalesce(func.sum(Vm.vcpus), 0),
+                      func.coalesce(func.sum(Vm.memory_mib), 0))
+               .where(Vm.host_id.is_not(None)).group_by(Vm.host_id))
+    if host_ids is not None:
+        hosts_q = hosts_q.where(Host.id.in_(host_ids))
+        devices_q = devices_q.where(Device.host_id.in_(host_ids))
+        vms_q = vms_q.where(Vm.host_id.in_(host_ids))
+        usage_q = usage_q.where(Vm.host_id.in_(host_ids))
+    lock = lock or (lambda statement: statement)
+    hosts = session.scalars(lock(hosts_q.order_by(Host.id))).all()
+    devices = session.scalars(lock(devices_q.order_by(Device.host_id, Device.id))).all()
+    usage = {host_id: (int(cpus), int(memory)) for host_id, cpus, memory in
+             session.execute(usage_q)}
+    vms = session.scalars(vms_q).all()
+    return Snapshot.build([host_view(h, usage.get(h.id, (0, 0))) for h in hosts],
+                          [device_view(d) for d in devices], [vm_view(v) for v in vms]), devices
+
+
+def host_view(host, usage=(0, 0)):
+    return HostView(host.id, host.cluster, host.status, host.state, host.iommu_enabled,
+                    host.iommu_ready, host.cpu_threads, host.memory_mib, usage[0], usage[1])
+
+
+def device_view(device):
+    return DeviceView(device.host_id, device.kind, device.id, device.type, device.vendor_id,
+                      device.product_id, device.state, device.status, device.vm, device.shared,
+                      device.assignable, device.iommu_group, device.usb_major, device.name)
+
+
+def vm_view(vm):
+    return VmView(vm.name, vm.host_id, vm.state, vm.anti_affinity_group, vm.tenant)
+
+
+def explain(db, request, policy):
+    with db.read() as session:
+        return place(request, snapshot(session)[0], policy)
+
+
+def place_and_claim(db, request, policy, new_vm, attempts=5):
+    """Reserve devices and capacity for `request`; returns (host_id, [device rows' ids]).
+
+    `new_vm` (a dict of Vm columns) is inserted in the claiming transaction; None when
+    devices are added to `request.existing_vm`.
+    """
+    placement = explain(db, request, policy)
+    for _ in range(attempts):
+        if placement.chosen is None:
+            raise unplaceable(request, placement)
+        claimed = _claim_on(db, request, policy, placement.chosen.host_id, new_vm)
+        if claimed is not None:
+            return placement.chosen.host_id, claimed
+        placement = explain(db, request, policy)
+    raise Conflict("lost the race for these devices several times; try again",
+                   code="claim_contended")
+
+
+def _claim_on(db, request, policy, host_id, new_vm):
+    with db.write() as session:
+        if new_vm is not None and session.get(Vm, new_vm["name"]) is not None:
+            raise Conflict(f"VM {new_vm['name']} already exists", code="name_taken")
+        local, rows = snapshot(session, [host_id], lock=db.locked)
+        chosen = place(request, local, policy).chosen
+        if chosen is None:
+            return None
+        by_key = {(row.kind, row.id): row for row in rows}
+        if new_vm is not None:
+            session.add(Vm(host_id=host_id, **new_vm))
+        for key in chosen.devices:
+            device_states.claim(by_key[key], request.name)
+        return list(chosen.devices)
+
+
+def release(db, host_id, vm_name, devices, drop_vm=False):
+    """Give back what a failed create or attach reserved."""
+    with db.write() as session:
+        for kind, device_id in devices:
+            row = session.get(Device, (host_id, device_id))
+            if row is not None and row.vm == vm_name and row.status == "attached":
+                device_states.release(row, vm_name)
+        if drop_vm:
+            vm = session.get(Vm, vm_name)
+            if vm is not None:
+                session.delete(vm)
+
+
+def unplaceable(request, placement):
+    hosts = {host_id: list(reasons) for host_id, reasons in sorted(placement.rejected.items())}
+    if not hosts:
+        message = "no hosts are registered"
+    else:
+        message = f"{request.name} fits on none of {len(hosts)} hosts"
+    return Unplaceable(message, code="unplaceable", details={"hosts": hosts})

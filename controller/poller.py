@@ -1,0 +1,147 @@
+"""Keeps the device inventory fresh: health, then `/v1/devices` with `If-None-Match`.
+
+One cycle takes a lease on the hosts it will poll with a single UPDATE, so several
+controller processes on one database split the hosts instead of polling each twice (a
+dead process's leases expire after two intervals). Hosts are polled by a bounded pool,
+each after a random jitter; an unchanged host costs two small requests and no write of
+its own (its `last_seen` is written with the others at the end of the cycle). `max_failures`
+misses in a row mark a host `disconnected`; a new `boot_id` forces a full resync.
+Agents' events call `fetch_now`, which bypasses the lease (a fetch is idempotent).
+"""
+
+import logging
+import random
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+
+from sqlalchemy import or_, select, update
+
+from controller.agents import NOT_MODIFIED, AgentClient
+from controller.db.models import Host, utcnow
+from controller.sync import apply_report
+from hostplane.errors import ApiError
+
+log = logging.getLogger(__name__)
+
+
+class Poller:
+    def __init__(self, db, poll_config, client_factory=AgentClient):
+        self.db = db
+        self.interval = float(poll_config["interval_s"])
+        self.timeout = float(poll_config["timeout_s"])
+        self.max_failures = int(poll_config["max_failures"])
+        self.jitter = float(poll_config["jitter_s"])
+        self.pool = ThreadPoolExecutor(max_workers=int(poll_config["concurrency"]),
+                                       thread_name_prefix="poll")
+        self.client_factory = client_factory
+        self.owner = uuid.uuid4().hex
+        self._stop = threading.Event()
+        self._thread = None
+
+    # --- running -----------------------------------------------------------------------
+    def start(self):
+        self._thread = threading.Thread(target=self._run, name="poller", daemon=True)
+        self._thread.start()
+
+    def stop(self):
+        self._stop.set()
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+    def _run(self):
+        while not self._stop.is_set():
+            started = time.monotonic()
+            try:
+                self.poll_cycle()
+            except Exception:  # noqa: BLE001 - a bad cycle must not end polling
+                log.exception("poll cycle failed")
+            self._stop.wait(max(0.0, self.interval - (time.monotonic() - started)))
+
+    def poll_cycle(self, jitter=None):
+        """Poll every host this process holds the lease of; returns {host_id: outcome}."""
+        jitter = self.jitter if jitter is None else jitter
+        hosts = self._lease_hosts()
+        outcomes = dict(zip([h.id for h in hosts], self.pool.map(
+            lambda host: self._poll(host, jitter), hosts)))
+        unchanged = [host_id for host_id, outcome in outcomes.items() if outcome == "unchanged"]
+        if unchanged:
+            with self.db.write() as session:
+                session.execute(update(Host).where(Host.id.in_(unchanged))
+                                .values(last_seen=utcnow(), failures=0, last_error=None))
+        return outcomes
+
+    def fetch_now(self, host_id, background=True):
+        """Fetch one host immediately (registration, agent events)."""
+        with self.db.read() as session:
+            host = session.get(Host, host_id)
+        if host is None:
+            return None
+        if background:
+            self.pool.submit(self._poll, host, 0.0, True)
+            return "scheduled"
+        return self._poll(host, 0.0, True)
+
+    # --- one host ----------------------------------------------------------------------
+    def _lease_hosts(self):
+        now = utcnow()
+        until = now + timedelta(seconds=max(2 * self.interval, 10 * self.timeout))
+        with self.db.write() as session:
+            session.execute(update(Host).where(or_(
+                Host.poll_lease_until.is_(None), Host.poll_lease_until < now,
+                Host.poll_owner == self.owner)).values(poll_owner=self.owner,
+                                                       poll_lease_until=until))
+            return list(session.scalars(select(Host).where(Host.poll_owner == self.owner)))
+
+    def _poll(self, host, jitter, write_seen=False):
+        if jitter:
+            time.sleep(random.uniform(0, jitter))
+        client = self.client_factory(host.url, host.token, timeout=self.timeout)
+        try:
+            health = client.health()
+            if health.get("host_id") not in (None, host.id):
+                raise ValueError(f"agent now says it is host {health['host_id']}, not {host.id}")
+            resync = health.get("boot_id") != host.boot_id or host.status != "connected"
+            facts = client.host() if resync else None
+            body, etag = client.devices(None if resync else host.etag)
+        except (ApiError, ValueError, KeyError) as exc:
+            return self._record_failure(host.id, exc)
+        if body is NOT_MODIFIED and not write_seen:
+            return "unchanged"
+        with self.db.write() as session:
+            row = session.get(Host, host.id)
+            if row is None:
+                return "deleted"
+            if facts is not None:
+                _apply_facts(row, facts, health)
+            if body is not NOT_MODIFIED:
+                apply_report(session, row.id, body)
+                row.etag, row.generation = etag, body.get("generation")
+            row.status, row.failures, row.last_error = "connected", 0, None
+            row.last_seen = utcnow()
+        return "resynced" if resync else "changed"
+
+    def _record_failure(self, host_id, exc):
+        message = getattr(exc, "message", None) or str(exc)
+        with self.db.write() as session:
+            row = session.get(Host, host_id)
+            if row is None:
+                return "deleted"
+            row.failures += 1
+            row.last_error = message[:500]
+            if row.failures >= self.max_failures:
+                row.status = "disconnected"
+        log.info("host %s: poll failed (%s)", host_id, message)
+        return "failed"
+
+
+def _apply_facts(row, facts, health):
+    """Identity and capacity, read again whenever the agent restarted or reconnects."""
+    iommu = facts.get("iommu") or {}
+    cpu = facts.get("cpu") or {}
+    row.boot_id = health.get("boot_id")
+    row.hostname = facts.get("hostname")
+    row.cpu_threads = int(cpu.get("threads") or 0)
+    row.memory_mib = int(facts.get("memory_mib") or 0)
+    row.iommu_ready = bool(iommu.get("kernel_enabled") and iommu.get("ready"))

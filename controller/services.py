@@ -1,0 +1,43 @@
+"""The controller's parts wired together, one per process; views reach it by `current()`."""
+
+from flask import current_app, g
+
+from controller.agents import AgentClient
+from controller.db import Database
+from controller.placement import policy_from
+from controller.poller import Poller
+from hostplane.errors import Forbidden
+
+
+class Controller:
+    def __init__(self, config, client_factory=AgentClient):
+        self.config = config
+        database = config["database"]
+        self.db = Database(database["url"], database["busy_timeout_s"], database["pool_size"])
+        self.policy = policy_from(config)
+        self.client_factory = client_factory
+        self.poller = Poller(self.db, config["poll"], client_factory)
+
+    def agent(self, host):
+        return self.client_factory(host.url, host.token,
+                                   timeout=float(self.config["poll"]["timeout_s"]) * 6)
+
+    def close(self):
+        self.poller.stop()
+        self.db.close()
+
+
+def current():
+    return current_app.extensions["hostplane_controller"]
+
+
+# --- who is asking ---------------------------------------------------------------------
+def tenant():
+    """The calling tenant's name, or None for the admin."""
+    principal = g.principal
+    return principal.split(":", 1)[1] if principal.startswith("tenant:") else None
+
+
+def require_admin(what):
+    if tenant() is not None:
+        raise Forbidden(f"{what} is admin-only", code="admin_only")

@@ -1,0 +1,118 @@
+"""Real agents and a real controller on loopback, shared by the controller tests.
+
+Not a test module (it holds no tests); it is named `test_controller_*` because that is the
+controller slice's share of tests/. Agents read synthetic sysfs trees (this machine has no
+GPUs, IOMMU or USB) and talk to libvirt's in-memory `test:///default` driver.
+"""
+
+import copy
+import threading
+
+from werkzeug.serving import make_server
+
+from agent.app import create_app as create_agent_app
+from controller.app import create_app as create_controller_app
+from controller.config import DEFAULTS as CONTROLLER_DEFAULTS
+from controller.db import upgrade
+from tests.conftest import TOKEN as AGENT_TOKEN, agent_config
+from tests.synthetic import small_gpu_host, write_proc, write_sysfs_tree
+
+ADMIN_TOKEN = "admin-token-0123456789"
+TENANT_TOKEN = "acme-token-0123456789"
+ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+TENANT = {"Authorization": f"Bearer {TENANT_TOKEN}"}
+NVIDIA_T4, NVIDIA_A10 = ("10de", "1eb8"), ("10de", "2236")
+
+
+class Served:
+    """A WSGI app on 127.0.0.1 in a thread; `stop()` frees the port for a restart."""
+
+    def __init__(self, app, port=0):
+        self.app = app
+        self.server = make_server("127.0.0.1", port, app, threaded=True)
+        self.server.daemon_threads = True
+        self.port = self.server.server_port
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def stop(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def gpu_host(model=NVIDIA_T4, usb_serial="4C530001"):
+    """small_gpu_host with its GPU model and its USB stick's serial swapped."""
+    host = small_gpu_host()
+    for function in host.pci:
+        if (function.vendor, function.device) == NVIDIA_T4:
+            function.vendor, function.device = model
+    for device in host.usb:
+        if device.serial == "4C530001":
+            device.serial = usb_serial
+    return host
+
+
+class LoopbackAgent:
+    """A real agent app serving one synthetic host; `restart()` gives it a new boot_id."""
+
+    def __init__(self, tmp_path, host_id, host, controller_url=""):
+        self.base = tmp_path / host_id
+        self.host_id, self.description, self.controller_url = host_id, host, controller_url
+        self.tree = write_sysfs_tree(host, self.base / "sys")
+        self.proc = write_proc(str(self.base / "proc"), host)
+        self.served = None
+        self.start()
+
+    def config(self):
+        return agent_config(self.base, host={
+            "id": self.host_id, "sysfs_root": str(self.tree), "proc_root": self.proc,
+            "controller_url": self.controller_url}, libvirt={"uri": "test:///default"})
+
+    def start(self, port=0):
+        self.app = create_agent_app(self.config())
+        self.agent = self.app.extensions["hostplane_agent"]
+        self.served = Served(self.app, port)
+        self.url = self.served.url
+
+    def stop(self):
+        self.served.stop()
+        self.agent.close()
+
+    def restart(self, host=None):
+        """Stop, optionally rewrite the sysfs tree as `host`, start on the same port."""
+        port = self.served.port
+        self.stop()
+        if host is not None:
+            import shutil
+            shutil.rmtree(self.tree)
+            self.tree = write_sysfs_tree(host, self.base / "sys")
+        self.start(port)
+
+
+def controller_config(tmp_path, database_url=None, **sections):
+    config = copy.deepcopy(CONTROLLER_DEFAULTS)
+    config["server"]["admin_token"] = ADMIN_TOKEN
+    config["tenants"] = {"acme": TENANT_TOKEN}
+    config["database"]["url"] = database_url or f"sqlite:///{tmp_path}/controller.db"
+    config["poll"].update({"enabled": False, "jitter_s": 0.0, "timeout_s": 2,
+                           "max_failures": 3})
+    for section, values in sections.items():
+        config[section].update(values)
+    return config
+
+
+def controller_app(config):
+    upgrade(config["database"]["url"])
+    return create_controller_app(config, start=config["poll"]["enabled"])
+
+
+def register(client, agent, cluster="default"):
+    answer = client.post("/v1/hosts", headers=ADMIN, json={
+        "url": agent.url, "token": AGENT_TOKEN, "cluster": cluster})
+    assert answer.status_code == 201, answer.get_json()
+    return answer.get_json()
+
+
+def poller(app):
+    return app.extensions["hostplane_controller"].poller
