@@ -51,6 +51,14 @@ class Agent:
                 self.config["server"]["token"]))
         if self.live_host and self.config["host"]["watch_udev"]:
             self._start_monitor()
+        self._start_networks()
+
+    def _start_networks(self):
+        from agent.net import HostNetworks
+        state_dir = self.config["host"]["state_dir"]
+        self.networks = HostNetworks(self.config["network"]["netns"],
+                                     os.path.join(state_dir, "networks.json") if state_dir else None)
+        self.networks.reconcile()
 
     def _start_monitor(self):
         from agent.inventory.udev import HotplugMonitor
