@@ -1,0 +1,109 @@
+"""1,000 concurrent creates for 8 free GPUs end as exactly 8 VMs, on SQLite and PostgreSQL.
+
+The controller runs under gunicorn (2 worker processes, 16 threads each) as in production;
+four real agents (two GPUs each, libvirt's in-memory `test:///default`) create the VMs.
+"""
+
+import os
+import subprocess
+import threading
+import uuid
+from collections import Counter
+
+import pytest
+import requests
+
+from tests.conftest import AUTH as AGENT_AUTH, TOKEN as AGENT_TOKEN
+from tests.test_controller_support import (ADMIN, GunicornController, LoopbackAgent, gpu_host,
+                                           needs_agent_vm_api)
+
+REQUESTS = 1000
+HOSTS = 4   # two GPUs each: 8 in all
+
+
+def _postgres_url():
+    """A throw-away role and database on the local PostgreSQL, or a skip saying why not."""
+    if subprocess.run(["pg_lsclusters", "-h"], capture_output=True, text=True).stdout.find(
+            "online") < 0:
+        pytest.skip("no PostgreSQL cluster online (scripts/start-daemons starts one)")
+    name = f"hostplane_race_{uuid.uuid4().hex[:8]}"
+    password = uuid.uuid4().hex
+    script = ('CREATE ROLE :"name" LOGIN PASSWORD :\'password\';\n'
+              'CREATE DATABASE :"name" OWNER :"name";\n')
+    subprocess.run(["runuser", "-u", "postgres", "--", "psql", "-q", "-v", "ON_ERROR_STOP=1",
+                    "-v", f"name={name}", "-v", f"password={password}"],
+                   input=script, text=True, check=True, capture_output=True)
+    return name, f"postgresql+psycopg://{name}:{password}@127.0.0.1:5432/{name}"
+
+
+def _drop_postgres(name):
+    script = 'DROP DATABASE IF EXISTS :"name" WITH (FORCE);\nDROP ROLE IF EXISTS :"name";\n'
+    subprocess.run(["runuser", "-u", "postgres", "--", "psql", "-q", "-v", f"name={name}"],
+                   input=script, text=True, capture_output=True)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request, tmp_path):
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path}/race.db"
+        return
+    name, url = _postgres_url()
+    yield url
+    _drop_postgres(name)
+
+
+def test_1000_concurrent_creates_for_8_gpus_make_exactly_8_vms(tmp_path, database_url):
+    needs_agent_vm_api()
+    agents = [LoopbackAgent(tmp_path, f"race-host-{i}", gpu_host()) for i in range(HOSTS)]
+    controller = GunicornController(database_url)
+    try:
+        for agent in agents:
+            answer = requests.post(controller.url + "/v1/hosts", headers=ADMIN, timeout=30,
+                                   json={"url": agent.url, "token": AGENT_TOKEN})
+            assert answer.status_code == 201, answer.text
+        statuses = _race(controller.url)
+        counts = Counter(statuses)
+        assert counts[201] == 8, counts
+        assert set(counts) <= {201, 409, 422}, counts   # never a 500 or a 503
+
+        vms = requests.get(controller.url + "/v1/vms", headers=ADMIN, timeout=30).json()["vms"]
+        assert len(vms) == 8
+        gpus = requests.get(controller.url + "/v1/devices?type=gpu", headers=ADMIN,
+                            timeout=30).json()["devices"]
+        holders = [gpu["vm"] for gpu in gpus]
+        assert len(gpus) == 8 and all(holders) and len(set(holders)) == 8
+        assert {vm["name"] for vm in vms} == set(holders)
+        # and on the hosts themselves: each GPU in exactly one domain
+        held = Counter()
+        for agent in agents:
+            for vm in requests.get(agent.url + "/v1/vms", headers=AGENT_AUTH,
+                                   timeout=30).json()["vms"]:
+                held.update((agent.host_id, d["id"]) for d in vm.get("devices", [])
+                            if d["id"].endswith(".0"))
+        assert len(held) == 8 and set(held.values()) == {1}, held
+    finally:
+        controller.stop()
+        for agent in agents:
+            agent.stop()
+
+
+def _race(url):
+    barrier = threading.Barrier(REQUESTS)
+    statuses = [None] * REQUESTS
+
+    def create(index):
+        body = {"name": f"race-{index}", "vcpus": 1, "memory_mib": 64, "start": False,
+                "gpus": [{"vendor_id": "10de", "device_id": "1eb8"}]}
+        barrier.wait()
+        try:
+            statuses[index] = requests.post(url + "/v1/vms", headers=ADMIN, json=body,
+                                            timeout=300).status_code
+        except requests.RequestException as exc:
+            statuses[index] = type(exc).__name__
+
+    threads = [threading.Thread(target=create, args=(i,)) for i in range(REQUESTS)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return statuses

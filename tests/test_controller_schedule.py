@@ -1,0 +1,177 @@
+"""Placement through the controller: explain, 422 with per-host reasons, USB and tenant rules.
+
+Two real agents on loopback: host-a has two T4-class GPUs (10de:1eb8) and USB stick
+serial 4C530001, host-b two A10-class GPUs (10de:2236) and stick 4C530002.
+"""
+
+import pytest
+
+from tests.test_controller_support import (ADMIN, NVIDIA_A10, TENANT, LoopbackAgent,
+                                           controller_app, controller_config, gpu_host,
+                                           register)
+
+STICK_A, STICK_B = "0781:5567:4C530001", "0781:5567:4C530002"
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("schedule")
+    agents = {"host-a": LoopbackAgent(tmp_path, "host-a", gpu_host()),
+              "host-b": LoopbackAgent(tmp_path, "host-b", gpu_host(NVIDIA_A10, "4C530002"))}
+    app = controller_app(controller_config(tmp_path))
+    client = app.test_client()
+    for agent in agents.values():
+        register(client, agent)
+    yield app, client, agents
+    for agent in agents.values():
+        agent.stop()
+    app.extensions["hostplane_controller"].close()
+
+
+def explain(client, headers=ADMIN, **body):
+    answer = client.post("/v1/schedule/explain", headers=headers,
+                         json={"name": "vm-1", "vcpus": 2, "memory_mib": 1024, **body})
+    assert answer.status_code == 200, answer.get_json()
+    return answer.get_json()
+
+
+def test_gpu_model_present_only_on_host_b_is_placed_on_b_with_its_audio_function(world):
+    _, client, _ = world
+    result = explain(client, gpus=[{"vendor_id": "10de", "device_id": "2236"}])
+    assert result["chosen"] == "host-b"
+    assert [c["host"] for c in result["candidates"]] == ["host-b"]
+    claimed = {d["id"] for d in result["candidates"][0]["devices"]}
+    assert len(claimed) == 2 and {i[-1] for i in claimed} == {"0", "1"}   # GPU + its .1 audio
+    assert any("10de:2236" in reason for reason in result["rejected"]["host-a"])
+
+
+def test_more_gpus_than_any_host_has_is_422_with_reasons_per_host(world):
+    _, client, _ = world
+    answer = client.post("/v1/vms", headers=ADMIN, json={
+        "name": "greedy", "vcpus": 2, "memory_mib": 1024,
+        "gpus": [{"vendor_id": "10de", "device_id": "1eb8", "count": 3}]})
+    assert answer.status_code == 422
+    error = answer.get_json()["error"]
+    assert set(error["details"]["hosts"]) == {"host-a", "host-b"}
+    assert any("2 of 3" in r for r in error["details"]["hosts"]["host-a"])
+    assert client.get("/v1/vms/greedy", headers=ADMIN).status_code == 404
+    assert {d["status"] for d in client.get("/v1/devices?type=gpu", headers=ADMIN)
+            .get_json()["devices"]} == {"ready"}
+
+
+def test_memory_shortfall_is_named_with_free_and_asked(world):
+    _, client, _ = world
+    result = explain(client, memory_mib=600000)
+    assert result["chosen"] is None
+    assert "not enough memory: 524288 MiB free, 600000 asked" in result["rejected"]["host-a"]
+
+
+def test_usb_device_pulls_the_vm_to_the_host_that_has_it(world):
+    _, client, _ = world
+    result = explain(client, usb=[{"id": STICK_B}])
+    assert result["chosen"] == "host-b"
+    assert any(STICK_B in r and "host-b" in r for r in result["rejected"]["host-a"])
+
+
+def test_usb_and_gpu_must_share_one_host(world):
+    _, client, _ = world
+    result = explain(client, usb=[{"id": STICK_A}],
+                     gpus=[{"vendor_id": "10de", "device_id": "2236"}])
+    assert result["chosen"] is None
+    assert result["rejected"]["host-a"] and result["rejected"]["host-b"]
+
+
+def test_usb_is_admin_only_for_tenants(world):
+    _, client, _ = world
+    answer = client.post("/v1/vms", headers=TENANT, json={
+        "name": "t-usb", "vcpus": 1, "memory_mib": 256, "usb": [{"id": STICK_A}]})
+    assert answer.status_code == 403 and answer.get_json()["error"]["code"] == "admin_only"
+    assert any("admin-only" in r for r in explain(client, TENANT, usb=[{"id": STICK_A}])
+               ["rejected"]["host-a"])
+
+
+def test_tenant_gets_only_shared_gpus(world):
+    _, client, _ = world
+    ask = {"gpus": [{"vendor_id": "10de", "device_id": "1eb8"}]}
+    assert explain(client, TENANT, **ask)["chosen"] is None
+    client.patch("/v1/devices/host-a/0000:af:00.0", headers=ADMIN, json={"shared": True})
+    client.patch("/v1/devices/host-a/0000:af:00.1", headers=ADMIN, json={"shared": True})
+    try:
+        result = explain(client, TENANT, **ask)
+        assert result["chosen"] == "host-a"
+        assert {d["id"] for d in result["candidates"][0]["devices"]} == {
+            "0000:af:00.0", "0000:af:00.1"}
+    finally:
+        for address in ("0000:af:00.0", "0000:af:00.1"):
+            client.patch(f"/v1/devices/host-a/{address}", headers=ADMIN, json={"shared": False})
+
+
+def test_maintenance_disabled_and_iommu_off_hosts_take_no_new_gpus(world):
+    _, client, _ = world
+    ask = {"gpus": [{"vendor_id": "10de", "device_id": "2236"}]}
+    for patch, reason in (({"state": "maintenance"}, "in maintenance"),
+                          ({"state": "disabled"}, "disabled"),
+                          ({"iommu_enabled": False}, "host IOMMU switched off")):
+        client.patch("/v1/hosts/host-b", headers=ADMIN, json=patch)
+        try:
+            result = explain(client, **ask)
+            assert result["chosen"] is None
+            assert reason in result["rejected"]["host-b"]
+        finally:
+            client.patch("/v1/hosts/host-b", headers=ADMIN,
+                         json={"state": "enabled", "iommu_enabled": True})
+    assert explain(client, **ask)["chosen"] == "host-b"
+
+
+def test_unplaceable_when_agent_gone_is_503_and_releases_the_claim(world, tmp_path):
+    app, client, agents = world
+    port = agents["host-b"].served.port
+    agents["host-b"].stop()
+    try:
+        answer = client.post("/v1/vms", headers=ADMIN, json={
+            "name": "vm-lost", "vcpus": 2, "memory_mib": 1024,
+            "gpus": [{"vendor_id": "10de", "device_id": "2236"}]})
+        assert answer.status_code == 503
+        assert answer.get_json()["error"]["code"] == "agent_unreachable"
+    finally:
+        agents["host-b"].start(port)
+    assert client.get("/v1/vms/vm-lost", headers=ADMIN).status_code == 404
+    gpus = client.get("/v1/devices?host=host-b", headers=ADMIN).get_json()["devices"]
+    assert {d["status"] for d in gpus} == {"ready"} and {d["vm"] for d in gpus} == {None}
+
+
+@pytest.mark.parametrize("body, field", [
+    ({"vcpus": 1, "memory_mib": 256}, "name"),
+    ({"name": "x y", "vcpus": 1, "memory_mib": 256}, "name"),
+    ({"name": "ok", "vcpus": 1, "memory_mib": -5}, "memory_mib"),
+    ({"name": "ok", "vcpus": 0, "memory_mib": 256}, "vcpus"),
+    ({"name": "ok", "vcpus": 1, "memory_mib": 256,
+      "gpus": [{"vendor_id": "10de", "device_id": "1eb8", "count": 0}]}, "gpus.0.count"),
+    ({"name": "ok", "vcpus": 1, "memory_mib": 256, "gpus": [{"id": "3b:00"}]}, "gpus.0.id"),
+    ({"name": "ok", "vcpus": 1, "memory_mib": 256, "usb": [{"id": "sandisk"}]}, "usb.0.id"),
+    ({"name": "ok", "vcpus": 1, "memory_mib": 256, "strategy": "random"}, "strategy"),
+])
+def test_bad_vm_bodies_are_400_naming_the_field(world, body, field):
+    _, client, _ = world
+    for path in ("/v1/vms", "/v1/schedule/explain"):
+        answer = client.post(path, headers=ADMIN, json=body)
+        assert answer.status_code == 400, answer.get_json()
+        fields = [e["field"] for e in answer.get_json()["error"]["details"]["errors"]]
+        assert field in fields
+
+
+def test_invalid_json_is_400(world):
+    _, client, _ = world
+    answer = client.post("/v1/vms", headers={**ADMIN, "Content-Type": "application/json"},
+                         data="{not json")
+    assert answer.status_code == 400
+    assert answer.get_json()["error"]["code"] == "invalid_json"
+
+
+def test_unknown_vm_is_404(world):
+    _, client, _ = world
+    for method, path in (("get", "/v1/vms/nope"), ("delete", "/v1/vms/nope"),
+                         ("post", "/v1/vms/nope/start"),
+                         ("delete", "/v1/vms/nope/devices/host-a/0000:3b:00.0")):
+        answer = getattr(client, method)(path, headers=ADMIN)
+        assert answer.status_code == 404, (path, answer.get_json())
