@@ -260,6 +260,33 @@ def test_bad_input_is_400_with_the_reason_and_creates_nothing(make_ns, agents, b
     assert client.get("/v1/networks", headers=AUTH).get_json()["networks"] == []
 
 
+def test_kernel_refusals_a_caller_causes_are_4xx_and_roll_back(make_ns, agents):
+    ns = make_ns()
+    _address(ns, "eth1", "192.0.2.1")
+    before = links(ns)
+    client = agents(ns)
+    too_big = put(client, "jumbo", {"type": "vxlan", "vni": 9, "local_ip": "192.0.2.1",
+                                    "mtu": 9000})          # the underlay carries 1500
+    assert too_big.status_code == 400 and too_big.get_json()["error"]["code"] == "invalid_mtu"
+    loopback = put(client, "loop", {"type": "novlan", "interface": "lo"})
+    assert loopback.status_code == 409, loopback.get_json()
+    assert loopback.get_json()["error"]["code"] == "cannot_enslave"
+    assert links(ns) == before
+    assert client.get("/v1/networks", headers=AUTH).get_json()["networks"] == []
+
+
+def test_a_changed_vni_replaces_the_old_interfaces(make_ns, agents):
+    ns = make_ns()
+    _address(ns, "eth1", "192.0.2.1")
+    client = agents(ns)
+    body = {"type": "vxlan", "vni": 5001, "local_ip": "192.0.2.1"}
+    assert put(client, "overlay", body).status_code == 201
+    moved = put(client, "overlay", {**body, "vni": 5002})
+    assert moved.status_code == 200 and moved.get_json()["bridge"] == "br-vx-5002"
+    ours = {name for name, facts in links(ns).items() if facts[1] == "hostplane:net=overlay"}
+    assert ours == {"vx-5002", "br-vx-5002"}
+
+
 def test_bad_network_names_and_missing_token_change_nothing(make_ns, agents):
     ns = make_ns()
     before = links(ns)

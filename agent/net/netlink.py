@@ -25,6 +25,8 @@ _KIND_DATA = {"vlan": ("IFLA_VLAN_ID",),
               "vxlan": ("IFLA_VXLAN_ID", "IFLA_VXLAN_LOCAL", "IFLA_VXLAN_PORT",
                         "IFLA_VXLAN_LEARNING", "IFLA_VXLAN_LINK")}
 NETNS_DIR = "/var/run/netns"
+# Refusals that come from what was asked (an MTU too big, loopback as a bridge port).
+_CALLER_CAUSED = (errno.EINVAL, errno.ERANGE, errno.EBUSY, errno.ELOOP, errno.EOPNOTSUPP)
 
 
 @dataclass
@@ -119,14 +121,22 @@ class Netlink:
                 raise
             return index
 
-    def set(self, index, **changes):
+    def set(self, link, **changes):
+        """Change `link` (a LinkState) in place."""
         with self._lock:
             try:
-                self.ipr.link("set", index=index, **changes)
+                self.ipr.link("set", index=link.index, **changes)
             except NetlinkError as exc:
-                if exc.code in (errno.EINVAL, errno.ERANGE) and "mtu" in changes:
-                    raise BadRequest(f"the kernel refused mtu {changes['mtu']}: {exc.args[-1]}",
-                                     code="invalid_mtu") from None
+                if exc.code not in _CALLER_CAUSED:
+                    raise
+                if "mtu" in changes:
+                    raise BadRequest(f"the kernel refused mtu {changes['mtu']} on {link.ifname}: "
+                                     f"{exc.args[-1]}", code="invalid_mtu",
+                                     details={"interface": link.ifname}) from None
+                if "master" in changes:
+                    raise Conflict(f"the kernel refused {link.ifname} as a bridge port: "
+                                   f"{exc.args[-1]}", code="cannot_enslave",
+                                   details={"interface": link.ifname}) from None
                 raise
 
     def delete(self, index):

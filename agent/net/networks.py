@@ -8,7 +8,7 @@ is touched, and DELETE removes only interfaces that carry the network's alias.
 
 import logging
 
-from agent.net.netlink import Netlink
+from agent.net.netlink import Netlink, NetlinkError
 from agent.net.state import DesiredSet
 from hostplane.core.networks import (InvalidNetwork, choose_vtep, network_alias,
                                      network_of_alias, parse_spec, peer_changes, plan_network)
@@ -76,7 +76,7 @@ class HostNetworks:
                 self._realise(name, parse_spec(stored))
                 report[name] = "ok"
                 self.problems.pop(name, None)
-            except (ApiError, ValueError, OSError) as exc:
+            except (ApiError, ValueError, OSError, NetlinkError) as exc:
                 reason = getattr(exc, "message", None) or str(exc)
                 log.warning("network %s not rebuilt: %s", name, reason)
                 report[name] = self.problems[name] = reason
@@ -156,16 +156,16 @@ class HostNetworks:
 
     def _enslave(self, port, bridge, changes):
         if port.master != bridge.index:
-            self.netlink.set(port.index, master=bridge.index)
+            self.netlink.set(port, master=bridge.index)
             changes.append(f"added {port.ifname} to {bridge.ifname}")
 
     def _settle(self, link, state, changes):
         """MTU and up-state last: enslaving a port can move a bridge's MTU."""
         if link.mtu and state.mtu != link.mtu:
-            self.netlink.set(state.index, mtu=link.mtu)
+            self.netlink.set(state, mtu=link.mtu)
             changes.append(f"set mtu of {link.ifname} to {link.mtu}")
         if not state.up:
-            self.netlink.set(state.index, state="up")
+            self.netlink.set(state, state="up")
             changes.append(f"set {link.ifname} up")
 
     def _flood(self, device, peers, changes):

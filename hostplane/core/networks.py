@@ -134,6 +134,10 @@ class VxlanSpec(_Spec):
             raise ValueError("give exactly one of local_cidr or local_ip")
         if self.local_ip is not None and self.local_ip in self.peers:
             raise ValueError(f"local_ip {self.local_ip} cannot also be a peer")
+        local = self.local_ip or self.local_cidr
+        family = ipaddress.ip_network(local, strict=False).version
+        if any(ipaddress.ip_address(peer).version != family for peer in self.peers):
+            raise ValueError(f"peers must be IPv{family} addresses, like {local}")
         return self
 
 
