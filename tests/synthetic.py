@@ -149,7 +149,8 @@ def pci_links(function):
 
 def usb_attributes(device):
     attrs = {"idVendor": device.vendor, "idProduct": device.product_id,
-             "bcdUSB": device.bcd_usb, "speed": device.speed,
+             "version": f"{int(device.bcd_usb[:2], 16):2x}.{device.bcd_usb[2:]}",
+             "speed": device.speed,
              "busnum": str(device.busnum), "devnum": str(device.devnum),
              "bDeviceClass": device.device_class, "devpath": device.sys_name.partition("-")[2] or "0",
              "maxchild": "4" if device.device_class == "09" else "0"}

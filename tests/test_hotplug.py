@@ -24,7 +24,7 @@ STICK_PATH = "/devices/pci0000:00/0000:00:14.0/usb1/1-1/1-1.3"
 STICK = "\n".join([
     f"P: {STICK_PATH}", "E: DEVTYPE=usb_device", "E: SUBSYSTEM=usb",
     r"A: idVendor=0951\n", r"A: idProduct=1666\n", r"A: serial=HOTPLUG01\n",
-    r"A: bcdUSB=0320\n", r"A: speed=5000\n", r"A: busnum=1\n", r"A: devnum=5\n",
+    r"A: version= 3.20\n", r"A: speed=5000\n", r"A: busnum=1\n", r"A: devnum=5\n",
     r"A: bDeviceClass=00\n", r"A: manufacturer=Kingston\n", r"A: product=DataTraveler 3.0\n", ""])
 GPU_PATH = "/devices/pci0000:00/0000:00:03.0"
 GPU = "\n".join([
@@ -34,7 +34,7 @@ GPU = "\n".join([
     "L: iommu_group=../../../kernel/iommu_groups/40", ""])
 
 
-def wait_for(predicate, timeout=5.0):
+def wait_for(predicate, timeout=30.0):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()

@@ -91,18 +91,19 @@ def test_usb_ids_prefer_serial_and_fall_back_to_port():
 
 
 def test_usb_device_model_reports_version_speed_and_hubs():
-    stick = build_usb_device("1-1.1", {"idVendor": "0781", "idProduct": "5567", "bcdUSB": "0210",
+    stick = build_usb_device("1-1.1", {"idVendor": "0781", "idProduct": "5567", "version": " 2.10",
                                        "speed": "480", "serial": "ABC", "bDeviceClass": "00",
                                        "busnum": "1", "devnum": "3"})
     assert (stick["usb_version"], stick["speed_mbps"], stick["assignable"]) == ("2.10", 480, True)
-    keyboard = build_usb_device("1-1.2", {"idVendor": "046d", "idProduct": "c31c", "bcdUSB": "0110",
+    keyboard = build_usb_device("1-1.2", {"idVendor": "046d", "idProduct": "c31c", "version": " 1.10",
                                           "speed": "1.5", "bDeviceClass": "00"})
     assert keyboard["speed_mbps"] == 1.5 and keyboard["id"] == "046d:c31c@1-1.2"
     hub = build_usb_device("1-1", {"idVendor": "05e3", "idProduct": "0610", "bDeviceClass": "09"})
     root = build_usb_device("usb1", {"idVendor": "1d6b", "idProduct": "0002", "bDeviceClass": "09"})
     assert not hub["assignable"] and "hub" in hub["not_assignable_reason"]
     assert not root["assignable"] and "root hub" in root["not_assignable_reason"]
-    assert usb_version("0300") == "3.00" and usb_version(None) is None
+    assert usb_version(" 3.20") == "3.20" and usb_version("2.00") == "2.00"
+    assert usb_version(None) is None and usb_version("0210") is None
 
 
 @pytest.mark.parametrize("cmdline, groups, enabled, ready", [

@@ -67,7 +67,7 @@ def free_port():
 class AgentProcess:
     """`gunicorn 'agent.app:create_app()'` on a loopback port, configured by environment."""
 
-    def __init__(self, env, token, workers=1, timeout=30):
+    def __init__(self, env, token, workers=1, timeout=60):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.headers = {"Authorization": f"Bearer {token}"}
@@ -80,9 +80,9 @@ class AgentProcess:
             if self.process.poll() is not None:
                 raise RuntimeError("agent exited:\n" + self.process.stdout.read())
             try:
-                requests.get(self.url + "/v1/health", timeout=1)
+                requests.get(self.url + "/v1/health", timeout=5)
                 return
-            except requests.ConnectionError:
+            except requests.RequestException:   # not listening yet, or worker still booting
                 time.sleep(0.1)
         self.stop()
         raise RuntimeError("agent did not answer in time")

@@ -7,7 +7,7 @@ a handful of syscalls: its `uevent` carries ids, class and driver in one read.
 
 import os
 
-USB_ATTRIBUTES = ("idVendor", "idProduct", "manufacturer", "product", "serial", "bcdUSB",
+USB_ATTRIBUTES = ("idVendor", "idProduct", "manufacturer", "product", "serial", "version",
                   "speed", "busnum", "devnum", "bDeviceClass")
 
 

@@ -7,15 +7,13 @@ HUB_CLASS = "09"
 PER_VM_LIMITS = {1: 1, 2: 6, 3: 4}
 
 
-def usb_version(bcd):
-    """bcdUSB "0210" → "2.10"; None when absent or malformed."""
-    bcd = (bcd or "").strip()
-    if len(bcd) != 4 or not bcd.isalnum():
+def usb_version(text):
+    """The kernel's `version` attribute (bcdUSB as " 2.10") → "2.10"; None if malformed."""
+    text = (text or "").strip()
+    major, dot, minor = text.partition(".")
+    if not dot or not major.isdigit() or len(minor) != 2 or not minor.isalnum():
         return None
-    try:
-        return f"{int(bcd[:2], 16)}.{bcd[2:]}"
-    except ValueError:
-        return None
+    return f"{int(major)}.{minor}"
 
 
 def version_major(version):
@@ -62,7 +60,7 @@ def build_usb_device(sys_name, attrs):
         "manufacturer": attr("manufacturer"),
         "product": attr("product"),
         "serial": serial,
-        "usb_version": usb_version(attr("bcdUSB")),
+        "usb_version": usb_version(attr("version")),
         "speed_mbps": speed_mbps(attr("speed")),
         "busnum": _int(attr("busnum")),
         "devnum": _int(attr("devnum")),
