@@ -6,26 +6,31 @@ a group to one VM or to none. Tenants see only devices an admin shared, and neve
 """
 
 from hostplane.core.placement_index import device_blocker
+from hostplane.core.placement_locality import no_gpu_model, no_pci_device
 from hostplane.core.usb import PER_VM_LIMITS
 
 
 def pick_pci(asks, host_id, index, shared_only):
-    """((("pci", id), ...), reasons) for the GPU asks on this host; asks by id go first."""
-    taken = {}        # id → None, in claim order: asked devices and their group siblings
+    """((("pci", id), ...), reasons) for the GPU asks on this host, asks by id first."""
+    taken = {}        # id → ("pci", id), in claim order: asked devices and group siblings
     counted = set()   # ids that satisfied an ask
     reasons = []
-    for ask in sorted(asks, key=lambda ask: ask.id is None):
+    for ask in asks:
         if ask.id is not None:
             _pick_by_id(ask.id, host_id, index, shared_only, taken, counted, reasons)
         else:
             _pick_by_model(ask, host_id, index, shared_only, taken, counted, reasons)
-    return tuple(("pci", device_id) for device_id in taken), reasons
+    return tuple(taken.values()), reasons
+
+
+def by_id_first(asks):
+    return tuple(sorted(asks, key=lambda ask: ask.id is None))
 
 
 def _pick_by_id(device_id, host_id, index, shared_only, taken, counted, reasons):
     device = index.device(host_id, "pci", device_id)
     if device is None or (shared_only and not device.shared):
-        reasons.append(f"no PCI device {device_id} on this host")
+        reasons.append(no_pci_device(device_id))
         return
     if device_id in counted:
         reasons.append(f"PCI device {device_id} asked twice")
@@ -35,17 +40,16 @@ def _pick_by_id(device_id, host_id, index, shared_only, taken, counted, reasons)
         if blocker:
             reasons.append(blocker)
             return
-        _take(device, index, taken)
+        taken.update(index.claims[(host_id, device_id)])
     counted.add(device_id)
 
 
 def _pick_by_model(ask, host_id, index, shared_only, taken, counted, reasons):
-    model = f"{ask.vendor_id}:{ask.device_id}"
     gpus = index.gpu_models.get((ask.vendor_id, ask.device_id), {}).get(host_id, ())
     if shared_only:
         gpus = [gpu for gpu in gpus if gpu.shared]
     if not gpus:
-        reasons.append(f"no GPU {model} on this host")
+        reasons.append(no_gpu_model(ask))
         return
     got, blocked = 0, []
     for gpu in gpus:
@@ -58,31 +62,22 @@ def _pick_by_model(ask, host_id, index, shared_only, taken, counted, reasons):
             if blocker:
                 blocked.append(blocker)
                 continue
-            _take(gpu, index, taken)
+            taken.update(index.claims[(host_id, gpu.id)])
         counted.add(gpu.id)
         got += 1
     if got < ask.count:
         reasons.extend(blocked)
         plural = "GPU" if ask.count == 1 else "GPUs"
-        reasons.append(f"only {got} of {ask.count} {plural} {model} free")
+        reasons.append(f"only {got} of {ask.count} {plural} {ask.vendor_id}:{ask.device_id} free")
 
 
-def _take(device, index, taken):
-    taken[device.id] = None
-    for sibling in index.siblings(device):
-        taken[sibling.id] = None
-
-
-def pick_usb(usb_ids, host_id, index, usb_hosts):
-    """((("usb", id), ...), reasons): every USB device of a VM sits on the VM's host."""
+def pick_usb(usb_ids, host_id, index):
+    """((("usb", id), ...), reasons) on a host holding every asked USB device (see Locality)."""
     claims, reasons = [], []
     for usb_id in usb_ids:
         device = index.device(host_id, "usb", usb_id)
         if device is None:
-            elsewhere = usb_hosts.get(usb_id)
-            if elsewhere:
-                reasons.append(f"USB {usb_id} is on {', '.join(elsewhere)}")
-            continue   # found nowhere: a reason on every host, see usb_global_reasons
+            continue   # Locality already rejected this host
         blocker = device_blocker(device)
         if blocker:
             reasons.append(blocker)
@@ -92,7 +87,7 @@ def pick_usb(usb_ids, host_id, index, usb_hosts):
 
 
 def usb_global_reasons(request, index):
-    """Reasons that reject every host alike: admin-only, unknown devices, per-VM limits."""
+    """Reasons that reject every host alike: USB is admin-only, per-VM limits."""
     if not request.usb:
         return []
     reasons = []
@@ -102,8 +97,7 @@ def usb_global_reasons(request, index):
     for usb_id in dict.fromkeys(request.usb):
         hosts = index.usb_hosts(usb_id)
         if not hosts:
-            reasons.append(f"USB {usb_id} not found on any host")
-            continue
+            continue   # "not found on any host" comes from Locality
         major = index.device(hosts[0], "usb", usb_id).usb_major
         majors[major] = majors.get(major, 0) + 1
     if request.existing_vm is not None:

@@ -12,11 +12,17 @@ HOST_STATE_REASONS = {"disabled": "disabled", "maintenance": "in maintenance"}
 class SnapshotIndex:
     def __init__(self, hosts, devices, vms):
         self.hosts = {host.id: host for host in hosts}
+        self.host_ids = frozenset(self.hosts)
+        self.clusters = {}          # cluster → {host ids}
+        for host in hosts:
+            self.clusters.setdefault(host.cluster, set()).add(host.id)
         self.host_reasons = {host.id: host_reasons(host) for host in hosts}
+        self.troubled = {host_id: r for host_id, r in self.host_reasons.items() if r}
         self.devices = {}           # (host_id, kind, id) → device
         self.groups = {}            # (host_id, iommu_group) → [pci devices]
         self.gpu_models = {}        # (vendor_id, device_id) → {host_id: [gpus]}
         self.usb_locations = {}     # usb id → [host ids]
+        self.pci_locations = {}     # pci address → {host_id: device}
         self.held = {}              # vm name → [devices it holds]
         for device in devices:
             self.devices[(device.host_id, device.kind, device.id)] = device
@@ -25,20 +31,27 @@ class SnapshotIndex:
             if device.kind == "usb":
                 self.usb_locations.setdefault(device.id, []).append(device.host_id)
                 continue
+            self.pci_locations.setdefault(device.id, {})[device.host_id] = device
             if device.iommu_group is not None:
                 self.groups.setdefault((device.host_id, device.iommu_group), []).append(device)
             if device.type == "gpu":
                 per_host = self.gpu_models.setdefault((device.vendor_id, device.product_id), {})
                 per_host.setdefault(device.host_id, []).append(device)
         self.blockers = {}          # (host_id, id) → why this PCI device cannot be claimed
-        for key, device in self.devices.items():
-            if device.kind == "pci":
-                blocker = device_blocker(device) or self._group_blocker(device)
-                if blocker:
-                    self.blockers[(device.host_id, device.id)] = blocker
-        for per_host in self.gpu_models.values():
+        self.claims = {}            # (host_id, id) → {id: ("pci", id)} of its whole IOMMU group
+        for (host_id, kind, device_id), device in self.devices.items():
+            if kind != "pci":
+                continue
+            blocker = device_blocker(device) or self._group_blocker(device)
+            if blocker:
+                self.blockers[(host_id, device_id)] = blocker
+            else:
+                group = [device_id] + [member.id for member in self.siblings(device)]
+                self.claims[(host_id, device_id)] = {member: ("pci", member) for member in group}
+        for per_host in self.gpu_models.values():   # claimable first, smallest group first
             for host_id, gpus in per_host.items():
-                gpus.sort(key=lambda gpu: (len(self.siblings(gpu)), gpu.id))
+                gpus.sort(key=lambda gpu: ((host_id, gpu.id) in self.blockers,
+                                           len(self.siblings(gpu)), gpu.id))
         self.anti_affinity = {}     # (tenant, group) → {host_id: [vm names]}
         for vm in vms:
             if vm.anti_affinity_group:
@@ -57,6 +70,19 @@ class SnapshotIndex:
 
     def usb_hosts(self, usb_id):
         return self.usb_locations.get(usb_id, ())
+
+    def pci_hosts(self, device_id, shared_only):
+        """Hosts holding this PCI address (that a tenant may see, when shared_only)."""
+        holders = self.pci_locations.get(device_id, {})
+        if shared_only:
+            return {host_id for host_id, device in holders.items() if device.shared}
+        return holders
+
+    def gpu_model_hosts(self, vendor_id, device_id, shared_only):
+        holders = self.gpu_models.get((vendor_id, device_id), {})
+        if shared_only:
+            return {host_id for host_id, gpus in holders.items() if any(g.shared for g in gpus)}
+        return holders
 
     def _group_blocker(self, device):
         for member in self.siblings(device):

@@ -11,8 +11,10 @@ placement, minus one per VM of the same soft anti-affinity group already there; 
 
 from dataclasses import dataclass, field
 
-from hostplane.core.placement_devices import pick_pci, pick_usb, usb_global_reasons
+from hostplane.core.placement_devices import (by_id_first, pick_pci, pick_usb,
+                                              usb_global_reasons)
 from hostplane.core.placement_index import SnapshotIndex
+from hostplane.core.placement_locality import Locality
 from hostplane.core.usb import PER_VM_LIMITS
 
 USB_LIMITS = PER_VM_LIMITS
@@ -149,17 +151,29 @@ class Placement:
 
 
 def place(request, snapshot, policy=Policy()):
-    """Rank every host able to run the request; give every other host its reasons."""
+    """Rank every host able to run the request; give every other host its reasons.
+
+    Hosts lacking an asked device (or not the asked host, cluster, or the VM's own host)
+    are rejected with what they lack and their state; the others are judged in full.
+    """
     index = snapshot.index
-    everywhere = usb_global_reasons(request, index)
+    everywhere = tuple(usb_global_reasons(request, index))
+    locality = Locality(request, index)
+    possible = locality.possible
     judge = _Judge(request, policy, index)
     ranked, rejected = [], {}
-    for host in snapshot.hosts:
-        reasons, score, devices = judge(host)
+    if possible is not None:
+        rejected = locality.rejected(index.host_ids)
+        for host_id in index.troubled.keys() & rejected.keys():
+            rejected[host_id] = index.troubled[host_id] + rejected[host_id]
         if everywhere:
-            reasons = everywhere + reasons
-        if reasons:
-            rejected[host.id] = tuple(reasons)
+            rejected = {host_id: everywhere + reasons for host_id, reasons in rejected.items()}
+    hosts = snapshot.hosts if possible is None else [
+        index.hosts[host_id] for host_id in sorted(possible) if host_id in index.hosts]
+    for host in hosts:
+        reasons, score, devices = judge(host)
+        if everywhere or reasons:
+            rejected[host.id] = everywhere + tuple(reasons)
         else:
             ranked.append(Candidate(host.id, score, devices))
     ranked.sort(key=lambda c: (-c.score, c.host_id))
@@ -167,89 +181,63 @@ def place(request, snapshot, policy=Policy()):
 
 
 class _Judge:
-    """Per-request constants computed once, then one call per host."""
+    """Per-request constants computed once, then one call per host that holds the devices."""
 
     def __init__(self, request, policy, index):
         self.request, self.policy, self.index = request, policy, index
         vm = request.existing_vm
-        self.vm = vm
-        self.vm_host = index.hosts.get(vm.host_id) if vm else None
-        self.pinned = None   # why this VM cannot leave its host, or None
-        if vm is not None:
-            if vm.state == "running":
-                self.pinned = f"{vm.name} is running on {vm.host_id}"
-            elif index.held.get(vm.name):
-                self.pinned = f"{vm.name} holds devices on {vm.host_id}"
-            elif not request.usb:
-                self.pinned = f"{vm.name} is defined on {vm.host_id}"
+        self.home = vm.host_id if vm else None
+        self.vm_name = vm.name if vm else None
         group = request.anti_affinity_group or (vm.anti_affinity_group if vm else None)
         self.group_name = group
         self.group_hosts = index.anti_affinity.get((request.tenant, group), {}) if group else {}
         self.enforce_group = request.anti_affinity == "enforced"
         self.cpu_strategy = request.strategy == "least-cpu"
-        self.enforce_strategy = policy.strategy_mode == "enforced"
-        self.usb_hosts = {usb_id: index.usb_hosts(usb_id) for usb_id in request.usb}
+        self.limit = policy.strategy_limit if policy.strategy_mode == "enforced" else None
+        self.gpu_asks = by_id_first(request.gpus)
+        self.shared_only = request.tenant is not None
 
     def __call__(self, host):
-        request, vm = self.request, self.vm
+        """(reasons, score, devices) for one host."""
+        request, policy = self.request, self.policy
         reasons = list(self.index.host_reasons[host.id])
-        if request.host is not None and host.id != request.host:
-            reasons.append(f"not the requested host {request.host}")
-        if request.cluster is not None and host.cluster != request.cluster:
-            reasons.append(f"in cluster {host.cluster}, not {request.cluster}")
-        at_home = vm is not None and host.id == vm.host_id
-        if vm is not None and not at_home:
-            if self.pinned:
-                reasons.append(self.pinned)
-            elif self.vm_host is not None and host.cluster != self.vm_host.cluster:
-                reasons.append(f"{vm.name} may move only within cluster {self.vm_host.cluster}")
-        cpu_use, memory_use = self._capacity(host, 0 if at_home else 1, reasons)
-        score = self._strategy(cpu_use, memory_use, reasons)
-        score -= self._anti_affinity(host, reasons)
-        devices = ()
-        if request.gpus:
-            if not host.iommu_enabled:
-                reasons.append("host IOMMU switched off")
-            elif not host.iommu_ready:
-                reasons.append("host IOMMU not ready")
-            devices, device_reasons = pick_pci(request.gpus, host.id, self.index,
-                                               shared_only=request.tenant is not None)
-            reasons.extend(device_reasons)
-        if request.usb:
-            usb, usb_reasons = pick_usb(request.usb, host.id, self.index, self.usb_hosts)
-            reasons.extend(usb_reasons)
-            devices += usb
-        return reasons, score, devices
-
-    def _capacity(self, host, adds, reasons):
-        """Shares of CPU and memory in use after placing; appends shortfalls."""
-        policy, request = self.policy, self.request
+        vcpus, memory = request.vcpus, request.memory_mib
+        if host.id == self.home:     # an existing VM is already counted on its own host
+            vcpus = memory = 0
         cpu_total = host.cpu_threads * policy.cpu_overcommit
         memory_total = host.memory_mib * policy.memory_overcommit
-        vcpus, memory = request.vcpus * adds, request.memory_mib * adds
-        cpu_free = cpu_total - host.used_vcpus
-        memory_free = memory_total - host.used_memory_mib
+        cpu_free, memory_free = cpu_total - host.used_vcpus, memory_total - host.used_memory_mib
         if vcpus > cpu_free:
             reasons.append(f"not enough CPU: {max(int(cpu_free), 0)} vCPUs free, {vcpus} asked")
         if memory > memory_free:
             reasons.append(f"not enough memory: {max(int(memory_free), 0)} MiB free, "
                            f"{memory} asked")
-        cpu_use = (host.used_vcpus + vcpus) / cpu_total if cpu_total > 0 else 1.0
-        memory_use = (host.used_memory_mib + memory) / memory_total if memory_total > 0 else 1.0
-        return cpu_use, memory_use
-
-    def _strategy(self, cpu_use, memory_use, reasons):
-        use = cpu_use if self.cpu_strategy else memory_use
-        if self.enforce_strategy and use > self.policy.strategy_limit:
+        if self.cpu_strategy:
+            use = (host.used_vcpus + vcpus) / cpu_total if cpu_total > 0 else 1.0
+        else:
+            use = (host.used_memory_mib + memory) / memory_total if memory_total > 0 else 1.0
+        if self.limit is not None and use > self.limit:
             what = "CPU" if self.cpu_strategy else "memory"
             reasons.append(f"{what} use would be {use:.0%}, over the "
-                           f"{self.policy.strategy_limit:.0%} limit of {self.request.strategy}")
-        return 1.0 - use
+                           f"{self.limit:.0%} limit of {request.strategy}")
+        score = 1.0 - use - self._anti_affinity(host, reasons)
+        devices = ()
+        if self.gpu_asks:
+            if not host.iommu_enabled:
+                reasons.append("host IOMMU switched off")
+            elif not host.iommu_ready:
+                reasons.append("host IOMMU not ready")
+            devices, found = pick_pci(self.gpu_asks, host.id, self.index, self.shared_only)
+            reasons += found
+        if request.usb:
+            usb, found = pick_usb(request.usb, host.id, self.index)
+            reasons += found
+            devices += usb
+        return reasons, score, devices
 
     def _anti_affinity(self, host, reasons):
         """Penalty for soft anti-affinity; a reason when enforced."""
-        others = [name for name in self.group_hosts.get(host.id, ())
-                  if self.vm is None or name != self.vm.name]
+        others = [name for name in self.group_hosts.get(host.id, ()) if name != self.vm_name]
         if not others:
             return 0
         if self.enforce_group:

@@ -1,0 +1,139 @@
+"""Placement latency on a generated cluster: 10,000 hosts, 100,000 devices (issue 5).
+
+Goal: median ≤ 10 ms for a one-GPU request. Prints the snapshot build time apart, then
+median and p95 over repeated `place` calls (time.perf_counter) for:
+  - one GPU by vendor/device;
+  - two GPUs by vendor/device plus one USB device (which pins the VM to the USB's host);
+  - one GPU by vendor/device under enforced anti-affinity and strategy.
+
+    .venv/bin/python bench/scheduler.py [--hosts 10000] [--runs 50] [--seed 5]
+"""
+
+import argparse
+import gc
+import os
+import random
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from hostplane.core.scheduler import (DeviceView, GpuAsk, HostView, PlacementRequest,  # noqa: E402
+                                      Policy, Snapshot, VmView, place)
+
+GPU_MODELS = (("10de", "1eb8", "10f8"), ("10de", "20b5", "1aef"), ("10de", "2204", "1aef"),
+              ("1002", "740f", "ab28"))
+DEVICES_PER_HOST = 10
+
+
+def generate(host_count, seed):
+    """(hosts, devices, vms): a third of hosts carry 2 GPUs (+ audio), all carry NICs and USB."""
+    rng = random.Random(seed)
+    hosts, devices, vms = [], [], []
+    for number in range(host_count):
+        host_id = f"host-{number:05d}"
+        status = "disconnected" if rng.random() < 0.02 else "connected"
+        state = "maintenance" if rng.random() < 0.01 else "enabled"
+        threads = rng.choice((32, 64, 128))
+        memory = threads * 4096
+        host_devices = _host_devices(host_id, number, rng)
+        held = [d for d in host_devices if d.vm]
+        for device in held:
+            if device.type == "gpu":
+                vms.append(VmView(device.vm, host_id, "running",
+                                  anti_affinity_group=f"group-{rng.randrange(50)}"))
+        used_vcpus = rng.randrange(threads * 3)
+        hosts.append(HostView(host_id, f"cluster-{number % 10}", status, state, True, True,
+                              threads, memory, used_vcpus, rng.randrange(memory // 2)))
+        devices.extend(host_devices)
+    return hosts, devices, vms
+
+
+def _host_devices(host_id, number, rng):
+    def pci(bus, fn, kind, vendor, product, group, vm=None):
+        return DeviceView(host_id, "pci", f"0000:{bus:02x}:00.{fn}", kind, vendor, product,
+                          "enabled", "attached" if vm else "ready", vm, rng.random() < 0.3,
+                          kind != "bridge", group, None)
+
+    def usb(index):
+        return DeviceView(host_id, "usb", f"0781:5567:H{number:05d}U{index}", "usb", "0781",
+                          "5567", "enabled", "ready", None, False, True, None, 2)
+
+    if number % 3 == 0:
+        vendor, gpu, audio = GPU_MODELS[(number // 3) % len(GPU_MODELS)]
+        found = [pci(0x3a, 0, "bridge", "8086", "2030", 10)]
+        for slot, bus in enumerate((0x3b, 0xaf)):
+            vm = f"vm-{number}-{slot}" if rng.random() < 0.3 else None
+            found += [pci(bus, 0, "gpu", vendor, gpu, 11 + slot, vm),
+                      pci(bus, 1, "gpu-audio", vendor, audio, 11 + slot, vm)]
+        found += [pci(0x18, 0, "nic", "8086", "1593", 21), pci(0x18, 1, "nic", "8086", "1593", 22),
+                  pci(0x5e, 0, "nvme", "144d", "a808", 31), usb(0), usb(1)]
+    else:
+        found = [pci(0x18, fn, "nic", "8086", "1889", 20 + fn) for fn in range(6)]
+        found += [pci(0x5e, 0, "nvme", "144d", "a808", 31), pci(0x5f, 0, "nvme", "144d", "a808", 32),
+                  usb(0), usb(1)]
+    assert len(found) == DEVICES_PER_HOST
+    return found
+
+
+def timed(runs, call):
+    """(last result, median ms, p95 ms, best ms)."""
+    gc.collect()
+    samples = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        result = call()
+        samples.append((time.perf_counter() - start) * 1000)
+    samples.sort()
+    p95 = samples[max(0, int(len(samples) * 0.95) - 1)]
+    return result, statistics.median(samples), p95, samples[0]
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--hosts", type=int, default=10_000)
+    parser.add_argument("--runs", type=int, default=50)
+    parser.add_argument("--seed", type=int, default=5)
+    parser.add_argument("--gc-freeze", action="store_true",
+                        help="gc.freeze() after building the snapshot, as a long-lived "
+                             "controller may: young collections then skip the snapshot")
+    args = parser.parse_args()
+    hosts, devices, vms = generate(args.hosts, args.seed)
+    start = time.perf_counter()
+    snapshot = Snapshot.build(hosts, devices, vms)
+    build_ms = (time.perf_counter() - start) * 1000
+    if args.gc_freeze:
+        gc.freeze()
+    print(f"snapshot: {len(hosts):,} hosts, {len(devices):,} devices, {len(vms):,} VMs; "
+          f"build {build_ms:.0f} ms; load average {os.getloadavg()[0]:.1f} "
+          f"on {os.cpu_count()} CPUs; gc.freeze: {'yes' if args.gc_freeze else 'no'}")
+    usb_host = next(h for n, h in enumerate(hosts) if n % 12 == 0 and h.status == "connected"
+                    and h.state == "enabled")
+    usb_id = f"0781:5567:H{hosts.index(usb_host):05d}U0"
+    cases = [
+        ("1 GPU 10de:1eb8", PlacementRequest("bench", 4, 8192,
+                                             gpus=(GpuAsk(vendor_id="10de", device_id="1eb8"),)),
+         Policy()),
+        ("2 GPUs 10de:1eb8 + 1 USB", PlacementRequest(
+            "bench", 4, 8192, gpus=(GpuAsk(vendor_id="10de", device_id="1eb8", count=2),),
+            usb=(usb_id,)), Policy()),
+        ("1 GPU, anti-affinity + enforced strategy", PlacementRequest(
+            "bench", 4, 8192, gpus=(GpuAsk(vendor_id="10de", device_id="1eb8"),),
+            anti_affinity_group="group-7"), Policy(strategy_mode="enforced")),
+    ]
+    goal = {"1 GPU 10de:1eb8": 10.0}
+    for title, request, policy in cases:
+        placement, median, p95, best = timed(args.runs, lambda: place(request, snapshot, policy))
+        chosen = placement.chosen.host_id if placement.chosen else "none"
+        verdict = ""
+        if title in goal:
+            verdict = "  (goal ≤ {:.0f} ms: {})".format(goal[title],
+                                                       "met" if median <= goal[title] else "MISSED")
+        print(f"{title:42s} median {median:6.2f} ms  p95 {p95:6.2f} ms  best {best:6.2f} ms  "
+              f"candidates {len(placement.ranked):5d}  rejected {len(placement.rejected):5d}  "
+              f"chosen {chosen}{verdict}")
+
+
+if __name__ == "__main__":
+    main()
