@@ -84,6 +84,12 @@ def vxlan_facts(ns, ifname):
                 "peers": peers}
 
 
+def assert_nothing_built(client, ns, before):
+    """The links are as they were and the agent desires no network."""
+    assert links(ns) == before
+    assert client.get("/v1/networks", headers=AUTH).get_json()["networks"] == []
+
+
 def put(client, name, body):
     return client.put(f"/v1/networks/{name}", headers=AUTH, json=body)
 
@@ -201,6 +207,8 @@ def test_vxlan_joins_two_hosts_and_a_ping_crosses_the_bridges(make_ns, agents):
     more = put(agent_a, "overlay", {**body_a, "peers": ["192.0.2.2", "192.0.2.9"]})
     assert more.status_code == 200 and more.get_json()["peers"] == ["192.0.2.2", "192.0.2.9"]
     assert vxlan_facts(host_a, "vx-5001")["peers"] == ["192.0.2.2", "192.0.2.9"]
+    listed = agent_a.get("/v1/networks", headers=AUTH).get_json()["networks"]
+    assert [n["peers"] for n in listed] == [["192.0.2.2", "192.0.2.9"]]
     put(agent_a, "overlay", body_a)
     assert vxlan_facts(host_a, "vx-5001")["peers"] == ["192.0.2.2"]
     smaller = put(agent_a, "overlay", {**body_a, "mtu": 1400})
@@ -235,8 +243,7 @@ def test_vlan_network_without_8021q_is_a_501_naming_the_module(make_ns, agents, 
     error = answer.get_json()["error"]
     assert error["code"] == "kernel_module_missing" and error["details"]["module"] == "8021q"
     assert "8021q" in error["message"]
-    assert links(ns) == before
-    assert client.get("/v1/networks", headers=AUTH).get_json()["networks"] == []
+    assert_nothing_built(client, ns, before)
 
 
 @pytest.mark.parametrize("body, reason", [
@@ -256,8 +263,7 @@ def test_bad_input_is_400_with_the_reason_and_creates_nothing(make_ns, agents, b
     answer = put(client, "bad", body)
     assert answer.status_code == 400, answer.get_json()
     assert reason in answer.get_json()["error"]["message"]
-    assert links(ns) == before
-    assert client.get("/v1/networks", headers=AUTH).get_json()["networks"] == []
+    assert_nothing_built(client, ns, before)
 
 
 def test_kernel_refusals_a_caller_causes_are_4xx_and_roll_back(make_ns, agents):
@@ -271,8 +277,7 @@ def test_kernel_refusals_a_caller_causes_are_4xx_and_roll_back(make_ns, agents):
     loopback = put(client, "loop", {"type": "novlan", "interface": "lo"})
     assert loopback.status_code == 409, loopback.get_json()
     assert loopback.get_json()["error"]["code"] == "cannot_enslave"
-    assert links(ns) == before
-    assert client.get("/v1/networks", headers=AUTH).get_json()["networks"] == []
+    assert_nothing_built(client, ns, before)
 
 
 def test_a_changed_vni_replaces_the_old_interfaces(make_ns, agents):

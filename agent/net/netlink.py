@@ -68,7 +68,8 @@ class Netlink:
                 raise DependencyDown(f"network namespace {self.netns!r} does not exist",
                                      code="netns_missing", details={"netns": self.netns})
             # flags=0: never create the namespace a config names by mistake.
-            self._ipr = IPRoute(netns=self.netns, flags=0) if self.netns else IPRoute()
+            self._ipr = (IPRoute(netns=self.netns, flags=0, strict_check=True) if self.netns
+                         else IPRoute(strict_check=True))
         return self._ipr
 
     def close(self):
@@ -79,29 +80,43 @@ class Netlink:
 
     # --- reading ---------------------------------------------------------------------
 
-    def links(self):
+    def links(self, names=None):
+        """{ifname: LinkState}: every link (one dump), or just `names` that exist (cheap)."""
         with self._lock:
-            return {state.ifname: state for state in map(_link_state, self.ipr.get_links())}
-
-    def addresses(self, skip=frozenset()):
-        """Every address of the host as HostAddress, leaving out interfaces named in `skip`."""
-        with self._lock:
-            names = {link["index"]: (link.get_attr("IFLA_IFNAME"), link.get_attr("IFLA_MTU"))
-                     for link in self.ipr.get_links()}
-            found = []
-            for entry in self.ipr.get_addr():
-                ifname, mtu = names.get(entry["index"], (None, 0))
-                if ifname is None or ifname in skip:
-                    continue
-                found.append(HostAddress(ifname, entry.get_attr("IFA_ADDRESS"),
-                                         entry["prefixlen"], mtu))
+            if names is None:
+                return {state.ifname: state for state in map(_link_state, self.ipr.get_links())}
+            found = {}
+            for ifname in dict.fromkeys(names):
+                try:
+                    found[ifname] = _link_state(self.ipr.link("get", ifname=ifname)[0])
+                except NetlinkError as exc:
+                    if exc.code != errno.ENODEV:
+                        raise
             return found
 
-    def flood_peers(self, index):
-        """Destinations of the all-zero FDB entries of a VXLAN device."""
+    def addresses(self, links, skip=frozenset()):
+        """Every address of the host as HostAddress, leaving out interfaces named in `skip`."""
+        by_index = {state.index: state for state in links.values()}
         with self._lock:
-            return sorted(entry.get_attr("NDA_DST") for entry in self.ipr.fdb("dump", ifindex=index)
-                          if entry.get_attr("NDA_LLADDR") == ZERO_MAC and entry.get_attr("NDA_DST"))
+            found = []
+            for entry in self.ipr.get_addr():
+                state = by_index.get(entry["index"])
+                if state is None or state.ifname in skip:
+                    continue
+                found.append(HostAddress(state.ifname, entry.get_attr("IFA_ADDRESS"),
+                                         entry["prefixlen"], state.mtu))
+            return found
+
+    def flood_peers(self, index=None):
+        """Destinations of the all-zero FDB entries of one VXLAN device, or {index: them} for all."""
+        with self._lock:
+            entries = self.ipr.fdb("dump", **({} if index is None else {"ifindex": index}))
+            peers = {}
+            for entry in entries:
+                if entry.get_attr("NDA_LLADDR") == ZERO_MAC and entry.get_attr("NDA_DST"):
+                    peers.setdefault(entry["ifindex"], []).append(entry.get_attr("NDA_DST"))
+        peers = {key: sorted(value) for key, value in peers.items()}
+        return peers if index is None else peers.get(index, [])
 
     # --- changing --------------------------------------------------------------------
 

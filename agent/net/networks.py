@@ -35,11 +35,11 @@ class HostNetworks:
         with self.desired.locked() as write:
             stored = self.desired.read()
             created = name not in stored
-            changes = self._realise(name, spec)
+            changes, links = self._realise(name, spec)
             stored[name] = spec.model_dump(exclude_none=True)
             write(stored)
         self.problems.pop(name, None)
-        view = self.get(name)
+        view = self._view(name, stored[name], links)
         view["changes"] = changes
         return view, created
 
@@ -60,7 +60,9 @@ class HostNetworks:
     def list(self):
         stored, links = self.desired.read(), self.netlink.links()
         names = set(stored) | {network_of_alias(s.alias) for s in links.values()}
-        return [self._view(n, stored.get(n), links) for n in sorted(names - {None})]
+        peers = self.netlink.flood_peers()
+        return [self._view(n, stored.get(n), links, lambda index: peers.get(index, []))
+                for n in sorted(names - {None})]
 
     def get(self, name):
         stored, links = self.desired.read(), self.netlink.links()
@@ -85,35 +87,37 @@ class HostNetworks:
     # --- building ----------------------------------------------------------------------
 
     def _realise(self, name, spec):
-        links = self.netlink.links()
+        """Build `spec`; returns (changes, the network's links as they now are)."""
+        links = self.netlink.links()   # the one full dump: later reads fetch only our names
         plan = self._plan(name, spec, links)
         self._check_ownership(plan, links)
         changes, created = [], []
+        names = [link.ifname for link in plan.built] + list(plan.ports)
         try:
             for link in plan.built:
                 self._ensure(link, plan.alias, links, changes, created)
-            links = self.netlink.links()
-            bridge = links[plan.bridge.ifname]
+            now = self.netlink.links(names)
             for port in plan.ports:
-                self._enslave(links[port], bridge, changes)
-            links = self.netlink.links()
+                self._enslave(now[port], now[plan.bridge.ifname], changes)
+            now = self.netlink.links(names)
             for link in plan.built:
-                self._settle(link, links[link.ifname], changes)
+                self._settle(link, now[link.ifname], changes)
             if spec.type == "vxlan":
-                self._flood(links[plan.lowers[0].ifname], plan.peers, changes)
+                self._flood(now[plan.lowers[0].ifname], plan.peers, changes)
         except Exception:
             for index in reversed(created):
                 self.netlink.delete(index)
             raise
-        self._drop_stale(plan, self.netlink.links(), changes)
-        return changes
+        self._drop_stale(plan, links, changes)
+        return changes, self.netlink.links(names)
 
     def _plan(self, name, spec, links):
         try:
             if spec.type == "vxlan":
                 ours = {ifname for ifname, state in links.items()
                         if network_of_alias(state.alias)}
-                return plan_network(name, spec, choose_vtep(spec, self.netlink.addresses(ours)))
+                addresses = self.netlink.addresses(links, skip=ours)
+                return plan_network(name, spec, choose_vtep(spec, addresses))
             if spec.interface not in links:
                 raise InvalidNetwork(f"interface {spec.interface} does not exist on this host")
             return plan_network(name, spec)
@@ -192,7 +196,7 @@ class HostNetworks:
         alias = network_alias(name)
         return [state for state in links.values() if state.alias == alias]
 
-    def _view(self, name, stored, links):
+    def _view(self, name, stored, links, peers_of=None):
         ours = self._links_of(name, links)
         by_index = {state.index: state.ifname for state in links.values()}
         bridges = [state.ifname for state in ours if state.kind == "bridge"]
@@ -207,7 +211,7 @@ class HostNetworks:
             view["problem"] = self.problems[name]
         for state in ours:
             if state.kind == "vxlan":
-                view["peers"] = self.netlink.flood_peers(state.index)
+                view["peers"] = (peers_of or self.netlink.flood_peers)(state.index)
         return view
 
 
