@@ -108,7 +108,7 @@ class Netlink:
             return found
 
     def flood_peers(self, index=None):
-        """Destinations of the all-zero FDB entries of one VXLAN device, or {index: them} for all."""
+        """Flood destinations (all-zero FDB entries) of one VXLAN device, or {index: them}."""
         with self._lock:
             entries = self.ipr.fdb("dump", **({} if index is None else {"ifindex": index}))
             peers = {}

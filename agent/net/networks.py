@@ -73,15 +73,16 @@ class HostNetworks:
     def reconcile(self):
         """Rebuild what the stored desired set asks for; returns {name: "ok" | reason}."""
         report = {}
-        for name, stored in sorted(self.desired.read().items()):
-            try:
-                self._realise(name, parse_spec(stored))
-                report[name] = "ok"
-                self.problems.pop(name, None)
-            except (ApiError, ValueError, OSError, NetlinkError) as exc:
-                reason = getattr(exc, "message", None) or str(exc)
-                log.warning("network %s not rebuilt: %s", name, reason)
-                report[name] = self.problems[name] = reason
+        with self.desired.locked():  # gunicorn workers start together: one rebuilds at a time
+            for name, stored in sorted(self.desired.read().items()):
+                try:
+                    self._realise(name, parse_spec(stored))
+                    report[name] = "ok"
+                    self.problems.pop(name, None)
+                except (ApiError, ValueError, OSError, NetlinkError) as exc:
+                    reason = getattr(exc, "message", None) or str(exc)
+                    log.warning("network %s not rebuilt: %s", name, reason)
+                    report[name] = self.problems[name] = reason
         return report
 
     # --- building ----------------------------------------------------------------------
