@@ -17,6 +17,7 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
+import requests
 from sqlalchemy import or_, select, update
 
 from controller.agents import NOT_MODIFIED, AgentClient
@@ -37,6 +38,7 @@ class Poller:
         self.pool = ThreadPoolExecutor(max_workers=int(poll_config["concurrency"]),
                                        thread_name_prefix="poll")
         self.client_factory = client_factory
+        self.session = _pooled_session(int(poll_config["concurrency"]))
         self.owner = uuid.uuid4().hex
         self._stop = threading.Event()
         self._thread = None
@@ -97,7 +99,8 @@ class Poller:
     def _poll(self, host, jitter, write_seen=False):
         if jitter:
             time.sleep(random.uniform(0, jitter))
-        client = self.client_factory(host.url, host.token, timeout=self.timeout)
+        client = self.client_factory(host.url, host.token, timeout=self.timeout,
+                                     session=self.session)
         try:
             health = client.health()
             if health.get("host_id") not in (None, host.id):
@@ -145,3 +148,13 @@ def _apply_facts(row, facts, health):
     row.cpu_threads = int(cpu.get("threads") or 0)
     row.memory_mib = int(facts.get("memory_mib") or 0)
     row.iommu_ready = bool(iommu.get("kernel_enabled") and iommu.get("ready"))
+
+
+def _pooled_session(connections):
+    """One keep-alive pool for all polls: a cycle reuses connections instead of opening them."""
+    session = requests.Session()
+    adapter = requests.adapters.HTTPAdapter(pool_connections=connections * 4,
+                                            pool_maxsize=connections)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    return session

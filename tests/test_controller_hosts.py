@@ -2,23 +2,14 @@
 
 import pytest
 
-from tests.test_controller_support import (ADMIN, NVIDIA_A10, TENANT, LoopbackAgent,
-                                           controller_app, controller_config, gpu_host, poller,
-                                           register)
+from tests.test_controller_support import (ADMIN, NVIDIA_A10, TENANT, gpu_host, poller,
+                                           two_host_world)
 
 
 @pytest.fixture
 def world(tmp_path):
-    agents = {"host-a": LoopbackAgent(tmp_path, "host-a", gpu_host()),
-              "host-b": LoopbackAgent(tmp_path, "host-b", gpu_host(NVIDIA_A10, "4C530002"))}
-    app = controller_app(controller_config(tmp_path))
-    client = app.test_client()
-    for agent in agents.values():
-        register(client, agent)
-    yield app, client, agents
-    for agent in agents.values():
-        agent.stop()
-    app.extensions["hostplane_controller"].close()
+    with two_host_world(tmp_path) as parts:
+        yield parts
 
 
 def devices(client, headers=ADMIN, **filters):

@@ -6,26 +6,15 @@ serial 4C530001, host-b two A10-class GPUs (10de:2236) and stick 4C530002.
 
 import pytest
 
-from tests.test_controller_support import (ADMIN, NVIDIA_A10, TENANT, LoopbackAgent,
-                                           controller_app, controller_config, gpu_host,
-                                           register)
+from tests.test_controller_support import ADMIN, TENANT, two_host_world
 
 STICK_A, STICK_B = "0781:5567:4C530001", "0781:5567:4C530002"
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    tmp_path = tmp_path_factory.mktemp("schedule")
-    agents = {"host-a": LoopbackAgent(tmp_path, "host-a", gpu_host()),
-              "host-b": LoopbackAgent(tmp_path, "host-b", gpu_host(NVIDIA_A10, "4C530002"))}
-    app = controller_app(controller_config(tmp_path))
-    client = app.test_client()
-    for agent in agents.values():
-        register(client, agent)
-    yield app, client, agents
-    for agent in agents.values():
-        agent.stop()
-    app.extensions["hostplane_controller"].close()
+    with two_host_world(tmp_path_factory.mktemp("schedule")) as parts:
+        yield parts
 
 
 def explain(client, headers=ADMIN, **body):

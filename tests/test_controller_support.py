@@ -5,6 +5,7 @@ controller slice's share of tests/. Agents read synthetic sysfs trees (this mach
 GPUs, IOMMU or USB) and talk to libvirt's in-memory `test:///default` driver.
 """
 
+import contextlib
 import copy
 import os
 import threading
@@ -170,3 +171,21 @@ class GunicornController:
         except Exception:  # noqa: BLE001 - a stuck worker must not leak
             self.process.kill()
             self.process.wait()
+
+
+@contextlib.contextmanager
+def two_host_world(tmp_path):
+    """host-a: two 10de:1eb8 GPUs, USB stick 4C530001; host-b: two 10de:2236, stick
+    4C530002; both registered with a controller on SQLite. Yields (app, client, agents)."""
+    agents = {"host-a": LoopbackAgent(tmp_path, "host-a", gpu_host()),
+              "host-b": LoopbackAgent(tmp_path, "host-b", gpu_host(NVIDIA_A10, "4C530002"))}
+    app = controller_app(controller_config(tmp_path))
+    client = app.test_client()
+    try:
+        for agent in agents.values():
+            register(client, agent)
+        yield app, client, agents
+    finally:
+        for agent in agents.values():
+            agent.stop()
+        app.extensions["hostplane_controller"].close()

@@ -6,9 +6,7 @@ running VM only ever takes devices from its own host.
 
 import pytest
 
-from tests.test_controller_support import (ADMIN, NVIDIA_A10, TENANT, LoopbackAgent,
-                                           controller_app, controller_config, gpu_host,
-                                           needs_agent_vm_api, register)
+from tests.test_controller_support import ADMIN, TENANT, needs_agent_vm_api, two_host_world
 
 A10 = {"vendor_id": "10de", "device_id": "2236"}
 STICK_A = "0781:5567:4C530001"
@@ -17,18 +15,11 @@ STICK_A = "0781:5567:4C530001"
 @pytest.fixture
 def world(tmp_path):
     needs_agent_vm_api()
-    agents = {"host-a": LoopbackAgent(tmp_path, "host-a", gpu_host()),
-              "host-b": LoopbackAgent(tmp_path, "host-b", gpu_host(NVIDIA_A10, "4C530002"))}
-    app = controller_app(controller_config(tmp_path))
-    client = app.test_client()
-    for agent in agents.values():
-        register(client, agent)
-    yield client
-    for name in [vm["name"] for vm in client.get("/v1/vms", headers=ADMIN).get_json()["vms"]]:
-        client.delete(f"/v1/vms/{name}", headers=ADMIN)
-    for agent in agents.values():
-        agent.stop()
-    app.extensions["hostplane_controller"].close()
+    with two_host_world(tmp_path) as (_, client, _):
+        yield client
+        for name in [vm["name"] for vm in client.get("/v1/vms", headers=ADMIN)
+                     .get_json()["vms"]]:
+            client.delete(f"/v1/vms/{name}", headers=ADMIN)
 
 
 def create(client, name, headers=ADMIN, **body):
