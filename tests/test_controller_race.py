@@ -4,52 +4,18 @@ The controller runs under gunicorn (2 worker processes, 16 threads each) as in p
 four real agents (two GPUs each, libvirt's in-memory `test:///default`) create the VMs.
 """
 
-import os
-import subprocess
 import threading
-import uuid
 from collections import Counter
 
-import pytest
 import requests
 
 from tests.conftest import AUTH as AGENT_AUTH, TOKEN as AGENT_TOKEN
 from tests.test_controller_support import (ADMIN, GunicornController, LoopbackAgent, gpu_host,
                                            needs_agent_vm_api)
+from tests.test_controller_support import database_url  # noqa: F401 - fixture
 
 REQUESTS = 1000
 HOSTS = 4   # two GPUs each: 8 in all
-
-
-def _postgres_url():
-    """A throw-away role and database on the local PostgreSQL, or a skip saying why not."""
-    if subprocess.run(["pg_lsclusters", "-h"], capture_output=True, text=True).stdout.find(
-            "online") < 0:
-        pytest.skip("no PostgreSQL cluster online (scripts/start-daemons starts one)")
-    name = f"hostplane_race_{uuid.uuid4().hex[:8]}"
-    password = uuid.uuid4().hex
-    script = ('CREATE ROLE :"name" LOGIN PASSWORD :\'password\';\n'
-              'CREATE DATABASE :"name" OWNER :"name";\n')
-    subprocess.run(["runuser", "-u", "postgres", "--", "psql", "-q", "-v", "ON_ERROR_STOP=1",
-                    "-v", f"name={name}", "-v", f"password={password}"],
-                   input=script, text=True, check=True, capture_output=True)
-    return name, f"postgresql+psycopg://{name}:{password}@127.0.0.1:5432/{name}"
-
-
-def _drop_postgres(name):
-    script = 'DROP DATABASE IF EXISTS :"name" WITH (FORCE);\nDROP ROLE IF EXISTS :"name";\n'
-    subprocess.run(["runuser", "-u", "postgres", "--", "psql", "-q", "-v", f"name={name}"],
-                   input=script, text=True, capture_output=True)
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request, tmp_path):
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path}/race.db"
-        return
-    name, url = _postgres_url()
-    yield url
-    _drop_postgres(name)
 
 
 def test_1000_concurrent_creates_for_8_gpus_make_exactly_8_vms(tmp_path, database_url):

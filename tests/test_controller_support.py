@@ -8,7 +8,11 @@ GPUs, IOMMU or USB) and talk to libvirt's in-memory `test:///default` driver.
 import contextlib
 import copy
 import os
+import subprocess
 import threading
+import uuid
+
+import pytest
 
 from werkzeug.serving import make_server
 
@@ -123,7 +127,6 @@ def poller(app):
 def needs_agent_vm_api():
     """Skip, saying why, while the agent's VM API (another slice) is not in the tree."""
     import importlib.util
-    import pytest
     if importlib.util.find_spec("agent.api.vms") is None:
         pytest.skip("agent.api.vms (the agent's VM API) is not in this tree yet")
 
@@ -189,3 +192,34 @@ def two_host_world(tmp_path):
         for agent in agents.values():
             agent.stop()
         app.extensions["hostplane_controller"].close()
+
+
+def postgres_database():
+    """A throw-away role and database on the local PostgreSQL, or a skip saying why not."""
+    if subprocess.run(["pg_lsclusters", "-h"], capture_output=True, text=True).stdout.find(
+            "online") < 0:
+        pytest.skip("no PostgreSQL cluster online (scripts/start-daemons starts one)")
+    name = f"hostplane_race_{uuid.uuid4().hex[:8]}"
+    password = uuid.uuid4().hex
+    script = ('CREATE ROLE :"name" LOGIN PASSWORD :\'password\';\n'
+              'CREATE DATABASE :"name" OWNER :"name";\n')
+    subprocess.run(["runuser", "-u", "postgres", "--", "psql", "-q", "-v", "ON_ERROR_STOP=1",
+                    "-v", f"name={name}", "-v", f"password={password}"],
+                   input=script, text=True, check=True, capture_output=True)
+    return name, f"postgresql+psycopg://{name}:{password}@127.0.0.1:5432/{name}"
+
+
+def drop_postgres_database(name):
+    script = 'DROP DATABASE IF EXISTS :"name" WITH (FORCE);\nDROP ROLE IF EXISTS :"name";\n'
+    subprocess.run(["runuser", "-u", "postgres", "--", "psql", "-q", "-v", f"name={name}"],
+                   input=script, text=True, capture_output=True)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request, tmp_path):
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path}/race.db"
+        return
+    name, url = postgres_database()
+    yield url
+    drop_postgres_database(name)

@@ -1,0 +1,104 @@
+"""Atomic claims at the database, on SQLite and on a real PostgreSQL server.
+
+Many threads claim GPUs through the same `place_and_claim` the API uses, each with its
+own session, against 8 free GPUs on 4 hosts: exactly 8 win, no device has two holders,
+and a lost race ends as 422 (nothing left) or 409 (still contended), never a double claim.
+Hosts and devices are written directly: this is about the database, not the agents.
+"""
+
+import threading
+from collections import Counter
+
+from sqlalchemy import select
+
+from controller.db import Database, Device, Host, Vm, upgrade
+from controller.placement import place_and_claim, policy_from, release
+from controller.config import DEFAULTS
+from hostplane.core.scheduler import GpuAsk, PlacementRequest
+from hostplane.errors import ApiError
+from tests.test_controller_support import database_url  # noqa: F401 - fixture
+
+CLAIMERS = 200
+
+
+def _cluster(db, hosts=4):
+    with db.write() as session:
+        for h in range(hosts):
+            session.add(Host(id=f"claim-{h}", url="http://127.0.0.1:9", token="t",
+                             status="connected", iommu_ready=True, cpu_threads=64,
+                             memory_mib=262144))
+        session.flush()
+        for h in range(hosts):
+            for bus in ("3b", "af"):
+                for function, kind, product in ((0, "gpu", "1eb8"), (1, "gpu-audio", "10f8")):
+                    session.add(Device(host_id=f"claim-{h}", id=f"0000:{bus}:00.{function}",
+                                       kind="pci", type=kind, vendor_id="10de",
+                                       product_id=product, name=kind,
+                                       iommu_group=int(bus, 16), facts={}))
+
+
+def _ask(name):
+    return PlacementRequest(name=name, vcpus=1, memory_mib=64,
+                            gpus=[GpuAsk(vendor_id="10de", device_id="1eb8")])
+
+
+def _vm(name):
+    return {"name": name, "vcpus": 1, "memory_mib": 64, "state": "creating", "spec": {}}
+
+
+def test_concurrent_claims_for_8_gpus_give_exactly_8_and_no_device_twice(database_url):
+    upgrade(database_url)
+    db = Database(database_url, busy_timeout_s=60)
+    policy = policy_from(DEFAULTS)
+    _cluster(db)
+    barrier = threading.Barrier(CLAIMERS)
+    outcomes = [None] * CLAIMERS
+
+    def claim(index):
+        barrier.wait()
+        try:
+            place_and_claim(db, _ask(f"vm-{index}"), policy, _vm(f"vm-{index}"))
+            outcomes[index] = 201
+        except ApiError as exc:
+            outcomes[index] = exc.status
+
+    threads = [threading.Thread(target=claim, args=(i,)) for i in range(CLAIMERS)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    counts = Counter(outcomes)
+    assert counts[201] == 8 and set(counts) <= {201, 409, 422}, counts
+    with db.read() as session:
+        gpus = session.scalars(select(Device).where(Device.type == "gpu")).all()
+        audio = session.scalars(select(Device).where(Device.type == "gpu-audio")).all()
+        vms = session.scalars(select(Vm)).all()
+    assert len({gpu.vm for gpu in gpus}) == 8 and all(gpu.status == "attached" for gpu in gpus)
+    # each GPU's audio function went to the same VM, in the same transaction
+    by_slot = {(d.host_id, d.id[:-2]): d.vm for d in gpus}
+    assert all(by_slot[(d.host_id, d.id[:-2])] == d.vm for d in audio)
+    assert sorted(vm.name for vm in vms) == sorted(gpu.vm for gpu in gpus)
+    db.close()
+
+
+def test_released_claim_is_free_for_the_next_request(database_url):
+    upgrade(database_url)
+    db = Database(database_url)
+    policy = policy_from(DEFAULTS)
+    _cluster(db, hosts=1)
+    host_id, devices = place_and_claim(db, _ask("first"), policy, _vm("first"))
+    release(db, host_id, "first", devices, drop_vm=True)
+    with db.read() as session:
+        assert session.get(Vm, "first") is None
+        assert {d.status for d in session.scalars(select(Device))} == {"ready"}
+    for name in ("second", "third"):
+        place_and_claim(db, _ask(name), policy, _vm(name))
+    try:
+        place_and_claim(db, _ask("fourth"), policy, _vm("fourth"))
+    except ApiError as exc:
+        assert exc.status == 422
+        assert any("only 0 of 1" in r or "attached to" in r
+                   for r in exc.details["hosts"]["claim-0"]), exc.details
+    else:
+        raise AssertionError("a third GPU was claimed on a host with two")
+    db.close()
