@@ -161,3 +161,12 @@ def test_every_endpoint_but_health_and_metrics_needs_a_token(world):
     for path in ("/v1/hosts", "/v1/devices", "/v1/vms", "/v1/openapi.json"):
         answer = client.get(path)
         assert answer.status_code == 401 and answer.get_json()["error"]["code"] == "unauthorized"
+
+
+def test_openapi_describes_every_controller_endpoint(world):
+    _, client, _ = world
+    paths = client.get("/v1/openapi.json", headers=ADMIN).get_json()["paths"]
+    for path in ("/v1/hosts", "/v1/hosts/{host_id}", "/v1/hosts/{host_id}/events",
+                 "/v1/devices", "/v1/devices/{host_id}/{device_id}", "/v1/vms",
+                 "/v1/vms/{name}/devices", "/v1/schedule/explain"):
+        assert path in paths, path

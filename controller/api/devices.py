@@ -6,7 +6,7 @@ from sqlalchemy import select
 
 from controller.api.hosts import _iso
 from controller.api.schemas import DevicePatch
-from controller.db.models import Device, Host
+from controller.db.models import Device, Host, Vm
 from controller.services import current, require_admin, tenant
 from hostplane.api import describe, parse_body
 from hostplane.core import device_states
@@ -37,14 +37,15 @@ def listing():
     if tenant() is not None:
         query = query.where(Device.shared.is_(True), Device.kind == "pci")
     with current().db.read() as session:
-        return jsonify({"devices": [render(d) for d in session.scalars(query)]})
+        mine = _own_vms(session)
+        return jsonify({"devices": [render(d, mine) for d in session.scalars(query)]})
 
 
 @bp.get("/v1/devices/<host_id>/<path:device_id>")
 @describe("One device", tags=["devices"])
 def show(host_id, device_id):
     with current().db.read() as session:
-        return jsonify(render(_get(session, host_id, device_id)))
+        return jsonify(render(_get(session, host_id, device_id), _own_vms(session)))
 
 
 @bp.patch("/v1/devices/<host_id>/<path:device_id>")
@@ -90,13 +91,22 @@ def _get(session, host_id, device_id):
     return device
 
 
-def render(device):
+def _own_vms(session):
+    """None for the admin (sees every holder); a tenant sees only its own VMs' names."""
+    if tenant() is None:
+        return None
+    return set(session.scalars(select(Vm.name).where(Vm.tenant == tenant())))
+
+
+def render(device, visible_vms=None):
     facts = device.facts or {}
+    vm = device.vm if visible_vms is None or device.vm in visible_vms else None
     return {"host_id": device.host_id, "id": device.id, "kind": device.kind,
             "type": device.type, "vendor_id": device.vendor_id,
             "product_id": device.product_id, "name": device.name, "state": device.state,
-            "status": device.status, "vm": device.vm, "shared": device.shared,
+            "status": device.status, "vm": vm, "shared": device.shared,
             "assignable": device.assignable, "iommu_group": device.iommu_group,
-            "usb_version": facts.get("usb_version"), "reported_vm": device.reported_vm,
+            "usb_version": facts.get("usb_version"),
+            "reported_vm": device.reported_vm if visible_vms is None else None,
             "unavailable_reason": device.unavailable_reason,
             "created_at": _iso(device.created_at)}
