@@ -71,8 +71,9 @@ def _host_devices(host_id, number, rng):
                   pci(0x5e, 0, "nvme", "144d", "a808", 31), usb(0), usb(1)]
     else:
         found = [pci(0x18, fn, "nic", "8086", "1889", 20 + fn) for fn in range(6)]
-        found += [pci(0x5e, 0, "nvme", "144d", "a808", 31), pci(0x5f, 0, "nvme", "144d", "a808", 32),
-                  usb(0), usb(1)]
+        found += [pci(bus, 0, "nvme", "144d", "a808", group)
+                  for bus, group in ((0x5e, 31), (0x5f, 32))]
+        found += [usb(0), usb(1)]
     assert len(found) == DEVICES_PER_HOST
     return found
 

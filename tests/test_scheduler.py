@@ -62,6 +62,17 @@ def test_gpu_model_present_only_on_host_b_lands_on_b():
     assert placement.rejected == {"host-a": ("no GPU 10de:1eb8 on this host",)}
 
 
+def test_hosts_lacking_the_device_show_their_state_and_everything_they_lack():
+    snapshot = world([host("host-a", status="disconnected", state="maintenance"), host("host-b")],
+                     inventory("host-a", q35_node()) + inventory("host-b", small_gpu_host()))
+    stick = "0781:5567:4C530001"
+    placement = place(request(gpus=[GpuAsk(**GPU_MODEL)], usb=[stick]), snapshot)
+    assert placement.chosen.host_id == "host-b"
+    assert placement.rejected == {"host-a": ("disconnected", "in maintenance",
+                                             "no GPU 10de:1eb8 on this host",
+                                             f"USB {stick} is on host-b")}
+
+
 def test_gpu_audio_function_shares_group_and_is_claimed_with_gpu():
     snapshot = world([host("host-b")], inventory("host-b", small_gpu_host()))
     placement = place(request(gpus=[GpuAsk(id="0000:3b:00.0")]), snapshot)

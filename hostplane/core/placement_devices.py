@@ -27,6 +27,24 @@ def by_id_first(asks):
     return tuple(sorted(asks, key=lambda ask: ask.id is None))
 
 
+def one_gpu_shortcut(asks, index, shared_only):
+    """For the common ask "one GPU of a model" (admin): {host_id: [gpus]}, else None.
+
+    GPUs are sorted claimable first, so a host's first GPU, when claimable, is the answer
+    `pick_pci` would give; only hosts where it is not need the full walk (and its reasons).
+    """
+    if len(asks) == 1 and asks[0].id is None and asks[0].count == 1 and not shared_only:
+        return index.gpu_models.get((asks[0].vendor_id, asks[0].device_id), {})
+    return None
+
+
+def first_free_gpu(shortcut, host_id, index):
+    gpus = shortcut.get(host_id)
+    if gpus and (host_id, gpus[0].id) not in index.blockers:
+        return tuple(index.claims[(host_id, gpus[0].id)].values())
+    return None
+
+
 def _pick_by_id(device_id, host_id, index, shared_only, taken, counted, reasons):
     device = index.device(host_id, "pci", device_id)
     if device is None or (shared_only and not device.shared):

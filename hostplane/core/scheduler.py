@@ -11,8 +11,8 @@ placement, minus one per VM of the same soft anti-affinity group already there; 
 
 from dataclasses import dataclass, field
 
-from hostplane.core.placement_devices import (by_id_first, pick_pci, pick_usb,
-                                              usb_global_reasons)
+from hostplane.core.placement_devices import (by_id_first, first_free_gpu, one_gpu_shortcut,
+                                              pick_pci, pick_usb, usb_global_reasons)
 from hostplane.core.placement_index import SnapshotIndex
 from hostplane.core.placement_locality import Locality
 from hostplane.core.usb import PER_VM_LIMITS
@@ -126,7 +126,7 @@ class Policy:
     cpu_overcommit: float = 4.0
     memory_overcommit: float = 1.0
     strategy_mode: str = "preferred"
-    strategy_limit: float = 0.8   # enforced mode: highest share of the resource in use after placing
+    strategy_limit: float = 0.8   # enforced: highest share of the resource in use once placed
 
     def __post_init__(self):
         if self.strategy_mode not in STRATEGY_MODES:
@@ -162,12 +162,6 @@ def place(request, snapshot, policy=Policy()):
     possible = locality.possible
     judge = _Judge(request, policy, index)
     ranked, rejected = [], {}
-    if possible is not None:
-        rejected = locality.rejected(index.host_ids)
-        for host_id in index.troubled.keys() & rejected.keys():
-            rejected[host_id] = index.troubled[host_id] + rejected[host_id]
-        if everywhere:
-            rejected = {host_id: everywhere + reasons for host_id, reasons in rejected.items()}
     hosts = snapshot.hosts if possible is None else [
         index.hosts[host_id] for host_id in sorted(possible) if host_id in index.hosts]
     for host in hosts:
@@ -176,6 +170,14 @@ def place(request, snapshot, policy=Policy()):
             rejected[host.id] = everywhere + tuple(reasons)
         else:
             ranked.append(Candidate(host.id, score, devices))
+    if possible is not None:   # built last: a young 10,000-entry dict slows every GC pass
+        outside = locality.rejected(index.host_ids)
+        for host_id in index.troubled.keys() & outside.keys():
+            outside[host_id] = index.troubled[host_id] + outside[host_id]
+        if everywhere:
+            outside = {host_id: everywhere + reasons for host_id, reasons in outside.items()}
+        outside.update(rejected)
+        rejected = outside
     ranked.sort(key=lambda c: (-c.score, c.host_id))
     return Placement(tuple(ranked), rejected)
 
@@ -196,6 +198,7 @@ class _Judge:
         self.limit = policy.strategy_limit if policy.strategy_mode == "enforced" else None
         self.gpu_asks = by_id_first(request.gpus)
         self.shared_only = request.tenant is not None
+        self.shortcut = one_gpu_shortcut(self.gpu_asks, index, self.shared_only)
 
     def __call__(self, host):
         """(reasons, score, devices) for one host."""
@@ -220,15 +223,20 @@ class _Judge:
             what = "CPU" if self.cpu_strategy else "memory"
             reasons.append(f"{what} use would be {use:.0%}, over the "
                            f"{self.limit:.0%} limit of {request.strategy}")
-        score = 1.0 - use - self._anti_affinity(host, reasons)
+        score = 1.0 - use
+        if self.group_hosts:
+            score -= self._anti_affinity(host, reasons)
         devices = ()
         if self.gpu_asks:
             if not host.iommu_enabled:
                 reasons.append("host IOMMU switched off")
             elif not host.iommu_ready:
                 reasons.append("host IOMMU not ready")
-            devices, found = pick_pci(self.gpu_asks, host.id, self.index, self.shared_only)
-            reasons += found
+            if self.shortcut is not None:
+                devices = first_free_gpu(self.shortcut, host.id, self.index)
+            if not devices:
+                devices, found = pick_pci(self.gpu_asks, host.id, self.index, self.shared_only)
+                reasons += found
         if request.usb:
             usb, found = pick_usb(request.usb, host.id, self.index)
             reasons += found
