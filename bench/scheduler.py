@@ -4,6 +4,7 @@ Goal: median ≤ 10 ms for a one-GPU request. Prints the snapshot build time apa
 median and p95 over repeated `place` calls (time.perf_counter) for:
   - one GPU by vendor/device;
   - two GPUs by vendor/device plus one USB device (which pins the VM to the USB's host);
+  - no device at all, so that every host is judged in full (no goal set by the issue);
   - one GPU by vendor/device under enforced anti-affinity and strategy.
 
     .venv/bin/python bench/scheduler.py [--hosts 10000] [--runs 50] [--seed 5]
@@ -119,6 +120,7 @@ def main():
         ("2 GPUs 10de:1eb8 + 1 USB", PlacementRequest(
             "bench", 4, 8192, gpus=(GpuAsk(vendor_id="10de", device_id="1eb8", count=2),),
             usb=(usb_id,)), Policy()),
+        ("no device (every host judged in full)", PlacementRequest("bench", 4, 8192), Policy()),
         ("1 GPU, anti-affinity + enforced strategy", PlacementRequest(
             "bench", 4, 8192, gpus=(GpuAsk(vendor_id="10de", device_id="1eb8"),),
             anti_affinity_group="group-7"), Policy(strategy_mode="enforced")),

@@ -2,17 +2,9 @@
 
 from types import SimpleNamespace
 
-from hostplane.core.pci import build_pci_inventory
 from hostplane.core.reconcile import reconcile
 from tests.hosts import small_gpu_host
-
-
-def reported_devices(host):
-    """What the agent's /v1/devices lists for a described host (PCI only), keyed by id."""
-    records = [{"address": f.address, "vendor_id": f.vendor, "device_id": f.device,
-                "class_code": f.class_code, "driver": f.driver, "iommu_group": f.iommu_group,
-                "numa_node": f.numa_node, "physfn": f.physfn} for f in host.pci]
-    return build_pci_inventory(records)
+from tests.test_scheduler import pci_models
 
 
 def known_rows(reported, **changes):
@@ -27,14 +19,14 @@ def known_rows(reported, **changes):
 
 
 def test_nothing_changed_reports_nothing():
-    reported = reported_devices(small_gpu_host())
+    reported = pci_models(small_gpu_host())
     result = reconcile(known_rows(reported), reported)
     assert result.added == result.vanished == result.moved == result.updated == []
     assert result.holder_mismatch == [] and result.returned == []
 
 
 def test_vanished_attached_gpu_is_listed_to_become_unavailable_not_freed():
-    reported = reported_devices(small_gpu_host())
+    reported = pci_models(small_gpu_host())
     known = known_rows(reported, **{"0000:3b:00.0": {"status": "attached", "vm": "vm-7"}})
     del reported["0000:3b:00.0"]
     result = reconcile(known, reported)
@@ -44,7 +36,7 @@ def test_vanished_attached_gpu_is_listed_to_become_unavailable_not_freed():
 
 
 def test_address_now_holding_another_device_is_moved():
-    reported = reported_devices(small_gpu_host())
+    reported = pci_models(small_gpu_host())
     known = known_rows(reported)
     reported["0000:3b:00.0"] = dict(reported["0000:3b:00.0"], device_id="2204")
     result = reconcile(known, reported)
@@ -53,7 +45,7 @@ def test_address_now_holding_another_device_is_moved():
 
 
 def test_new_devices_are_added_and_returning_ones_listed_apart():
-    reported = reported_devices(small_gpu_host())
+    reported = pci_models(small_gpu_host())
     known = known_rows(reported, **{"0000:af:00.0": {"status": "unavailable"}})
     del known["0000:5e:00.0"]
     result = reconcile(known, reported)
@@ -63,7 +55,7 @@ def test_new_devices_are_added_and_returning_ones_listed_apart():
 
 
 def test_changed_fields_and_holder_disagreement_are_reported():
-    reported = reported_devices(small_gpu_host())
+    reported = pci_models(small_gpu_host())
     known = known_rows(reported, **{"0000:af:00.0": {"status": "attached", "vm": "vm-1"}})
     reported["0000:3b:00.0"] = dict(reported["0000:3b:00.0"], iommu_group=99)
     reported["0000:af:00.0"] = dict(reported["0000:af:00.0"], attached_to="vm-2")

@@ -18,16 +18,21 @@ from tests.synthetic import usb_attributes
 GPU_MODEL = {"vendor_id": "10de", "device_id": "1eb8"}   # small_gpu_host's two GPUs
 
 
-def inventory(host_id, host, **overrides):
-    """DeviceViews of a described host as the agent reports it; overrides: {id: {field: v}}."""
+def pci_models(host):
+    """{id: agent model dict} of a described host's PCI functions, as the agent reports them."""
     records = [{"address": f.address, "vendor_id": f.vendor, "device_id": f.device,
                 "class_code": f.class_code, "driver": f.driver, "iommu_group": f.iommu_group,
                 "numa_node": f.numa_node, "physfn": f.physfn, "virtfns": f.virtfns,
                 **({"sriov_totalvfs": f.sriov_totalvfs, "sriov_numvfs": len(f.virtfns)}
                    if f.sriov_totalvfs is not None else {})} for f in host.pci]
+    return build_pci_inventory(records)
+
+
+def inventory(host_id, host, **overrides):
+    """DeviceViews of a described host as the agent reports it; overrides: {id: {field: v}}."""
     views = [DeviceView(host_id, "pci", d["id"], d["type"], d["vendor_id"], d["device_id"],
                         "enabled", "ready", None, False, d["assignable"], d["iommu_group"], None)
-             for d in build_pci_inventory(records).values()]
+             for d in pci_models(host).values()]
     for usb in host.usb:
         d = build_usb_device(usb.sys_name, usb_attributes(usb))
         views.append(DeviceView(host_id, "usb", d["id"], "usb", d["vendor_id"], d["product_id"],
@@ -237,6 +242,10 @@ def test_bad_requests_are_refused_before_placing():
         GpuAsk(vendor_id="10de", device_id="1eb8", count=0)
     with pytest.raises(ValueError):
         GpuAsk(vendor_id="10de")
+    with pytest.raises(ValueError):
+        GpuAsk(id="0000:3b:00.0", count=2)
+    with pytest.raises(ValueError):
+        request(memory_mib=-1)
     with pytest.raises(ValueError):
         request(strategy="most-cpu")
     with pytest.raises(ValueError):

@@ -95,6 +95,8 @@ class GpuAsk:
             raise ValueError("a GPU is asked by id or by vendor_id and device_id")
         if self.count < 1:
             raise ValueError("GPU count must be at least 1")
+        if self.id is not None and self.count != 1:
+            raise ValueError("a GPU asked by id is one GPU: count must be 1")
 
 
 @dataclass(frozen=True)
@@ -115,6 +117,8 @@ class PlacementRequest:
     def __post_init__(self):
         object.__setattr__(self, "gpus", tuple(self.gpus))
         object.__setattr__(self, "usb", tuple(self.usb))
+        if self.vcpus < 1 or self.memory_mib < 1:
+            raise ValueError("vcpus and memory_mib must be at least 1")
         if self.strategy not in STRATEGIES:
             raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}")
         if self.anti_affinity not in ANTI_AFFINITY_MODES:
