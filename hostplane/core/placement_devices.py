@@ -41,7 +41,7 @@ def one_gpu_shortcut(asks, index, shared_only):
 def first_free_gpu(shortcut, host_id, index):
     gpus = shortcut.get(host_id)
     if gpus and (host_id, gpus[0].id) not in index.blockers:
-        return tuple(index.claims[(host_id, gpus[0].id)].values())
+        return index.claims[(host_id, gpus[0].id)]
     return None
 
 
@@ -58,7 +58,7 @@ def _pick_by_id(device_id, host_id, index, shared_only, taken, counted, reasons)
         if blocker:
             reasons.append(blocker)
             return
-        taken.update(index.claims[(host_id, device_id)])
+        _take(index.claims[(host_id, device_id)], taken)
     counted.add(device_id)
 
 
@@ -80,13 +80,18 @@ def _pick_by_model(ask, host_id, index, shared_only, taken, counted, reasons):
             if blocker:
                 blocked.append(blocker)
                 continue
-            taken.update(index.claims[(host_id, gpu.id)])
+            _take(index.claims[(host_id, gpu.id)], taken)
         counted.add(gpu.id)
         got += 1
     if got < ask.count:
         reasons.extend(blocked)
         plural = "GPU" if ask.count == 1 else "GPUs"
         reasons.append(f"only {got} of {ask.count} {plural} {ask.vendor_id}:{ask.device_id} free")
+
+
+def _take(claim, taken):
+    for key in claim:
+        taken[key[1]] = key
 
 
 def pick_usb(usb_ids, host_id, index):

@@ -24,6 +24,7 @@ class SnapshotIndex:
         self.usb_locations = {}     # usb id → [host ids]
         self.pci_locations = {}     # pci address → {host_id: device}
         self.held = {}              # vm name → [devices it holds]
+        ungrouped = []
         for device in devices:
             self.devices[(device.host_id, device.kind, device.id)] = device
             if device.vm is not None:
@@ -34,24 +35,22 @@ class SnapshotIndex:
             self.pci_locations.setdefault(device.id, {})[device.host_id] = device
             if device.iommu_group is not None:
                 self.groups.setdefault((device.host_id, device.iommu_group), []).append(device)
+            else:
+                ungrouped.append(device)
             if device.type == "gpu":
                 per_host = self.gpu_models.setdefault((device.vendor_id, device.product_id), {})
                 per_host.setdefault(device.host_id, []).append(device)
         self.blockers = {}          # (host_id, id) → why this PCI device cannot be claimed
-        self.claims = {}            # (host_id, id) → {id: ("pci", id)} of its whole IOMMU group
-        for (host_id, kind, device_id), device in self.devices.items():
-            if kind != "pci":
-                continue
-            blocker = device_blocker(device) or self._group_blocker(device)
-            if blocker:
-                self.blockers[(host_id, device_id)] = blocker
-            else:
-                group = [device_id] + [member.id for member in self.siblings(device)]
-                self.claims[(host_id, device_id)] = {member: ("pci", member) for member in group}
+        self.claims = {}            # (host_id, id) → (("pci", id), ...) of its whole IOMMU group
+        for (host_id, number), members in self.groups.items():
+            self._settle_group(host_id, number, members)
+        for device in ungrouped:
+            self._settle_group(device.host_id, None, [device])
         for per_host in self.gpu_models.values():   # claimable first, smallest group first
             for host_id, gpus in per_host.items():
                 gpus.sort(key=lambda gpu: ((host_id, gpu.id) in self.blockers,
-                                           len(self.siblings(gpu)), gpu.id))
+                                           len(self.groups.get((host_id, gpu.iommu_group), ())),
+                                           gpu.id))
         self.anti_affinity = {}     # (tenant, group) → {host_id: [vm names]}
         for vm in vms:
             if vm.anti_affinity_group:
@@ -60,13 +59,6 @@ class SnapshotIndex:
 
     def device(self, host_id, kind, device_id):
         return self.devices.get((host_id, kind, device_id))
-
-    def siblings(self, device):
-        """The other PCI functions of the device's IOMMU group: claimed along with it."""
-        if device.iommu_group is None:
-            return ()
-        members = self.groups.get((device.host_id, device.iommu_group), ())
-        return [member for member in members if member.id != device.id]
 
     def usb_hosts(self, usb_id):
         return self.usb_locations.get(usb_id, ())
@@ -84,12 +76,21 @@ class SnapshotIndex:
             return {host_id for host_id, gpus in holders.items() if any(g.shared for g in gpus)}
         return holders
 
-    def _group_blocker(self, device):
-        for member in self.siblings(device):
-            why = member_blocker(member)
-            if why:
-                return f"IOMMU group {device.iommu_group} not viable: {member.id} {why}"
-        return None
+    def _settle_group(self, host_id, number, members):
+        """Blocker or claim of each member: VFIO hands the whole group to one VM or none."""
+        keys = tuple(("pci", member.id) for member in members)
+        holds = [member_blocker(member) for member in members]
+        for place, device in enumerate(members):
+            blocker = device_blocker(device)
+            if blocker is None:
+                for other, why in zip(members, holds):
+                    if why and other is not device:
+                        blocker = f"IOMMU group {number} not viable: {other.id} {why}"
+                        break
+            if blocker:
+                self.blockers[(host_id, device.id)] = blocker
+            else:   # the asked device first, then its siblings
+                self.claims[(host_id, device.id)] = (keys[place],) + keys[:place] + keys[place + 1:]
 
 
 def host_reasons(host):
