@@ -5,29 +5,15 @@
 reads /etc/hostplane/agent.toml (or HOSTPLANE_AGENT_CONFIG) plus HOSTPLANE_* variables.
 """
 
-from flask import Flask
 from prometheus_client.core import GaugeMetricFamily
 
 from agent.api import devices, health, host, meta
 from agent.config import check_serving_config, load_agent_config
 from agent.services import Agent
 from hostplane import auth
-from hostplane.errors import register_error_handlers
-from hostplane.metrics import install_request_metrics
+from hostplane.service import base_app, optional_blueprints
 
 BLUEPRINTS = [health.bp, host.bp, devices.bp, meta.bp]
-
-
-def _optional_blueprints():
-    """Blueprints of slices that may be absent from a trimmed install."""
-    found = []
-    for module in ("agent.api.vms", "agent.api.networks"):
-        try:
-            found.append(__import__(module, fromlist=["bp"]).bp)
-        except ImportError as exc:
-            if exc.name != module:
-                raise
-    return found
 
 
 def create_app(config=None, start=True):
@@ -35,23 +21,16 @@ def create_app(config=None, start=True):
     if config is None:
         config = load_agent_config()
     check_serving_config(config)
-    app = Flask("hostplane-agent")
-    app.config["MAX_CONTENT_LENGTH"] = config["server"]["max_body_kb"] * 1024
-    app.json.sort_keys = False
-    agent = Agent(config)
-    app.extensions["hostplane_agent"] = agent
-    register_error_handlers(app)
-    public = set(meta.PUBLIC_ENDPOINTS)
-    if config["server"]["metrics_token"]:
-        public.discard("meta.metrics")
-    app.extensions["public_endpoints"] = public
     token = config["server"]["token"]
     insecure = config["server"]["insecure"] and not token
-    auth.install(app, lambda given: "agent" if insecure or auth.token_matches(given, token)
-                 else None, public=public)
-    registry = install_request_metrics(app, "hostplane_agent")
+    app, registry = base_app(
+        "hostplane-agent", config,
+        lambda given: "agent" if insecure or auth.token_matches(given, token) else None,
+        meta.PUBLIC_ENDPOINTS, "hostplane_agent")
+    agent = Agent(config)
+    app.extensions["hostplane_agent"] = agent
     registry.register(_InventoryCollector(agent))
-    for blueprint in BLUEPRINTS + _optional_blueprints():
+    for blueprint in BLUEPRINTS + optional_blueprints("agent.api.vms", "agent.api.networks"):
         app.register_blueprint(blueprint)
     if start:
         agent.start()

@@ -2,11 +2,11 @@
 
 import argparse
 import json
-import os
 import sys
 
 from agent.config import check_serving_config, host_id, load_agent_config
 from hostplane.config import ConfigError
+from hostplane.service import exec_gunicorn
 
 
 def main(argv=None):
@@ -56,16 +56,8 @@ def print_inventory(config, compact=False):
 
 def serve_forever(config, args):
     check_serving_config(config)
-    server = config["server"]
-    command = [sys.executable, "-m", "gunicorn", "--bind", args.bind or server["bind"],
-               "--workers", str(server["workers"]), "--access-logfile", "-",
-               "--graceful-timeout", "30"]
-    if server["tls_cert"]:
-        command += ["--certfile", server["tls_cert"], "--keyfile", server["tls_key"]]
-    command.append("agent.app:create_app()")
-    if args.config:
-        os.environ["HOSTPLANE_AGENT_CONFIG"] = os.path.abspath(args.config)
-    os.execv(sys.executable, command)
+    exec_gunicorn(config["server"], "agent.app:create_app()", "HOSTPLANE_AGENT_CONFIG",
+                  args.config, bind=getattr(args, "bind", None))
     return 0  # not reached
 
 

@@ -1,9 +1,8 @@
 """Agent configuration: defaults, file, environment (see INTERFACE.md)."""
 
-import os
-
-from hostplane.config import ConfigError, load_config
+from hostplane.config import ConfigError
 from hostplane.core.pci import DEFAULT_CRITICAL_DRIVERS
+from hostplane.service import load_service_config
 
 DEFAULT_PATH = "/etc/hostplane/agent.toml"
 DEFAULTS = {
@@ -19,12 +18,8 @@ DEFAULTS = {
 
 
 def load_agent_config(path=None, environ=None, overrides=None):
-    environ = os.environ if environ is None else environ
-    path = path or environ.get("HOSTPLANE_AGENT_CONFIG") or DEFAULT_PATH
-    config = load_config(DEFAULTS, path, environ)
-    for section, values in (overrides or {}).items():
-        config[section].update(values)
-    return config
+    return load_service_config(DEFAULTS, DEFAULT_PATH, "HOSTPLANE_AGENT_CONFIG", path, environ,
+                               overrides)
 
 
 def check_serving_config(config):

@@ -6,7 +6,7 @@ reads /etc/hostplane/controller.toml (or HOSTPLANE_CONTROLLER_CONFIG) plus HOSTP
 variables. The schema must be current (`hostplane-controller db upgrade`).
 """
 
-from flask import Flask, request
+from flask import request
 from prometheus_client.core import GaugeMetricFamily
 from sqlalchemy import func, select
 
@@ -16,21 +16,10 @@ from controller.db.models import Device, Host
 from controller.services import Controller, current
 from hostplane import auth
 from hostplane.core.device_states import IllegalTransition
-from hostplane.errors import envelope, register_error_handlers
-from hostplane.metrics import install_request_metrics
+from hostplane.errors import envelope
+from hostplane.service import base_app, optional_blueprints
 
 BLUEPRINTS = [meta.bp, hosts.bp, devices.bp, vms.bp, schedule.bp, events.bp]
-
-
-def _optional_blueprints():
-    """The dashboard belongs to another slice and may be absent."""
-    module = "controller.api.dashboard"
-    try:
-        return [__import__(module, fromlist=["bp"]).bp]
-    except ImportError as exc:
-        if exc.name != module:
-            raise
-        return []
 
 
 def create_app(config=None, start=True):
@@ -38,28 +27,21 @@ def create_app(config=None, start=True):
     if config is None:
         config = load_controller_config()
     check_serving_config(config)
-    app = Flask("hostplane-controller")
-    app.config["MAX_CONTENT_LENGTH"] = config["server"]["max_body_kb"] * 1024
-    app.json.sort_keys = False
+    insecure = config["server"]["insecure"] and not config["server"]["admin_token"]
+    tokens = principals(config)
+    app, registry = base_app(
+        "hostplane-controller", config,
+        lambda given: "admin" if insecure else _resolve(tokens, given),
+        meta.PUBLIC_ENDPOINTS, "hostplane_controller")
     controller = Controller(config)
     app.extensions["hostplane_controller"] = controller
-    register_error_handlers(app)
 
     @app.errorhandler(IllegalTransition)
     def _illegal(exc):   # a claim that lost a race the scheduler could not see
         return envelope(409, "device_busy", str(exc), {"device": exc.device_id})
 
-    public = set(meta.PUBLIC_ENDPOINTS)
-    if config["server"]["metrics_token"]:
-        public.discard("meta.metrics")
-    app.extensions["public_endpoints"] = public
-    insecure = config["server"]["insecure"] and not config["server"]["admin_token"]
-    tokens = principals(config)
-    auth.install(app, lambda given: "admin" if insecure else _resolve(tokens, given),
-                 public=public)
-    registry = install_request_metrics(app, "hostplane_controller")
     registry.register(_InventoryCollector(controller))
-    for blueprint in BLUEPRINTS + _optional_blueprints():
+    for blueprint in BLUEPRINTS + optional_blueprints("controller.api.dashboard"):
         app.register_blueprint(blueprint)
     if start and config["poll"]["enabled"]:
         controller.poller.start()

@@ -1,11 +1,11 @@
 """`hostplane-controller`: serve (default) under gunicorn, `db upgrade`."""
 
 import argparse
-import os
 import sys
 
 from controller.config import check_serving_config, load_controller_config
 from hostplane.config import ConfigError
+from hostplane.service import exec_gunicorn
 
 
 def main(argv=None):
@@ -33,14 +33,8 @@ def main(argv=None):
 
 def serve_forever(config, args):
     check_serving_config(config)
-    server = config["server"]
-    if args.config:
-        os.environ["HOSTPLANE_CONTROLLER_CONFIG"] = os.path.abspath(args.config)
-    command = [sys.executable, "-m", "gunicorn", "--bind", getattr(args, "bind", None) or
-               server["bind"], "--workers", str(server["workers"]), "--threads", "8",
-               "--access-logfile", "-", "--graceful-timeout", "30",
-               "controller.app:create_app()"]
-    os.execv(sys.executable, command)
+    exec_gunicorn(config["server"], "controller.app:create_app()", "HOSTPLANE_CONTROLLER_CONFIG",
+                  args.config, bind=getattr(args, "bind", None), threads=8)
     return 0  # not reached
 
 

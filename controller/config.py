@@ -1,8 +1,7 @@
 """Controller configuration: defaults, file, environment (see INTERFACE.md)."""
 
-import os
-
-from hostplane.config import ConfigError, load_config
+from hostplane.config import ConfigError
+from hostplane.service import load_service_config
 
 DEFAULT_PATH = "/etc/hostplane/controller.toml"
 DEFAULTS = {
@@ -19,12 +18,8 @@ DEFAULTS = {
 
 
 def load_controller_config(path=None, environ=None, overrides=None):
-    environ = os.environ if environ is None else environ
-    path = path or environ.get("HOSTPLANE_CONTROLLER_CONFIG") or DEFAULT_PATH
-    config = load_config(DEFAULTS, path, environ)
-    for section, values in (overrides or {}).items():
-        config[section].update(values)
-    return config
+    return load_service_config(DEFAULTS, DEFAULT_PATH, "HOSTPLANE_CONTROLLER_CONFIG", path,
+                               environ, overrides)
 
 
 def check_serving_config(config):
