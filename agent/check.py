@@ -4,24 +4,7 @@ import os
 
 from agent.hostinfo import host_facts, vfio_module_state
 from agent.inventory.sysfs import SysfsTree
-
-
-def libvirt_probe(uri):
-    """{"ok", "uri", "version", "error"} from a read-only connection attempt."""
-    try:
-        import libvirt
-    except ImportError:
-        return {"ok": False, "uri": uri, "version": None, "error": "libvirt-python not installed"}
-    try:
-        conn = libvirt.openReadOnly(uri)
-    except libvirt.libvirtError as exc:
-        return {"ok": False, "uri": uri, "version": None, "error": str(exc)}
-    try:
-        version = conn.getLibVersion()
-        return {"ok": True, "uri": uri, "error": None,
-                "version": f"{version // 1000000}.{version // 1000 % 1000}.{version % 1000}"}
-    finally:
-        conn.close()
+from agent.virt.connection import libvirt_probe
 
 
 def readiness_rows(config, libvirt_status=None):

@@ -51,7 +51,14 @@ class Agent:
                 self.config["server"]["token"]))
         if self.live_host and self.config["host"]["watch_udev"]:
             self._start_monitor()
+        self._start_virt()
         self._start_networks()
+
+    def _start_virt(self):
+        from agent.virt import Virt
+        self.virt = Virt(self.config, self.inventory, lambda: host_facts(
+            self.sysfs, self.config["host"]["proc_root"])["iommu"]["ready"])
+        self.virt.start()
 
     def _start_networks(self):
         from agent.net import HostNetworks

@@ -1,0 +1,164 @@
+"""VMs and their passthrough devices; every answer is read back from libvirt's domain XML."""
+
+from typing import Literal
+
+from flask import Blueprint, jsonify, request
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from agent.services import current_agent
+from agent.virt import attach as attaching
+from hostplane.api import describe, parse_body
+from hostplane.core.ids import (PCI_ADDRESS, InvalidId, check_name, normalize_pci_address,
+                                normalize_usb_id)
+from hostplane.errors import BadRequest, DependencyDown
+
+bp = Blueprint("vms", __name__)
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+def _checked(check, value):
+    try:
+        return check(value)
+    except InvalidId as exc:
+        raise ValueError(str(exc)) from None
+
+
+class DeviceRef(_Body):
+    type: Literal["pci", "usb"]
+    id: str = Field(max_length=200)
+
+
+class DiskBody(_Body):
+    path: str = Field(pattern=r"^/[A-Za-z0-9_./+-]{1,1023}$")
+    format: Literal["qcow2", "raw"] = "qcow2"
+
+    @field_validator("path")
+    @classmethod
+    def _no_parent(cls, value):
+        if ".." in value.split("/"):
+            raise ValueError("disk path must not contain '..'")
+        return value
+
+
+class NetworkBody(_Body):
+    bridge: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,15}$")
+
+
+class VmCreate(_Body):
+    name: str
+    vcpus: int = Field(ge=1, le=1024)
+    memory_mib: int = Field(ge=16, le=16 * 1024 * 1024)
+    disks: list[DiskBody] = Field(default_factory=list, max_length=16)
+    networks: list[NetworkBody] = Field(default_factory=list, max_length=16)
+    devices: list[DeviceRef] = Field(default_factory=list, max_length=32)
+    start: bool = False
+    accel: Literal["auto", "kvm", "tcg"] = "auto"
+
+    _name = field_validator("name")(lambda v: _checked(check_name, v))
+
+
+class StopBody(_Body):
+    force: bool = False
+    timeout_s: float | None = Field(default=None, ge=0, le=3600)
+
+
+class AttachBody(DeviceRef):
+    live: bool | None = None
+    persistent: bool = True
+    with_group: bool = False
+
+
+@bp.get("/v1/vms")
+@describe("Every VM on this host with state and passthrough devices", responses=(200, 503),
+          tags=["vms"])
+def list_vms():
+    return jsonify({"vms": _virt().list_vms()})
+
+
+@bp.post("/v1/vms")
+@describe("Define a VM (q35, SeaBIOS), with devices checked like attaches; optionally start it",
+          body=VmCreate, responses=(201, 409, 503), tags=["vms"])
+def create_vm():
+    body = parse_body(VmCreate)
+    spec = body.model_dump()
+    spec["devices"] = [{"type": d.type, "id": _device_id(d.type, d.id)} for d in body.devices]
+    return jsonify(_virt().create(spec)), 201
+
+
+@bp.get("/v1/vms/<name>")
+@describe("One VM: state and devices from its live and persistent domain XML",
+          responses=(200, 503), tags=["vms"])
+def get_vm(name):
+    virt = _virt()
+    return jsonify(virt.vm_view(virt.domain(_name(name))))
+
+
+@bp.post("/v1/vms/<name>/start")
+@describe("Start a VM (already running: no change)", responses=(200, 409, 503), tags=["vms"])
+def start_vm(name):
+    return jsonify(_virt().start_vm(_name(name)))
+
+
+@bp.post("/v1/vms/<name>/stop")
+@describe("Stop a VM: ACPI shutdown waited for timeout_s, or destroy with force",
+          body=StopBody, responses=(200, 409, 503), tags=["vms"])
+def stop_vm(name):
+    name = _name(name)
+    body = parse_body(StopBody, allow_empty=True)
+    return jsonify(_virt().stop_vm(name, body.force, body.timeout_s))
+
+
+@bp.delete("/v1/vms/<name>")
+@describe("Destroy and undefine a VM; disk files are removed only with ?delete_storage=true",
+          responses=(204, 503), query={"delete_storage": "true to delete the VM's disk files"},
+          tags=["vms"])
+def delete_vm(name):
+    name = _name(name)
+    delete_storage = request.args.get("delete_storage", "false").lower() in ("1", "true", "yes")
+    _virt().delete_vm(name, delete_storage)
+    return "", 204
+
+
+@bp.post("/v1/vms/<name>/devices")
+@describe("Attach a PCI or USB device (live if running, persistent always; with_group takes "
+          "every endpoint of the PCI device's IOMMU group)", body=AttachBody,
+          responses=(200, 409, 503), tags=["vms"])
+def attach_device(name):
+    name = _name(name)
+    body = parse_body(AttachBody)
+    return jsonify(attaching.attach(_virt(), name, body.type, _device_id(body.type, body.id),
+                                    body.live, body.persistent, body.with_group))
+
+
+@bp.delete("/v1/vms/<name>/devices/<path:device_id>")
+@describe("Detach a device: live (waits for libvirt's device-removed event), then persistent",
+          responses=(200, 409, 503), tags=["vms"])
+def detach_device(name, device_id):
+    name = _name(name)
+    kind = "pci" if PCI_ADDRESS.match(device_id.lower()) else "usb"
+    return jsonify(attaching.detach(_virt(), name, kind, _device_id(kind, device_id)))
+
+
+def _virt():
+    virt = current_agent().virt
+    if virt is None:
+        raise DependencyDown("the libvirt adapter is not running on this agent",
+                             code="dependency_unavailable")
+    return virt
+
+
+def _name(name):
+    try:
+        return check_name(name, "VM name")
+    except InvalidId as exc:
+        raise BadRequest(str(exc), code="invalid_name") from None
+
+
+def _device_id(kind, device_id):
+    try:
+        return normalize_pci_address(device_id) if kind == "pci" else normalize_usb_id(device_id)
+    except InvalidId as exc:
+        raise BadRequest(str(exc), code="invalid_id") from None

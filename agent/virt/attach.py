@@ -1,0 +1,173 @@
+"""Attach and detach PCI/USB hostdevs: claim-check-attach under the host lock.
+
+Attach: take the host lock (all workers), read holders afresh from every domain's XML,
+check the refusals (`agent.virt.rules`), write the journal, attach with libvirt
+(live when the VM runs, persistent always, unless asked otherwise), clear the journal.
+Detach: live first, waiting for libvirt's device-removed event (bounded), then the
+persistent config; a managed PCI device returns to its host driver and the inventory
+re-reads it.
+"""
+
+import os
+import time
+import xml.etree.ElementTree as ET
+
+from agent.virt import domxml, rules
+from agent.virt.connection import libvirt
+from hostplane.errors import BadRequest, Conflict, NotFound
+
+TEST_PAUSE_ENV = "HOSTPLANE_VIRT_TEST_PAUSE_S"
+
+
+def attach(virt, vm, kind, device_id, live=None, persistent=True, with_group=False):
+    """Attach one device (or its whole IOMMU group's endpoints); idempotent per VM."""
+    dom = virt.domain(vm)
+    device = virt.device(kind, device_id)
+    targets = rules.group_endpoints(device, virt.inventory.pci) \
+        if kind == "pci" and with_group else [device]
+    with virt.lock.held():
+        virt.recover()
+        holders = virt.holders()
+        with virt.connection.errors(vm):
+            active = bool(dom.isActive())
+            current = virt.hostdevs(dom)
+            usb_versions = _usb_versions(virt, current)
+        live = active if live is None else live
+        if live and not active:
+            raise Conflict(f"{vm} is not running; attach persistently or start it first",
+                           code="vm_not_running")
+        if not live and not persistent:
+            raise BadRequest("nothing to do: live and persistent are both false",
+                             code="invalid_request")
+        todo = [t for t in targets if holders.get(f"{kind}:{t['id']}") != vm]
+        for target in todo:
+            if kind == "pci":
+                rules.check_pci(target, vm, holders, virt.iommu_ready())
+            else:
+                rules.check_usb(target, vm, holders, usb_versions)
+        if todo:
+            _attach_all(virt, dom, vm, kind, todo, _flags(live, persistent))
+    return virt.vm_view(dom)
+
+
+def detach(virt, vm, kind, device_id):
+    """Remove the device from the running guest (event-confirmed) and from the config."""
+    dom = virt.domain(vm)
+    with virt.lock.held():
+        with virt.connection.errors(vm):
+            entry = next((e for e in virt.hostdevs(dom) if e["key"] == f"{kind}:{device_id}"),
+                         None)
+            if entry is None:
+                raise NotFound(f"{device_id} is not attached to {vm}", code="device_not_attached",
+                               details={"device": device_id, "vm": vm})
+            element = domxml.to_text(domxml.hostdev_xml(kind, entry))
+            if entry["live"] and dom.isActive():
+                _detach_live(virt, dom, vm, entry, element)
+            if entry["persistent"] and dom.isPersistent():
+                dom.detachDeviceFlags(element, libvirt.VIR_DOMAIN_AFFECT_CONFIG)
+        if kind == "pci":
+            virt.inventory.refresh_pci(device_id)     # managed: back on its host driver
+        virt.refresh()
+    return virt.vm_view(dom)
+
+
+# --- helpers ---------------------------------------------------------------------------
+def _attach_all(virt, dom, vm, kind, targets, flags):
+    """Journal, attach each target; a libvirt refusal undoes the ones already attached."""
+    virt.journal.begin(vm, [f"{kind}:{t['id']}" for t in targets])
+    _test_pause(virt, "claimed")
+    done = []
+    try:
+        with virt.connection.errors(vm):
+            for target in targets:
+                element = _hostdev_for(dom, kind, target, flags)
+                _attach_device(dom, element, flags)
+                done.append(element)
+                _test_pause(virt, "attached-one")
+    except Exception:
+        for element in done:
+            try:
+                dom.detachDeviceFlags(element, flags)
+            except libvirt.libvirtError:
+                pass
+        raise
+    finally:
+        virt.journal.done()
+    if kind == "pci":
+        for target in targets:
+            virt.inventory.refresh_pci(target["id"])
+    virt.refresh()
+
+
+def _hostdev_for(dom, kind, device, flags):
+    """Hostdev XML; a USB 3 device goes on an xHCI controller, added when the VM has none."""
+    if kind == "pci" or rules.usb_major(device.get("usb_version")) < 3:
+        return domxml.to_text(domxml.hostdev_xml(kind, device))
+    controllers = domxml.read_domain(dom.XMLDesc(0 if flags & libvirt.VIR_DOMAIN_AFFECT_LIVE
+                                                 else libvirt.VIR_DOMAIN_XML_INACTIVE)
+                                     )["usb_controllers"]
+    xhci = next((c for c in controllers if c["model"] in domxml.XHCI_MODELS), None)
+    if xhci is None:
+        if flags & libvirt.VIR_DOMAIN_AFFECT_LIVE:
+            raise Conflict(f"{device['id']} is USB 3 and the running VM has no xHCI "
+                           "controller; stop it and attach persistently (one is added then)",
+                           code="usb_controller_missing", details={"device": device["id"]})
+        index = max([c["index"] for c in controllers], default=-1) + 1
+        _attach_device(dom, domxml.to_text(domxml.usb_controller_xml(index)), flags)
+        xhci = {"index": index}
+    return domxml.to_text(domxml.hostdev_xml(kind, device, usb_bus=xhci["index"]))
+
+
+def _attach_device(dom, element, flags):
+    """attachDeviceFlags; drivers without it (libvirt's test driver) get a redefine for
+    config-only changes, which is what attachDeviceFlags(CONFIG) does to the XML."""
+    try:
+        dom.attachDeviceFlags(element, flags)
+    except libvirt.libvirtError as exc:
+        if exc.get_error_code() != libvirt.VIR_ERR_NO_SUPPORT or \
+                flags != libvirt.VIR_DOMAIN_AFFECT_CONFIG:
+            raise
+        root = ET.fromstring(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
+        root.find("devices").append(ET.fromstring(element))
+        dom.connect().defineXML(ET.tostring(root, encoding="unicode"))
+
+
+def _detach_live(virt, dom, vm, entry, element):
+    alias = entry["alias"]
+    removed = virt.removal_waiter(vm, alias)
+    try:
+        dom.detachDeviceFlags(element, libvirt.VIR_DOMAIN_AFFECT_LIVE)
+        if not removed.wait(virt.detach_timeout_s) and _still_live(virt, dom, entry):
+            raise Conflict(f"the guest in {vm} did not release {entry['id']} within "
+                           f"{virt.detach_timeout_s:g} s; the unplug request stays pending in "
+                           "QEMU, so try again later or stop the VM", code="detach_timeout",
+                           details={"device": entry["id"], "timeout_s": virt.detach_timeout_s})
+    finally:
+        virt.forget_waiter(vm, alias)
+
+
+def _still_live(virt, dom, entry):
+    return any(e["key"] == entry["key"] and e["live"] for e in virt.hostdevs(dom))
+
+
+def _flags(live, persistent):
+    return ((libvirt.VIR_DOMAIN_AFFECT_LIVE if live else 0)
+            | (libvirt.VIR_DOMAIN_AFFECT_CONFIG if persistent else 0))
+
+
+def _usb_versions(virt, current):
+    versions = []
+    for entry in current:
+        if entry["type"] == "usb":
+            device = virt.inventory.usb(entry["id"])
+            versions.append(device.get("usb_version") if device else None)
+    return versions
+
+
+def _test_pause(virt, step):
+    """Test hook: mark the step in state_dir, then sleep so a test can SIGKILL us here."""
+    pause = os.environ.get(TEST_PAUSE_ENV)
+    if pause:
+        with open(os.path.join(virt.state_dir, f"paused-{step}"), "w", encoding="utf-8") as mark:
+            mark.write(str(os.getpid()))
+        time.sleep(float(pause))

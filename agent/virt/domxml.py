@@ -1,0 +1,135 @@
+"""Domain XML in and out, with ElementTree only: libvirt's XML is the source of truth.
+
+`domain_xml` builds a new VM; `hostdev_xml` one passthrough device; `read_domain`
+turns a domain's XML back into what the API reports (devices as raw hostdev facts;
+the caller maps USB bus/device numbers to stable ids with the inventory).
+"""
+
+import xml.etree.ElementTree as ET
+
+USB_CONTROLLER = "qemu-xhci"
+XHCI_MODELS = ("qemu-xhci", "nec-xhci", "piix3-uhci+xhci")
+
+
+def domain_xml(spec, domain_type, hostdevs):
+    """A diskless-or-not VM: q35, SeaBIOS, a qemu-xhci USB controller, virtio NICs."""
+    root = ET.Element("domain", type=domain_type)
+    ET.SubElement(root, "name").text = spec["name"]
+    ET.SubElement(root, "memory", unit="MiB").text = str(spec["memory_mib"])
+    ET.SubElement(root, "vcpu").text = str(spec["vcpus"])
+    os_element = ET.SubElement(root, "os")
+    os_type = ET.SubElement(os_element, "type")
+    os_type.text = "hvm"
+    if domain_type != "test":
+        os_type.set("arch", "x86_64")
+        os_type.set("machine", "q35")
+        ET.SubElement(ET.SubElement(root, "features"), "acpi")
+    ET.SubElement(os_element, "boot", dev="hd")
+    devices = ET.SubElement(root, "devices")
+    for index, disk in enumerate(spec.get("disks") or []):
+        element = ET.SubElement(devices, "disk", type="file", device="disk")
+        ET.SubElement(element, "driver", name="qemu", type=disk["format"])
+        ET.SubElement(element, "source", file=disk["path"])
+        ET.SubElement(element, "target", dev=f"vd{chr(ord('a') + index)}", bus="virtio")
+    for network in spec.get("networks") or []:
+        element = ET.SubElement(devices, "interface", type="bridge")
+        ET.SubElement(element, "source", bridge=network["bridge"])
+        ET.SubElement(element, "model", type="virtio")
+    if domain_type != "test":
+        ET.SubElement(devices, "controller", type="usb", index="0", model=USB_CONTROLLER)
+    for hostdev in hostdevs:
+        devices.append(hostdev)
+    return ET.tostring(root, encoding="unicode")
+
+
+def hostdev_xml(kind, device, usb_bus=None):
+    """`<hostdev mode='subsystem' managed='yes'>` for a PCI device (its `id`) or a USB one
+    (`vendor_id`, `product_id` and, when known, `busnum`/`devnum`)."""
+    element = ET.Element("hostdev", mode="subsystem", type=kind, managed="yes")
+    source = ET.SubElement(element, "source")
+    if kind == "pci":
+        domain, bus, rest = device["id"].split(":")
+        slot, function = rest.split(".")
+        ET.SubElement(source, "address", domain=f"0x{domain}", bus=f"0x{bus}",
+                      slot=f"0x{slot}", function=f"0x{function}")
+    else:
+        ET.SubElement(source, "vendor", id=f"0x{device['vendor_id']}")
+        ET.SubElement(source, "product", id=f"0x{device['product_id']}")
+        if device.get("busnum") is not None:
+            ET.SubElement(source, "address", bus=str(device["busnum"]),
+                          device=str(device["devnum"]))
+        if usb_bus is not None:
+            ET.SubElement(element, "address", type="usb", bus=str(usb_bus))
+    return element
+
+
+def usb_controller_xml(index):
+    return ET.Element("controller", type="usb", index=str(index), model=USB_CONTROLLER)
+
+
+def to_text(element):
+    return ET.tostring(element, encoding="unicode")
+
+
+def read_domain(text):
+    """{"name", "uuid", "vcpus", "memory_mib", "hostdevs", "networks", "disks", "usb_controllers"}."""
+    root = ET.fromstring(text)
+    memory = root.find("memory")
+    return {
+        "name": root.findtext("name"),
+        "uuid": root.findtext("uuid"),
+        "vcpus": int(root.findtext("vcpu") or 0),
+        "memory_mib": _mib(memory) if memory is not None else 0,
+        "hostdevs": hostdevs(root),
+        "networks": [{"bridge": _attr(i, "source", "bridge"), "mac": _attr(i, "mac", "address")}
+                     for i in root.iterfind("devices/interface")],
+        "disks": [{"path": _attr(d, "source", "file") or _attr(d, "source", "dev"),
+                   "target": _attr(d, "target", "dev")}
+                  for d in root.iterfind("devices/disk") if d.get("device", "disk") == "disk"],
+        "usb_controllers": [{"index": int(c.get("index", "0")), "model": c.get("model")}
+                            for c in root.iterfind("devices/controller[@type='usb']")],
+    }
+
+
+def hostdevs(root):
+    """Every subsystem hostdev: {"type": "pci", "id", "alias"} or USB vendor/product/bus/device."""
+    found = []
+    for element in root.iterfind("devices/hostdev[@mode='subsystem']"):
+        kind = element.get("type")
+        source = element.find("source")
+        if source is None:
+            continue
+        alias = _attr(element, "alias", "name")
+        address = source.find("address")
+        if kind == "pci" and address is not None:
+            found.append({"type": "pci", "alias": alias, "id": "%04x:%02x:%02x.%x" % tuple(
+                int(address.get(key, "0"), 16) for key in ("domain", "bus", "slot", "function"))})
+        elif kind == "usb":
+            found.append({"type": "usb", "alias": alias,
+                          "vendor_id": _hex4(_attr(source, "vendor", "id")),
+                          "product_id": _hex4(_attr(source, "product", "id")),
+                          "busnum": _int(address.get("bus")) if address is not None else None,
+                          "devnum": _int(address.get("device")) if address is not None else None})
+    return found
+
+
+def _mib(element):
+    scale = {"b": 1 / 1048576, "bytes": 1 / 1048576, "kib": 1 / 1024, "k": 1 / 1024,
+             "mib": 1, "m": 1, "gib": 1024, "g": 1024}
+    return int(int(element.text) * scale.get(element.get("unit", "KiB").lower(), 1 / 1024))
+
+
+def _attr(element, child, name):
+    found = element.find(child)
+    return None if found is None else found.get(name)
+
+
+def _hex4(text):
+    return None if text is None else "%04x" % int(text, 16)
+
+
+def _int(text):
+    try:
+        return int(text, 0) if text is not None else None
+    except ValueError:
+        return None

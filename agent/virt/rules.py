@@ -1,0 +1,68 @@
+"""Who may take a device: the refusals of an attach, as pure functions of inventory facts.
+
+`holders` is {"pci:<id>" | "usb:<id>": vm name} freshly read from every domain's XML;
+`device` is the inventory model (INTERFACE.md fields). Each check raises Conflict (409)
+with a code and a sentence an operator can act on, or returns quietly.
+"""
+
+from hostplane.core.usb import PER_VM_LIMITS, version_major
+from hostplane.errors import Conflict
+
+
+def check_pci(device, vm, holders, iommu_ready):
+    address = device["id"]
+    _check_free("pci", address, vm, holders)
+    if not device["assignable"]:
+        raise Conflict(f"{address} cannot be passed through: {device['not_assignable_reason']}",
+                       code="device_not_assignable",
+                       details={"device": address, "reason": device["not_assignable_reason"]})
+    if not iommu_ready:
+        raise Conflict("the host IOMMU is not ready (no IOMMU groups): enable VT-d/AMD-Vi and "
+                       "intel_iommu=on/amd_iommu=on; see `hostplane-agent check`",
+                       code="iommu_not_ready", details={"device": address})
+    for member in device["iommu_group_devices"]:
+        holder = holders.get(f"pci:{member}")
+        if member != address and holder not in (None, vm):
+            raise Conflict(f"{address} shares IOMMU group {device['iommu_group']} with {member}, "
+                           f"which VM {holder} holds", code="group_member_busy",
+                           details={"device": address, "member": member, "vm": holder,
+                                    "iommu_group": device["iommu_group"]})
+
+
+def check_usb(device, vm, holders, vm_usb_versions):
+    """`vm_usb_versions`: usb_version strings of the USB devices the VM already holds."""
+    device_id = device["id"]
+    _check_free("usb", device_id, vm, holders)
+    if device.get("is_hub"):
+        raise Conflict(f"{device_id} is a USB hub; pass the devices behind it instead",
+                       code="device_not_assignable", details={"device": device_id})
+    major = usb_major(device.get("usb_version"))
+    limit = PER_VM_LIMITS.get(major)
+    used = sum(1 for version in vm_usb_versions if usb_major(version) == major)
+    if limit is not None and used >= limit:
+        raise Conflict(f"VM {vm} already holds {used} USB {major}.x devices (limit {limit})",
+                       code="usb_limit_reached",
+                       details={"device": device_id, "usb_major": major, "limit": limit})
+
+
+def usb_major(version):
+    """USB major version; devices that do not say are counted as USB 2."""
+    major = version_major(version)
+    return major if major in PER_VM_LIMITS else 2
+
+
+def group_endpoints(device, lookup):
+    """The device and every other endpoint of its IOMMU group (a GPU and its audio)."""
+    members = [device]
+    for member in device["iommu_group_devices"]:
+        other = lookup(member)
+        if member != device["id"] and other is not None and other["type"] != "bridge":
+            members.append(other)
+    return members
+
+
+def _check_free(kind, device_id, vm, holders):
+    holder = holders.get(f"{kind}:{device_id}")
+    if holder not in (None, vm):
+        raise Conflict(f"{device_id} is attached to VM {holder}", code="device_busy",
+                       details={"device": device_id, "vm": holder})

@@ -1,0 +1,265 @@
+"""VMs through libvirt: create, list, start, stop, delete, and who holds which device.
+
+Nothing about VMs is stored by the agent: every answer is read back from libvirt's
+domain XML (live and persistent), so a restart or a `virsh` edit behind the agent's
+back is reflected. Device attach/detach lives in `agent.virt.attach`.
+"""
+
+import logging
+import os
+import tempfile
+import threading
+import time
+import xml.etree.ElementTree as ET
+
+from agent.virt import domxml, rules
+from agent.virt.claims import HostLock, Journal
+from agent.virt.connection import Connection, libvirt
+from hostplane.errors import Conflict, NotFound
+
+log = logging.getLogger(__name__)
+STATES = {1: "running", 2: "running", 3: "paused", 4: "stopping", 5: "stopped",
+          6: "crashed", 7: "suspended"}
+
+
+class Virt:
+    def __init__(self, config, inventory, iommu_ready):
+        """`iommu_ready()` answers whether the host's IOMMU groups exist right now."""
+        section = config["libvirt"]
+        self.inventory = inventory
+        self.iommu_ready = iommu_ready
+        self.detach_timeout_s = float(section["detach_timeout_s"])
+        self.stop_timeout_s = float(section["stop_timeout_s"])
+        state_dir = config["host"]["state_dir"] or os.path.join(tempfile.gettempdir(),
+                                                                "hostplane-agent")
+        self.state_dir = state_dir
+        self.lock = HostLock(state_dir)
+        self.journal = Journal(state_dir)
+        self.connection = Connection(section["uri"], self.refresh, self._device_removed)
+        self._removals = {}
+        self._removals_lock = threading.Lock()
+
+    # --- adapter life -------------------------------------------------------------------
+    def start(self):
+        self.connection.start()
+        if self.connection.connected:
+            with self.lock.held():
+                self.recover()
+            self.refresh()
+
+    def close(self):
+        self.connection.close()
+
+    def status(self):
+        status = self.connection.status()
+        status["interrupted"] = self.journal.reports()
+        return status
+
+    # --- who holds what -----------------------------------------------------------------
+    def refresh(self):
+        """Push holders from every domain's XML into the inventory."""
+        self.inventory.set_attachments(self.holders())
+
+    def holders(self):
+        """{"pci:<id>" | "usb:<id>": vm} over every domain, live and persistent XML."""
+        conn = self.connection.get()
+        found = {}
+        with self.connection.errors():
+            domains = conn.listAllDomains()
+        for dom in domains:
+            try:
+                for entry in self.hostdevs(dom):
+                    found.setdefault(entry["key"], dom.name())
+            except libvirt.libvirtError as exc:
+                if exc.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
+                    raise self.connection.translate(exc) from None
+        return found
+
+    def hostdevs(self, dom):
+        """The domain's passthrough devices with stable ids, marked live and/or persistent."""
+        sources = [("live" if dom.isActive() else "persistent", dom.XMLDesc(0))]
+        if dom.isActive() and dom.isPersistent():
+            sources.append(("persistent", dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)))
+        merged = {}
+        for where, text in sources:
+            for entry in domxml.hostdevs(ET.fromstring(text)):
+                entry["id"] = entry["id"] if entry["type"] == "pci" else self.usb_id(entry)
+                entry["key"] = f"{entry['type']}:{entry['id']}"
+                kept = merged.setdefault(entry["key"], {**entry, "live": False,
+                                                        "persistent": False})
+                kept[where] = True
+        return list(merged.values())
+
+    def usb_id(self, entry):
+        """Map libvirt's vendor/product/bus/device to the inventory's stable id."""
+        same_model = [d for d in self.inventory.usb_devices()
+                      if (d["vendor_id"], d["product_id"]) == (entry["vendor_id"],
+                                                               entry["product_id"])]
+        for device in same_model:
+            if (device["busnum"], device["devnum"]) == (entry["busnum"], entry["devnum"]):
+                return device["id"]
+        if len(same_model) == 1:
+            return same_model[0]["id"]
+        return f"{entry['vendor_id']}:{entry['product_id']}@bus{entry['busnum']}"
+
+    def recover(self):
+        """Call with the lock held: report an attach a dead worker left in the journal."""
+        pending = self.journal.pending()
+        if pending is None:
+            return
+        holders = self.holders()
+        vm = pending["vm"]
+        self.journal.report({
+            "vm": vm, "pid": pending["pid"], "started": pending["started"],
+            "found": time.time(),
+            "attached": [k for k in pending["devices"] if holders.get(k) == vm],
+            "not_attached": [k for k in pending["devices"] if holders.get(k) != vm],
+            "message": f"an attach to {vm} was interrupted (worker {pending['pid']} died); "
+                       "the lists show what libvirt holds now"})
+        self.journal.done()
+
+    # --- VMs ----------------------------------------------------------------------------
+    def domain(self, name):
+        conn = self.connection.get()
+        with self.connection.errors(name):
+            return conn.lookupByName(name)
+
+    def vm_view(self, dom):
+        with self.connection.errors(dom.name()):
+            facts = domxml.read_domain(dom.XMLDesc(0))
+            state = STATES.get(dom.state()[0], "unknown")
+            devices = [{"type": e["type"], "id": e["id"], "live": e["live"],
+                        "persistent": e["persistent"]} for e in self.hostdevs(dom)]
+            persistent = bool(dom.isPersistent())
+        facts.pop("hostdevs")
+        return {"name": facts.pop("name"), "state": state, "persistent": persistent,
+                **facts, "devices": devices}
+
+    def list_vms(self):
+        conn = self.connection.get()
+        views = []
+        with self.connection.errors():
+            domains = conn.listAllDomains()
+        for dom in sorted(domains, key=lambda d: d.name()):
+            try:
+                views.append(self.vm_view(dom))
+            except NotFound:
+                continue     # undefined while we listed
+        return views
+
+    def create(self, spec):
+        """Define (and optionally start) a VM with its devices checked under the host lock."""
+        conn = self.connection.get()
+        with self.lock.held():
+            self.recover()
+            with self.connection.errors():
+                taken = {d.name() for d in conn.listAllDomains()}
+            if spec["name"] in taken:
+                raise Conflict(f"a VM named {spec['name']} already exists", code="vm_exists")
+            devices = self.check_new_devices(spec["name"], spec["devices"])
+            hostdevs = [domxml.hostdev_xml(item["type"], device)
+                        for item, device in zip(spec["devices"], devices)]
+            text = domxml.domain_xml(spec, self.domain_type(conn, spec.get("accel")), hostdevs)
+            with self.connection.errors(spec["name"]):
+                dom = conn.defineXML(text)
+                if spec["start"]:
+                    try:
+                        dom.create()
+                    except libvirt.libvirtError:
+                        dom.undefine()
+                        raise
+            self.refresh()
+        return self.vm_view(dom)
+
+    def check_new_devices(self, vm, wanted):
+        """Inventory models for a new VM's devices, each checked like an attach."""
+        holders, usb_versions, models = self.holders(), [], []
+        for item in wanted:
+            device = self.device(item["type"], item["id"])
+            if item["type"] == "pci":
+                rules.check_pci(device, vm, holders, self.iommu_ready())
+            else:
+                rules.check_usb(device, vm, holders, usb_versions)
+                usb_versions.append(device.get("usb_version"))
+            holders[f"{item['type']}:{device['id']}"] = vm
+            models.append(device)
+        return models
+
+    def device(self, kind, device_id):
+        device = (self.inventory.pci if kind == "pci" else self.inventory.usb)(device_id)
+        if device is None:
+            raise NotFound(f"no {kind.upper()} device {device_id} on this host",
+                           code="device_not_found", details={"device": device_id})
+        return device
+
+    def domain_type(self, conn, accel=None):
+        """"test" on libvirt's test driver; "kvm" when asked or offered, else "qemu" (TCG)."""
+        if conn.getType() == "Test":
+            return "test"
+        if accel in ("tcg", "kvm"):
+            return "qemu" if accel == "tcg" else "kvm"
+        caps = ET.fromstring(conn.getCapabilities())
+        offered = caps.find("guest/arch[@name='x86_64']/domain[@type='kvm']")
+        return "kvm" if offered is not None else "qemu"
+
+    def start_vm(self, name):
+        dom = self.domain(name)
+        with self.connection.errors(name):
+            if not dom.isActive():
+                dom.create()
+        return self.vm_view(dom)
+
+    def stop_vm(self, name, force, timeout_s=None):
+        """Graceful ACPI shutdown waited for `timeout_s`, or destroy when forced."""
+        dom = self.domain(name)
+        timeout_s = self.stop_timeout_s if timeout_s is None else timeout_s
+        with self.connection.errors(name):
+            if dom.isActive():
+                if force:
+                    dom.destroy()
+                else:
+                    dom.shutdown()
+                    deadline = time.monotonic() + timeout_s
+                    while dom.isActive() and time.monotonic() < deadline:
+                        time.sleep(0.2)
+                    if dom.isActive():
+                        raise Conflict(f"{name} did not shut down within {timeout_s:g} s (the "
+                                       "guest ignored ACPI); stop it with force", code="stop_timeout",
+                                       details={"timeout_s": timeout_s})
+        return self.vm_view(dom)
+
+    def delete_vm(self, name, delete_storage=False):
+        """Destroy if running, undefine; disk files go only when asked."""
+        dom = self.domain(name)
+        with self.connection.errors(name):
+            disks = domxml.read_domain(dom.XMLDesc(0))["disks"]
+            if dom.isActive():
+                dom.destroy()
+            if dom.isPersistent():
+                dom.undefine()
+        removed = []
+        if delete_storage:
+            for disk in disks:
+                if disk["path"] and os.path.isfile(disk["path"]):
+                    os.unlink(disk["path"])
+                    removed.append(disk["path"])
+        self.connection.changed()
+        self.refresh()
+        return removed
+
+    # --- events -------------------------------------------------------------------------
+    def removal_waiter(self, vm, alias):
+        event = threading.Event()
+        with self._removals_lock:
+            self._removals[(vm, alias)] = event
+        return event
+
+    def forget_waiter(self, vm, alias):
+        with self._removals_lock:
+            self._removals.pop((vm, alias), None)
+
+    def _device_removed(self, vm, alias):
+        with self._removals_lock:
+            event = self._removals.get((vm, alias))
+        if event is not None:
+            event.set()
