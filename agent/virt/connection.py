@@ -9,11 +9,15 @@ again, then asks for a rescan. Exiting instead would let systemd restart the age
 but gunicorn workers would die and be respawned in a loop while libvirtd is down, and
 nobody could ask `/v1/health`, which must answer "degraded" meanwhile. Calls made while
 disconnected raise `DependencyDown` (503).
+
+Events are not enough on their own: a config-only edit of a stopped domain (`virsh
+attach-device --config`) raises none, so the watcher also rescans every `RESCAN_S`.
 """
 
 import contextlib
 import logging
 import threading
+import time
 
 from hostplane.errors import Conflict, DependencyDown, NotFound
 
@@ -24,6 +28,7 @@ except ImportError:  # pragma: no cover - the agent still serves its inventory
 
 log = logging.getLogger(__name__)
 RETRY_S = 1.0
+RESCAN_S = 5.0
 _loop_lock = threading.Lock()
 _loop_started = False
 
@@ -208,6 +213,7 @@ class Connection:
 
     def _watch(self):
         """Reconnect while down; run `on_change` after events, at most one at a time."""
+        last_scan = time.monotonic()
         while not self._closing:
             self._wake.wait(RETRY_S)
             self._wake.clear()
@@ -216,8 +222,11 @@ class Connection:
             if self._conn is None:
                 self._connect()
                 continue
+            if time.monotonic() - last_scan >= RESCAN_S:
+                self._dirty.set()
             if self._dirty.is_set():
                 self._dirty.clear()
+                last_scan = time.monotonic()
                 try:
                     self._on_change()
                 except DependencyDown:

@@ -8,6 +8,7 @@ the caller maps USB bus/device numbers to stable ids with the inventory).
 import xml.etree.ElementTree as ET
 
 USB_CONTROLLER = "qemu-xhci"
+USB_PORTS = "15"    # qemu-xhci's maximum; per-VM limits need 1 + 6 + 4 = 11
 XHCI_MODELS = ("qemu-xhci", "nec-xhci", "piix3-uhci+xhci")
 
 
@@ -36,7 +37,7 @@ def domain_xml(spec, domain_type, hostdevs):
         ET.SubElement(element, "source", bridge=network["bridge"])
         ET.SubElement(element, "model", type="virtio")
     if domain_type != "test":
-        ET.SubElement(devices, "controller", type="usb", index="0", model=USB_CONTROLLER)
+        devices.append(usb_controller_xml(0))
     for hostdev in hostdevs:
         devices.append(hostdev)
     return ET.tostring(root, encoding="unicode")
@@ -64,7 +65,8 @@ def hostdev_xml(kind, device, usb_bus=None):
 
 
 def usb_controller_xml(index):
-    return ET.Element("controller", type="usb", index=str(index), model=USB_CONTROLLER)
+    return ET.Element("controller", type="usb", index=str(index), model=USB_CONTROLLER,
+                      ports=USB_PORTS)
 
 
 def to_text(element):
