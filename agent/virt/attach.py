@@ -16,7 +16,7 @@ from agent.virt import domxml, rules
 from agent.virt.connection import libvirt
 from hostplane.errors import BadRequest, Conflict, NotFound
 
-TEST_PAUSE_ENV = "HOSTPLANE_VIRT_TEST_PAUSE_S"
+TEST_PAUSE_ENV = "HOSTPLANE_VIRT_TEST_PAUSE"   # "<step>:<seconds>", tests only
 
 
 def attach(virt, vm, kind, device_id, live=None, persistent=True, with_group=False):
@@ -165,9 +165,9 @@ def _usb_versions(virt, current):
 
 
 def _test_pause(virt, step):
-    """Test hook: mark the step in state_dir, then sleep so a test can SIGKILL us here."""
-    pause = os.environ.get(TEST_PAUSE_ENV)
-    if pause:
+    """Test hook: at `step`, mark it in state_dir and sleep so a test can SIGKILL us here."""
+    wanted, _, seconds = os.environ.get(TEST_PAUSE_ENV, "").partition(":")
+    if wanted == step:
         with open(os.path.join(virt.state_dir, f"paused-{step}"), "w", encoding="utf-8") as mark:
             mark.write(str(os.getpid()))
-        time.sleep(float(pause))
+        time.sleep(float(seconds or 60))
