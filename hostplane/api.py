@@ -11,6 +11,7 @@ import re
 from flask import request
 from pydantic import BaseModel, ValidationError
 
+from hostplane.core.ids import OBJECT_NAME
 from hostplane.errors import BadRequest
 
 _ERROR_SCHEMA = {
@@ -23,6 +24,8 @@ _ERROR_SCHEMA = {
                        "details": {"type": "object"}},
     }},
 }
+# Path parameters whose form is the same on every route (VM, network and group names).
+_PATH_SCHEMAS = {"name": {"type": "string", "pattern": OBJECT_NAME.pattern}}
 _STATUS_TEXT = {200: "OK", 201: "Created", 202: "Accepted", 204: "No content",
                 304: "Not modified", 400: "Bad input", 401: "Missing or wrong token",
                 403: "Not allowed for this token", 404: "No such object",
@@ -83,7 +86,8 @@ def _operation(rule, method, facts, schemas, public):
                  "responses": {}}
     if facts["tags"]:
         operation["tags"] = list(facts["tags"])
-    params = [{"name": arg, "in": "path", "required": True, "schema": {"type": "string"}}
+    params = [{"name": arg, "in": "path", "required": True,
+               "schema": dict(_PATH_SCHEMAS.get(arg, {"type": "string"}))}
               for arg in sorted(rule.arguments)]
     params += [{"name": name, "in": "query", "required": False, "description": text,
                 "schema": {"type": "string"}} for name, text in facts["query"].items()]

@@ -1,15 +1,18 @@
-"""Bearer-token authentication, compared in constant time.
+"""Bearer-token authentication, compared in constant time, and the TLS requirement.
 
 `install(app, resolve, public)` makes every endpoint except those named in `public`
 require `Authorization: Bearer <token>`; `resolve(token)` (None when no token was sent)
 returns the principal (any truthy value, kept in `flask.g.principal`) or None.
+`require_tls(app)` refuses every request that did not arrive over TLS, health included,
+so a token is never accepted in clear text.
 """
 
 import hmac
+import ssl
 
 from flask import g, request
 
-from hostplane.errors import Unauthorized
+from hostplane.errors import ApiError, Unauthorized
 
 
 def token_matches(given, expected):
@@ -49,3 +52,25 @@ def install(app, resolve, public=()):
                                details={"hint": "send 'Authorization: Bearer <token>'"})
         g.principal = principal
         return None
+
+
+def arrived_over_tls(environ):
+    """True when the client's own connection is TLS.
+
+    Under gunicorn the socket itself is asked: `wsgi.url_scheme` alone would believe an
+    `X-Forwarded-Proto: https` header sent in clear text from loopback.
+    """
+    sock = environ.get("gunicorn.socket")
+    if sock is not None:
+        return isinstance(sock, ssl.SSLSocket)
+    return environ.get("wsgi.url_scheme") == "https"
+
+
+def require_tls(app):
+    def _refuse_clear_text():
+        if not arrived_over_tls(request.environ):
+            raise ApiError("this server requires TLS; use https://", code="tls_required",
+                           status=403, details={"require_tls": True})
+
+    # First of all before-request hooks: answered before the token is even looked at.
+    app.before_request_funcs.setdefault(None, []).insert(0, _refuse_clear_text)
