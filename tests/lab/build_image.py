@@ -20,7 +20,7 @@ import subprocess
 import sys
 import time
 
-SCRIPT_VERSION = "2"
+SCRIPT_VERSION = "3"
 SUITE = "bookworm"
 MIRROR = "http://deb.debian.org/debian"
 DEFAULT_CACHE = "/var/cache/hostplane-lab"
@@ -31,6 +31,10 @@ PACKAGES = [
     "python3", "python3-venv", "openssh-server", "umockdev",
     "libvirt-daemon", "libvirt-daemon-driver-qemu", "libvirt-clients",
     "qemu-system-x86", "initramfs-tools", "procps", "less",
+    # What the Ansible roles expect to find installed (the node has no mirror):
+    # python3-apt for the apt module, libvirt-daemon-system for libvirtd's units.
+    "python3-apt", "libvirt-daemon-system",
+    "iputils-ping",  # the e2e test pings across VLAN and VXLAN bridges
 ]
 # Host tools the build and the nodes need: name of binary -> Debian package.
 HOST_TOOLS = {
@@ -198,6 +202,10 @@ def configure(rootfs, folder):
         with open(conf, "a") as f:
             f.write('\nuser = "root"\ngroup = "root"\n'
                     'security_driver = "none"\n')
+    # No nested KVM: under TCG it is very slow, and libvirt (so the agent)
+    # picks "kvm" when /dev/kvm exists.  Guests in the node run under TCG.
+    write(rootfs, "/etc/modprobe.d/lab-no-kvm.conf",
+          "blacklist kvm_intel\nblacklist kvm_amd\nblacklist kvm\n")
     # Only the listed modules (and their dependencies): a small initrd.
     write(rootfs, "/etc/initramfs-tools/modules",
           "\n".join(INITRAMFS_MODULES) + "\n")

@@ -1,0 +1,225 @@
+"""Deploy hostplane onto lab nodes with the project's own Ansible roles.
+
+Why: the end-to-end lab must install the agent the way an operator does
+(scripts/build-wheelhouse, ansible/site.yml over SSH), not by copying files.
+The controller runs on this machine under gunicorn (no systemd here), bound
+to 127.0.0.1; a node reaches it as 10.0.2.2 through QEMU user networking.
+The controller reaches each agent through one extra hostfwd per node, added
+at run time over QMP so nodes.py's command line stays as it is.  The agent
+listens inside the node on the same port number as the forward, so one URL
+(http://127.0.0.1:<port>) works from the node (the role's health check) and
+from the machine (the controller).
+
+Lab-only role settings are extra vars (see `lab_vars`): no apt mirror, the
+wheelhouse and credentials in the lab cache, fixed host ids (the nodes share
+one image, hence one /etc/machine-id).
+"""
+import json
+import os
+import secrets
+import subprocess
+import sys
+import time
+
+import requests
+
+import nodes
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))))
+VENV_BIN = os.path.join(REPO, ".venv", "bin")
+SLIRP_GATEWAY = "10.0.2.2"  # the machine's 127.0.0.1 as a node sees it
+CLUSTER = "lab"
+
+
+def log(msg):
+    print(f"[deploy] {msg}", flush=True)
+
+
+def venv_tool(name):
+    path = os.path.join(VENV_BIN, name)
+    return path if os.path.exists(path) else name
+
+
+def host_id(n):
+    return f"hplab-node{n}"
+
+
+class Timings:
+    """Named wall-clock figures, printed as they come and as a table."""
+
+    def __init__(self):
+        self.items = []
+
+    def measure(self, name, fn, *args, **kw):
+        t = time.monotonic()
+        result = fn(*args, **kw)
+        self.add(name, time.monotonic() - t)
+        return result
+
+    def add(self, name, seconds):
+        self.items.append((name, seconds))
+        print(f"[timing] {name}: {seconds:.2f}s", flush=True)
+
+    def table(self):
+        return "\n".join(f"  {s:8.2f}s  {n}" for n, s in self.items)
+
+
+def build_wheelhouse(out):
+    """scripts/build-wheelhouse into the lab cache (pip's cache keeps it quick)."""
+    env = dict(os.environ, PYTHON=venv_tool("python"))
+    subprocess.run([os.path.join(REPO, "scripts", "build-wheelhouse"), out],
+                   check=True, env=env, cwd=REPO, stdout=subprocess.DEVNULL)
+    return out
+
+
+class Controller:
+    """The controller on this machine: SQLite in `state`, gunicorn on loopback."""
+
+    def __init__(self, state, poll_interval_s=2, max_failures=2):
+        self.state = state
+        self.port = nodes.free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.node_url = f"http://{SLIRP_GATEWAY}:{self.port}"
+        self.token = secrets.token_urlsafe(32)
+        self.proc = None
+        db = os.path.join(state, "controller.db")
+        self.env = dict(os.environ, HOSTPLANE_CONTROLLER_CONFIG="/nonexistent",
+                        HOSTPLANE_DATABASE_URL=f"sqlite:///{db}",
+                        HOSTPLANE_SERVER_ADMIN_TOKEN=self.token,
+                        HOSTPLANE_POLL_INTERVAL_S=str(poll_interval_s),
+                        HOSTPLANE_POLL_MAX_FAILURES=str(max_failures),
+                        HOSTPLANE_POLL_JITTER_S="0.2")
+        self.session = requests.Session()
+        self.session.headers["Authorization"] = f"Bearer {self.token}"
+
+    def start(self):
+        os.makedirs(self.state, exist_ok=True)
+        if os.path.exists(os.path.join(self.state, "controller.db")):
+            os.unlink(os.path.join(self.state, "controller.db"))
+        subprocess.run([venv_tool("hostplane-controller"), "db", "upgrade"],
+                       check=True, env=self.env, cwd=REPO,
+                       stdout=subprocess.DEVNULL)
+        logf = open(os.path.join(self.state, "controller.log"), "wb")
+        self.proc = subprocess.Popen(
+            [venv_tool("python"), "-m", "gunicorn", "--workers", "1",
+             "--threads", "8", "--bind", f"127.0.0.1:{self.port}",
+             "controller.app:create_app()"],
+            env=self.env, cwd=REPO, stdin=subprocess.DEVNULL, stdout=logf,
+            stderr=subprocess.STDOUT, start_new_session=True)
+        logf.close()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"controller exited; see {self.state}")
+            try:
+                if requests.get(self.url + "/v1/health", timeout=2).ok:
+                    log(f"controller on {self.url} (pid {self.proc.pid})")
+                    return self
+            except requests.RequestException:
+                pass
+            time.sleep(0.3)
+        raise TimeoutError("controller did not answer in 60 s")
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self.proc = None
+
+    def call(self, method, path, expect=None, **kw):
+        """One API call; with `expect`, fail loudly on any other status."""
+        kw.setdefault("timeout", 120)
+        answer = self.session.request(method, self.url + path, **kw)
+        if expect is not None and answer.status_code != expect:
+            raise AssertionError(f"{method} {path}: {answer.status_code} "
+                                 f"{answer.text[:500]}")
+        return answer
+
+    def get(self, path, **kw):
+        return self.call("GET", path, expect=200, **kw).json()
+
+
+def forward_agent_port(lab, n):
+    """Add 127.0.0.1:P -> node:P on node n's user-mode NIC; return P."""
+    port = nodes.free_port()
+    out = lab.qmp(n, "human-monitor-command",
+                  command_line=f"hostfwd_add user0 tcp:127.0.0.1:{port}-:{port}")
+    if out.strip():
+        raise RuntimeError(f"hostfwd_add on node{n}: {out.strip()}")
+    return port
+
+
+def write_inventory(lab, agent_ports, path):
+    """Per-host connection and agent settings (host vars of the ini)."""
+    lines = ["[hostplane_controllers]", "", "[hostplane_agents]"]
+    for n, port in enumerate(agent_ports):
+        nd = lab.node(n)
+        lines.append(" ".join([
+            host_id(n), "ansible_host=127.0.0.1", f"ansible_port={nd['ssh_port']}",
+            "ansible_user=root", f"ansible_ssh_private_key_file={nd['key']}",
+            f"hostplane_agent_host_id={host_id(n)}",
+            f"hostplane_agent_bind=0.0.0.0:{port}",
+            f"hostplane_agent_url=http://127.0.0.1:{port}"]))
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    return path
+
+
+def lab_vars(controller, wheelhouse, credentials):
+    """Extra vars: they outrank the playbook's group_vars/all.yml."""
+    return {
+        "hostplane_controller_url": controller.node_url,
+        "hostplane_admin_token": controller.token,
+        "hostplane_wheelhouse": wheelhouse,
+        "hostplane_credentials_dir": credentials,
+        "hostplane_apt_update_cache": False,   # no mirror reachable from a node
+        "hostplane_agent_cluster": CLUSTER,
+    }
+
+
+def run_playbook(inventory, extra_vars, logfile):
+    env = dict(os.environ,
+               ANSIBLE_CONFIG=os.path.join(REPO, "ansible", "ansible.cfg"),
+               ANSIBLE_HOST_KEY_CHECKING="False", ANSIBLE_PIPELINING="True",
+               ANSIBLE_SSH_ARGS="-o ControlMaster=auto -o ControlPersist=120s "
+                                "-o UserKnownHostsFile=/dev/null "
+                                "-o StrictHostKeyChecking=no",
+               ANSIBLE_FORCE_COLOR="0", ANSIBLE_NOCOLOR="1")
+    with open(logfile, "w") as f:
+        result = subprocess.run(
+            [venv_tool("ansible-playbook"), "-i", inventory,
+             "-e", "@" + extra_vars, os.path.join(REPO, "ansible", "site.yml")],
+            env=env, cwd=os.path.join(REPO, "ansible"), stdout=f,
+            stderr=subprocess.STDOUT)
+    if result.returncode != 0:
+        with open(logfile) as f:
+            tail = f.read()[-4000:]
+        raise RuntimeError(f"ansible-playbook failed ({result.returncode}); "
+                           f"log {logfile}:\n{tail}")
+
+
+def deploy(lab, controller, timings, workdir):
+    """Wheelhouse, agent forwards, inventory, playbook; return agent ports."""
+    wheelhouse = timings.measure(
+        "wheelhouse (scripts/build-wheelhouse)", build_wheelhouse,
+        os.path.join(lab.cache, "wheelhouse"))
+    ports = [forward_agent_port(lab, n) for n in range(len(lab.nodes))]
+    inventory = write_inventory(lab, ports,
+                                os.path.join(workdir, "inventory.ini"))
+    extra = os.path.join(workdir, "lab-vars.json")
+    with open(extra, "w") as f:
+        json.dump(lab_vars(controller, wheelhouse,
+                           os.path.join(workdir, "credentials")), f, indent=1)
+    log(f"inventory {inventory}, extra vars {extra}")
+    timings.measure("ansible-playbook site.yml (both nodes)", run_playbook,
+                    inventory, extra, os.path.join(workdir, "ansible.log"))
+    return ports
+
+
+if __name__ == "__main__":
+    sys.exit("import this module (tests/lab/test_lab_e2e.py)")

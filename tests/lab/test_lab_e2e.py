@@ -1,0 +1,239 @@
+"""End to end on two emulated compute nodes: Ansible deploy, controller on the machine.
+
+Why: IOMMU groups, vfio-pci, USB hot-plug and 802.1Q exist only inside the lab
+nodes; this checks what an operator would check after deploying hostplane with
+its own roles: hosts connected, real groups listed, a GPU passed through and
+given back, USB hot-plug seen and guarded, L2 networks that carry traffic, and
+an agent that survives SIGKILL.  Issue 7's "node 1" is hplab-node0 (index 0),
+"node 2" is hplab-node1.  Slow (~10 min); run: pytest -m lab tests/lab -s
+"""
+import os
+import time
+
+import pytest
+
+import build_image
+import deploy
+import nodes
+from lab_checks import (AgentClient, agent_token, assert_attached_kept,
+                        host_pci_facts, usb_id, wait_for)
+
+pytestmark = [pytest.mark.lab, pytest.mark.timeout(3600)]
+
+N0, N1 = deploy.host_id(0), deploy.host_id(1)
+GPU = ("1234", "1111")          # bochs-display, class 0380: the GPU stand-in
+GPU_ADDR = "0000:02:00.0"       # behind rp2 (nodes.qemu_command)
+COLD_USB = "HPLAB0USB0"         # usb-storage node0 boots with
+HOT_USB = "HPLABHOT0"
+
+
+class Env:
+    def __init__(self, lab, controller, ports, timings, workdir):
+        self.lab, self.ctl, self.ports = lab, controller, ports
+        self.timings, self.workdir = timings, workdir
+
+    def agent(self, n):
+        return AgentClient(f"http://127.0.0.1:{self.ports[n]}",
+                           agent_token(self.workdir, deploy.host_id(n)))
+
+    def vm_on(self, name, n, **body):
+        """Create (once) a device-less VM on node n through the controller."""
+        answer = self.ctl.call("GET", f"/v1/vms/{name}")
+        if answer.status_code == 200:
+            return answer.json()
+        body = dict({"name": name, "vcpus": 1, "memory_mib": 64,
+                     "host": deploy.host_id(n)}, **body)
+        vm = self.ctl.call("POST", "/v1/vms", json=body, expect=201).json()
+        assert vm["host_id"] == deploy.host_id(n), vm
+        return vm
+
+
+@pytest.fixture(scope="module")
+def env():
+    timings = deploy.Timings()
+    t_all = time.monotonic()
+    lab = nodes.Lab(count=2)
+    lab.down()  # leftovers of an interrupted run
+    workdir = os.path.join(lab.rundir, "e2e")
+    controller = deploy.Controller(os.path.join(workdir, "controller"))
+    try:
+        timings.measure("image build (content-cached)", build_image.build,
+                        lab.cache)
+        timings.measure("boot 2 nodes to SSH", lab.up)
+        timings.measure("controller start (gunicorn, SQLite)",
+                        controller.start)
+        ports = deploy.deploy(lab, controller, timings, workdir)
+        yield Env(lab, controller, ports, timings, workdir)
+    finally:
+        controller.stop()
+        lab.down()
+        timings.add("whole lab run (fixture)", time.monotonic() - t_all)
+        print("\n[timing] summary\n" + timings.table(), flush=True)
+
+
+def step(env, name):
+    """Context for a step's timing: `with step(env, "..."):`."""
+    class _Step:
+        def __enter__(self):
+            self.t = time.monotonic()
+
+        def __exit__(self, *exc):
+            env.timings.add(name, time.monotonic() - self.t)
+    return _Step()
+
+
+def test_1_nodes_connected_with_real_iommu_groups(env):
+    with step(env, "step 1: hosts connected, devices with IOMMU groups"):
+        def both_connected():
+            hosts = env.ctl.get("/v1/hosts")["hosts"]
+            return {h["id"]: h["status"] for h in hosts} == \
+                {N0: "connected", N1: "connected"}
+        assert wait_for(both_connected, 60), env.ctl.get("/v1/hosts")
+        for n in (0, 1):
+            host = env.ctl.get(f"/v1/hosts/{deploy.host_id(n)}")
+            assert host["iommu_ready"] is True, host
+            listed = {d["id"]: d for d in env.ctl.get(
+                "/v1/devices", params={"host": deploy.host_id(n),
+                                       "kind": "pci"})["devices"]}
+            truth = host_pci_facts(env.lab, n)   # read in the node's sysfs
+            assert set(listed) == set(truth)
+            for address, group in truth.items():
+                assert listed[address]["iommu_group"] == group, address
+            assert len(set(truth.values())) > 5  # groups per root port
+            gpu = listed[GPU_ADDR]
+            assert (gpu["type"], gpu["vendor_id"]) == ("gpu", GPU[0])
+            assert gpu["status"] == "ready"
+
+
+def test_3_usb_hotplug_seen_attached_guarded_and_unplugged(env):
+    vm0 = env.vm_on("e2e-usb-n0", 0)
+    env.vm_on("e2e-usb-n1", 1)
+    dev_id = usb_id(HOT_USB)
+    image = env.lab.node(0)["dir"] + "/usb1.img"
+    env.lab.qmp(0, "blockdev-add", driver="raw", node_name="hot0blk",
+                file={"driver": "file", "filename": image})
+    with step(env, "step 3: hot-plug to controller listing"):
+        t0 = time.monotonic()
+        env.lab.qmp(0, "device_add", driver="usb-storage", bus="xhci.0",
+                    drive="hot0blk", id="hot0", serial=HOT_USB)
+        seen = {}
+
+        def listed():
+            if "agent" not in seen and env.agent(0).has_usb(dev_id):
+                seen["agent"] = time.monotonic() - t0
+            answer = env.ctl.call("GET", f"/v1/devices/{N0}/{dev_id}")
+            if answer.status_code == 200 and "controller" not in seen:
+                seen["controller"] = time.monotonic() - t0
+            return "controller" in seen
+        assert wait_for(listed, 60, step=0.05)
+    lag = seen["controller"] - seen.get("agent", seen["controller"])
+    print(f"\n[timing] device_add -> agent lists it {seen.get('agent', -1):.2f}s,"
+          f" -> controller lists it {seen['controller']:.2f}s "
+          f"(controller behind agent {lag:.2f}s)")
+    env.timings.add("step 3: controller behind agent on hot-plug", lag)
+    assert lag <= 1.0, seen
+
+    with step(env, "step 3: attach to VM on node 1, refuse node 2"):
+        env.ctl.call("POST", f"/v1/vms/{vm0['name']}/devices", expect=200,
+                     json={"type": "usb", "id": dev_id})
+        device = env.ctl.get(f"/v1/devices/{N0}/{dev_id}")
+        assert (device["status"], device["vm"]) == ("attached", "e2e-usb-n0")
+        assert dev_id in env.agent(0).vm_device_ids("e2e-usb-n0")
+        refused = env.ctl.call("POST", "/v1/vms/e2e-usb-n1/devices",
+                               json={"type": "usb", "id": dev_id})
+        assert refused.status_code == 409, refused.text
+        assert refused.json()["error"]["code"]
+
+    with step(env, "step 3: device_del while attached"):
+        q = env.lab.qmp_session(0)
+        try:
+            q.execute("device_del", {"id": "hot0"})
+            q.wait_event("DEVICE_DELETED", timeout=60, device="hot0")
+        finally:
+            q.close()
+        env.lab.qmp(0, "blockdev-del", node_name="hot0blk")
+        assert wait_for(lambda: env.ctl.get(f"/v1/devices/{N0}/{dev_id}")
+                        ["status"] == "unavailable", 30), \
+            env.ctl.get(f"/v1/devices/{N0}/{dev_id}")
+        device = env.ctl.get(f"/v1/devices/{N0}/{dev_id}")
+        assert device["vm"] == "e2e-usb-n0"
+        held = [d["id"] for d in env.ctl.get("/v1/vms/e2e-usb-n0")["devices"]]
+        assert dev_id in held
+
+
+def test_5_agent_sigkill_restart_reconnect(env):
+    vm = env.vm_on("e2e-usb-n0", 0)
+    cold = usb_id(COLD_USB)
+    if env.ctl.get(f"/v1/devices/{N0}/{cold}")["vm"] is None:
+        env.ctl.call("POST", f"/v1/vms/{vm['name']}/devices", expect=200,
+                     json={"type": "usb", "id": cold})
+    before_ctl = {(d["id"], d["status"]) for d in
+                  env.ctl.get("/v1/vms/e2e-usb-n0")["devices"]}
+    before_agent = env.agent(0).vm_device_ids("e2e-usb-n0")
+    assert cold in before_agent
+    boot_id = env.ctl.get(f"/v1/hosts/{N0}")["boot_id"]
+    pid = env.lab.ssh(0, "systemctl show -p MainPID --value "
+                         "hostplane-agent").stdout.strip()
+    assert int(pid) > 0
+    with step(env, "step 5: SIGKILL to disconnected"):
+        t0 = time.monotonic()
+        env.lab.ssh(0, ["kill", "-KILL", pid])
+        assert wait_for(lambda: env.ctl.get(f"/v1/hosts/{N0}")["status"]
+                        == "disconnected", 60, step=0.2)
+    down = time.monotonic() - t0
+    with step(env, "step 5: disconnected to reconnected"):
+        def back():
+            host = env.ctl.get(f"/v1/hosts/{N0}")
+            return host["status"] == "connected" and host["boot_id"] != boot_id
+        assert wait_for(back, 120, step=0.2), env.ctl.get(f"/v1/hosts/{N0}")
+    print(f"\n[timing] kill -> disconnected {down:.1f}s, -> reconnected "
+          f"{time.monotonic() - t0:.1f}s")
+    new_pid = env.lab.ssh(0, "systemctl show -p MainPID --value "
+                             "hostplane-agent").stdout.strip()
+    assert new_pid not in ("0", pid)
+    assert_attached_kept(env, "e2e-usb-n0", before_ctl, before_agent)
+
+
+def test_4_vlan_and_vxlan_networks_carry_traffic(env):
+    from lab_checks import build_network, ping_between
+    with step(env, "step 4: VLAN 100 over the shared segment"):
+        bridges = build_network(env, "e2evlan", {
+            "type": "vlan", "interface": build_image.LAB_NIC, "vlan": 100})
+        ping_between(env, bridges, "192.168.100")
+    with step(env, "step 4: VXLAN 5001 over the underlay"):
+        for n in (0, 1):   # the underlay: addresses on the shared segment
+            env.lab.ssh(n, f"ip addr replace 172.30.0.{n + 1}/24 "
+                           f"dev {build_image.LAB_NIC}")
+        bridges = build_network(env, "e2evxlan", lambda n: {
+            "type": "vxlan", "vni": 5001, "local_ip": f"172.30.0.{n + 1}",
+            "peers": [f"172.30.0.{2 - n}"]})
+        ping_between(env, bridges, "192.168.101")
+
+
+def test_2_gpu_by_vendor_device_passthrough_and_back(env):
+    host_driver = env.lab.ssh(1, f"basename $(readlink /sys/bus/pci/devices/"
+                                 f"{GPU_ADDR}/driver)").stdout.strip()
+    assert host_driver and host_driver != "vfio-pci"
+    with step(env, "step 2: create VM with the GPU (placed, vfio, running)"):
+        vm = env.ctl.call("POST", "/v1/vms", expect=201, json={
+            "name": "e2e-gpu", "vcpus": 1, "memory_mib": 64, "host": N1,
+            "gpus": [{"vendor_id": GPU[0], "device_id": GPU[1]}]}).json()
+    assert vm["host_id"] == N1 and vm["state"] == "running", vm
+    assert [d["id"] for d in vm["devices"]] == [GPU_ADDR]
+    driver = env.lab.ssh(1, f"basename $(readlink /sys/bus/pci/devices/"
+                            f"{GPU_ADDR}/driver)").stdout.strip()
+    assert driver == "vfio-pci"
+    state = env.lab.ssh(1, "virsh -c qemu:///system domstate e2e-gpu")
+    assert state.stdout.strip() == "running"
+    live = env.lab.ssh(1, "virsh -c qemu:///system dumpxml e2e-gpu").stdout
+    assert "<hostdev" in live and "bus='0x02'" in live
+    assert env.ctl.get(f"/v1/devices/{N1}/{GPU_ADDR}")["status"] == "attached"
+    with step(env, "step 2: detach, device back on its host driver"):
+        env.ctl.call("DELETE", f"/v1/vms/e2e-gpu/devices/{N1}/{GPU_ADDR}",
+                     expect=200)
+        assert wait_for(lambda: env.lab.ssh(
+            1, f"basename $(readlink /sys/bus/pci/devices/{GPU_ADDR}/driver)"
+        ).stdout.strip() == host_driver, 30)
+    assert env.ctl.get(f"/v1/devices/{N1}/{GPU_ADDR}")["status"] == "ready"
+    live = env.lab.ssh(1, "virsh -c qemu:///system dumpxml e2e-gpu").stdout
+    assert "<hostdev" not in live
