@@ -10,7 +10,7 @@ from flask import request
 from prometheus_client.core import GaugeMetricFamily
 from sqlalchemy import func, select
 
-from controller.api import devices, events, hosts, meta, schedule, vms
+from controller.api import devices, events, hosts, meta, networks, schedule, vms
 from controller.config import check_serving_config, load_controller_config, principals
 from controller.db.models import Device, Host
 from controller.services import Controller, current
@@ -19,7 +19,7 @@ from hostplane.core.device_states import IllegalTransition
 from hostplane.errors import envelope
 from hostplane.service import base_app, optional_blueprints
 
-BLUEPRINTS = [meta.bp, hosts.bp, devices.bp, vms.bp, schedule.bp, events.bp]
+BLUEPRINTS = [meta.bp, hosts.bp, devices.bp, vms.bp, schedule.bp, events.bp, networks.bp]
 
 
 def create_app(config=None, start=True):

@@ -22,6 +22,7 @@ from sqlalchemy import or_, select, update
 
 from controller.agents import NOT_MODIFIED, AgentClient
 from controller.db.models import Host, utcnow
+from controller.networks import after_resync
 from controller.sync import apply_report
 from hostplane.errors import ApiError
 
@@ -123,6 +124,8 @@ class Poller:
                 row.etag, row.generation = etag, body.get("generation")
             row.status, row.failures, row.last_error = "connected", 0, None
             row.last_seen = utcnow()
+        if resync:
+            after_resync(self, host.id)   # give a (re)connected host its cluster's networks
         return "resynced" if resync else "changed"
 
     def _record_failure(self, host_id, exc):

@@ -14,6 +14,7 @@ from sqlalchemy import create_engine, event
 from sqlalchemy.orm import sessionmaker
 
 from controller.db.models import Base, Device, Host, Vm  # noqa: F401 - re-exported
+from controller.db.network_models import Network, NetworkHost  # noqa: F401 - registered
 
 _MIGRATIONS = os.path.join(os.path.dirname(os.path.dirname(__file__)), "migrations")
 
