@@ -19,6 +19,7 @@ import re
 import sys
 import threading
 import time
+from functools import partial
 from urllib.parse import urlencode
 
 import requests
@@ -61,15 +62,19 @@ def parser():
     commands = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     commands.add_parser("hosts", help="hosts with status and capacity").set_defaults(
-        run=show_hosts)
+        run=partial(show_listing, path="/v1/hosts", key="hosts", columns=HOST_COLUMNS))
     devices = commands.add_parser("devices", help="every device of every host")
     for name, text in (("host", "host id"), ("cluster", "cluster name"),
                        ("type", "gpu, gpu-audio, nic, usb, ..."),
                        ("status", "ready, attached or unavailable"), ("kind", "pci or usb")):
         devices.add_argument(f"--{name}", help=text)
-    devices.set_defaults(run=show_devices)
-    commands.add_parser("vms", help="VMs with their host and devices").set_defaults(run=show_vms)
-    commands.add_parser("networks", help="L2 networks").set_defaults(run=show_networks)
+    devices.set_defaults(run=partial(show_listing, path=devices_path, key="devices",
+                                     columns=DEVICE_COLUMNS))
+    commands.add_parser("vms", help="VMs with their host and devices").set_defaults(
+        run=partial(show_listing, path="/v1/vms", key="vms", columns=VM_COLUMNS))
+    commands.add_parser("networks", help="L2 networks").set_defaults(
+        run=partial(show_listing, path="/v1/networks", key="networks",
+                    columns=NETWORK_COLUMNS))
 
     schedule = commands.add_parser(
         "schedule", help="place a VM (create it), or --explain where it would go and why not")
@@ -92,56 +97,40 @@ def parser():
 
 
 # --- commands ------------------------------------------------------------------------------
-def show_hosts(client, args):
-    hosts = client.call("GET", "/v1/hosts")
+HOST_COLUMNS = [
+    ("ID", "id"), ("CLUSTER", "cluster"), ("STATUS", "status"), ("STATE", "state"),
+    ("IOMMU", lambda h: "ready" if h.get("iommu_ready") else "not ready"), ("VMS", "vms"),
+    ("VCPUS", lambda h: f"{h.get('used_vcpus', 0)}/{h.get('cpu_threads') or '?'}"),
+    ("MEMORY_MIB", lambda h: f"{h.get('used_memory_mib', 0)}/{h.get('memory_mib') or '?'}"),
+    ("LAST_SEEN", lambda h: short_time(h.get("last_seen"))), ("LAST_ERROR", "last_error")]
+DEVICE_COLUMNS = [
+    ("HOST", "host_id"), ("ID", "id"), ("TYPE", "type"), ("NAME", "name"), ("STATE", "state"),
+    ("STATUS", "status"), ("VM", "vm"), ("SHARED", lambda d: "yes" if d.get("shared") else "no"),
+    ("CREATED", lambda d: short_time(d.get("created_at")))]
+VM_COLUMNS = [
+    ("NAME", "name"), ("HOST", "host"), ("STATE", "state"), ("VCPUS", "vcpus"),
+    ("MEMORY_MIB", "memory_mib"), ("TENANT", "tenant"),
+    ("DEVICES", lambda v: ",".join(d["id"] for d in v.get("devices", []))),
+    ("CREATED", lambda v: short_time(v.get("created_at")))]
+NETWORK_COLUMNS = [
+    ("NAME", "name"), ("TYPE", "type"), ("INTERFACE", "interface"), ("VLAN", "vlan"),
+    ("VNI", lambda n: n.get("vni") or "-".join(map(str, n.get("vni_range") or [])) or None),
+    ("CLUSTERS", lambda n: ",".join(n.get("clusters") or []))]
+DEVICE_FILTERS = ("host", "cluster", "type", "status", "kind")
+
+
+def show_listing(client, args, path, key, columns):
+    """GET a collection and print it as a table (or as the API's JSON)."""
+    answer = client.call("GET", path(args) if callable(path) else path)
     if args.json:
-        return emit_json(hosts)
-    print_table(hosts["hosts"], [
-        ("ID", "id"), ("CLUSTER", "cluster"), ("STATUS", "status"), ("STATE", "state"),
-        ("IOMMU", lambda h: "ready" if h.get("iommu_ready") else "not ready"),
-        ("VMS", "vms"),
-        ("VCPUS", lambda h: f"{h.get('used_vcpus', 0)}/{h.get('cpu_threads') or '?'}"),
-        ("MEMORY_MIB", lambda h: f"{h.get('used_memory_mib', 0)}/{h.get('memory_mib') or '?'}"),
-        ("LAST_SEEN", lambda h: short_time(h.get("last_seen"))),
-        ("LAST_ERROR", "last_error")])
+        return emit_json(answer)
+    print_table(answer.get(key, []), columns)
     return 0
 
 
-def show_devices(client, args):
-    filters = {name: getattr(args, name) for name in ("host", "cluster", "type", "status",
-                                                       "kind") if getattr(args, name)}
-    devices = client.call("GET", "/v1/devices" + ("?" + urlencode(filters) if filters else ""))
-    if args.json:
-        return emit_json(devices)
-    print_table(devices["devices"], [
-        ("HOST", "host_id"), ("ID", "id"), ("TYPE", "type"), ("NAME", "name"),
-        ("STATE", "state"), ("STATUS", "status"), ("VM", "vm"),
-        ("SHARED", lambda d: "yes" if d.get("shared") else "no"),
-        ("CREATED", lambda d: short_time(d.get("created_at")))])
-    return 0
-
-
-def show_vms(client, args):
-    vms = client.call("GET", "/v1/vms")
-    if args.json:
-        return emit_json(vms)
-    print_table(vms["vms"], [
-        ("NAME", "name"), ("HOST", "host"), ("STATE", "state"), ("VCPUS", "vcpus"),
-        ("MEMORY_MIB", "memory_mib"), ("TENANT", "tenant"),
-        ("DEVICES", lambda v: ",".join(d["id"] for d in v.get("devices", []))),
-        ("CREATED", lambda v: short_time(v.get("created_at")))])
-    return 0
-
-
-def show_networks(client, args):
-    networks = client.call("GET", "/v1/networks")
-    if args.json:
-        return emit_json(networks)
-    print_table(networks.get("networks", []), [
-        ("NAME", "name"), ("TYPE", "type"), ("INTERFACE", "interface"), ("VLAN", "vlan"),
-        ("VNI", lambda n: n.get("vni") or "-".join(map(str, n.get("vni_range") or [])) or None),
-        ("CLUSTERS", lambda n: ",".join(n.get("clusters") or []))])
-    return 0
+def devices_path(args):
+    filters = {name: getattr(args, name) for name in DEVICE_FILTERS if getattr(args, name)}
+    return "/v1/devices" + ("?" + urlencode(filters) if filters else "")
 
 
 def schedule_vm(client, args):

@@ -158,14 +158,14 @@ def test_agent_role_installs_a_working_agent_and_registers_it(tmp_path, node, wh
     agent_port = free_port()
     host_id = f"ops-node-{os.getpid()}"
     with running_controller(tmp_path) as controller:
-        inv = inventory(tmp_path, node, hostplane_wheelhouse=wheelhouse,
-                        hostplane_agent_iommu="intel", hostplane_agent_host_id=host_id,
+        settings = dict(hostplane_wheelhouse=wheelhouse, hostplane_agent_iommu="intel",
+                        hostplane_agent_host_id=host_id,
                         hostplane_agent_bind=f"127.0.0.1:{agent_port}",
                         hostplane_agent_url=f"http://127.0.0.1:{agent_port}",
                         hostplane_agent_cluster="gpu-a",
                         hostplane_controller_url=controller["url"],
-                        hostplane_admin_token=controller["token"],
-                        hostplane_agent_register="false")
+                        hostplane_admin_token=controller["token"])
+        inv = inventory(tmp_path, node, **settings, hostplane_agent_register="false")
 
         # 1: install, configure, enable. Nothing is running yet, so no registration.
         output, recap = playbook(inv)
@@ -196,13 +196,7 @@ def test_agent_role_installs_a_working_agent_and_registers_it(tmp_path, node, wh
         # 2: start it as its unit would, then the role registers it with the controller.
         node["started"].append(start_like_systemd(root, "hostplane-agent.service"))
         wait_for(f"http://127.0.0.1:{agent_port}/v1/health")
-        inv = inventory(tmp_path, node, hostplane_wheelhouse=wheelhouse,
-                        hostplane_agent_iommu="intel", hostplane_agent_host_id=host_id,
-                        hostplane_agent_bind=f"127.0.0.1:{agent_port}",
-                        hostplane_agent_url=f"http://127.0.0.1:{agent_port}",
-                        hostplane_agent_cluster="gpu-a",
-                        hostplane_controller_url=controller["url"],
-                        hostplane_admin_token=controller["token"])
+        inv = inventory(tmp_path, node, **settings)
         output, recap = playbook(inv)
         assert recap["changed"] == 1, output[-3000:]   # the registration, nothing else
         hosts = requests.get(controller["url"] + "/v1/hosts", headers=controller["auth"],

@@ -127,36 +127,27 @@ function drawHosts(hosts) {
   }
 }
 
+// Each device table's columns: [text of the cell, class of the cell].
+const USB_COLUMNS = [
+  (d) => [d.name], (d) => [d.manufacturer], (d) => [d.product], (d) => [d.host_id],
+  (d) => [d.state, statusClass(d.state)], (d) => [d.usb_version], (d) => [d.vm],
+  (d) => [when(d.created_at)]];
+const GPU_COLUMNS = [
+  (d) => [d.name], (d) => [d.id], (d) => [d.type], (d) => [d.host_id],
+  (d) => [d.state, statusClass(d.state)], (d) => [d.status, statusClass(d.status)],
+  (d) => [d.vm], (d) => [d.shared ? "yes" : "no"], (d) => [when(d.created_at)]];
+
 function drawDevices(devices) {
-  const gpus = $("gpus").tBodies[0];
-  const usb = $("usb").tBodies[0];
-  gpus.replaceChildren();
-  usb.replaceChildren();
+  const tables = { usb: [$("usb").tBodies[0], USB_COLUMNS],
+                   gpu: [$("gpus").tBodies[0], GPU_COLUMNS] };
+  for (const [body] of Object.values(tables)) body.replaceChildren();
   for (const d of devices) {
-    if (d.kind === "usb") {
-      const row = deviceRow(usb, d);
-      cell(row, d.name);
-      cell(row, d.manufacturer);
-      cell(row, d.product);
-      cell(row, d.host_id);
-      cell(row, d.state, statusClass(d.state));
-      cell(row, d.usb_version);
-      cell(row, d.vm);
-      cell(row, when(d.created_at));
-      actions(row, d);
-    } else if (GPU_TYPES.has(d.type)) {
-      const row = deviceRow(gpus, d);
-      cell(row, d.name);
-      cell(row, d.id);
-      cell(row, d.type);
-      cell(row, d.host_id);
-      cell(row, d.state, statusClass(d.state));
-      cell(row, d.status, statusClass(d.status)).title = d.unavailable_reason || "";
-      cell(row, d.vm);
-      cell(row, d.shared ? "yes" : "no");
-      cell(row, when(d.created_at));
-      actions(row, d);
-    }
+    const table = d.kind === "usb" ? tables.usb : GPU_TYPES.has(d.type) ? tables.gpu : null;
+    if (!table) continue;
+    const row = deviceRow(table[0], d);
+    for (const column of table[1]) cell(row, ...column(d));
+    if (d.unavailable_reason) row.title = d.unavailable_reason;
+    actions(row, d);
   }
 }
 
