@@ -115,7 +115,9 @@ VM_COLUMNS = [
 NETWORK_COLUMNS = [
     ("NAME", "name"), ("TYPE", "type"), ("INTERFACE", "interface"), ("VLAN", "vlan"),
     ("VNI", lambda n: n.get("vni") or "-".join(map(str, n.get("vni_range") or [])) or None),
-    ("CLUSTERS", lambda n: ",".join(n.get("clusters") or []))]
+    ("CLUSTERS", lambda n: ",".join(n.get("clusters") or [])),
+    ("HOSTS", lambda n: ",".join(f"{host}:{state.get('status')}"
+                                 for host, state in sorted((n.get("hosts") or {}).items())))]
 DEVICE_FILTERS = ("host", "cluster", "type", "status", "kind")
 
 
