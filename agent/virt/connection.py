@@ -95,8 +95,7 @@ class Connection:
     # --- public -----------------------------------------------------------------------
     def start(self):
         ensure_event_loop()
-        self._connect()
-        self._dirty.set()
+        self._connect(first=True)     # the caller scans right after; no rescan queued
         self._watcher = threading.Thread(target=self._watch, name="libvirt-watch", daemon=True)
         self._watcher.start()
 
@@ -166,7 +165,7 @@ class Connection:
                 conn.close()
 
     # --- internals ----------------------------------------------------------------------
-    def _connect(self):
+    def _connect(self, first=False):
         if libvirt is None:
             self._error = "libvirt-python not installed"
             return None
@@ -189,7 +188,8 @@ class Connection:
                                         self._lifecycle, None)
             self._conn, self._error = conn, None
             log.info("connected to libvirt at %s", self.uri)
-        self.changed()
+        if not first:
+            self.changed()
         return conn
 
     def _lost(self, reason):
