@@ -52,7 +52,11 @@ def create(db, body):
             _check_clusters(session, row)
             session.add(row)
     except IntegrityError:   # the same name or VNI committed by a racing request
-        raise _name_taken(body.name) from None
+        with db.read() as session:
+            if session.get(Network, body.name) is not None:
+                raise _name_taken(body.name) from None
+        raise Conflict("the VNI was taken by a concurrent create; try again",
+                       code="vni_taken") from None
     return body.name
 
 

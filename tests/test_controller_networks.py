@@ -16,7 +16,8 @@ from sqlalchemy import create_engine, inspect, text
 
 from controller.db import upgrade
 from tests.test_controller_support import (ADMIN, TENANT, LoopbackAgent, controller_app,
-                                           controller_config, gpu_host, register)
+                                           controller_config, drop_postgres_database,
+                                           gpu_host, postgres_database, register)
 from tests.test_net_host import (_address, _kernel_builds_vlans, _ping, _underlay, links,
                                  make_ns, vxlan_facts)  # noqa: F401 - make_ns is a fixture
 
@@ -42,12 +43,17 @@ class NetnsAgent(LoopbackAgent):
 
 
 @pytest.fixture
-def world(tmp_path, make_ns):
-    """(client, {host id: (agent, namespace)}, register(host id)); nothing registered yet."""
+def world(request, tmp_path, make_ns):
+    """(client, {host id: (agent, namespace)}, register(host id)); nothing registered yet.
+    The controller's database is SQLite unless the test asks for "postgresql"."""
+    database, url = None, None
+    if getattr(request, "param", "sqlite") == "postgresql":
+        database, url = postgres_database()
+        request.addfinalizer(lambda: drop_postgres_database(database))
     spaces = {"host-a": make_ns(), "host-b": make_ns()}
     _underlay(spaces["host-a"], spaces["host-b"])
     agents = {host: NetnsAgent(tmp_path, host, ns) for host, ns in spaces.items()}
-    app = controller_app(controller_config(tmp_path))
+    app = controller_app(controller_config(tmp_path, url))
     client = app.test_client()
     try:
         yield client, {h: (agents[h], spaces[h]) for h in agents}, \
@@ -179,7 +185,9 @@ def test_vni_allocation_is_sequential_reuses_the_lowest_and_refuses_a_full_pool(
         "vni_range_overlaps"
 
 
-def test_concurrent_creates_on_sqlite_get_distinct_vnis(world):
+@pytest.mark.parametrize("world", ["sqlite", "postgresql"], indirect=True)
+def test_concurrent_creates_get_distinct_vnis(world):
+    """SQLite serialises by BEGIN IMMEDIATE, PostgreSQL by locking the pool row."""
     client, _hosts, join = world
     join("host-a")
     assert create(client, {**POOL, "vni_range": [7000, 7005]}).status_code == 201
@@ -233,7 +241,7 @@ def test_tenant_token_is_refused_and_changes_nothing(world):
     assert client.post("/v1/networks", json=body).status_code == 401
 
 
-@pytest.mark.parametrize("body, field", [
+BAD_INPUT = [
     ({"name": "-bad", "type": "novlan", "interface": "eth1", "clusters": ["lab"]}, "name"),
     ({"name": "x", "type": "bridge", "interface": "eth1", "clusters": ["lab"]}, "type"),
     ({"name": "x", "type": "novlan", "clusters": ["lab"]}, "interface"),
@@ -252,16 +260,21 @@ def test_tenant_token_is_refused_and_changes_nothing(world):
     ({"name": "x", "type": "vxlan", "pool": "nopool", "clusters": ["lab"]}, "pool"),
     ({"name": "x", "type": "vxlan", "pool": "pool1", "vni": 9999}, "vni"),
     ({"name": "x", "type": "vxlan", "pool": "pool1", "mtu": 10}, "mtu"),
-])
-def test_bad_input_is_400_naming_the_field_and_stores_nothing(world, body, field):
+]
+
+
+def test_bad_input_is_400_naming_the_field_and_stores_nothing(world):
+    """One world for every case: each must leave the database and the host as they were."""
     client, hosts, join = world
     join("host-a")
     assert create(client, POOL).status_code == 201
     before = links(hosts["host-a"][1])
-    answer = create(client, body)
-    assert answer.status_code == 400, answer.get_json()
-    assert answer.get_json()["error"]["message"].startswith(f"{field}:")
-    assert names(client) == ["pool1"] and links(hosts["host-a"][1]) == before
+    for body, field in BAD_INPUT:
+        answer = create(client, body)
+        assert answer.status_code == 400, (body, answer.get_json())
+        assert answer.get_json()["error"]["message"].startswith(f"{field}:"), \
+            (body, answer.get_json())
+        assert names(client) == ["pool1"] and links(hosts["host-a"][1]) == before, body
 
 
 def test_db_upgrade_takes_a_0001_database_to_0002(tmp_path):
