@@ -62,7 +62,7 @@ def detach(virt, vm, kind, device_id):
                                details={"device": device_id, "vm": vm})
             element = domxml.to_text(domxml.hostdev_xml(kind, entry))
             if entry["live"] and dom.isActive():
-                _detach_live(virt, dom, vm, entry, element)
+                detach_live(virt, dom, vm, entry["alias"], element, entry["id"])
             if entry["persistent"] and dom.isPersistent():
                 dom.detachDeviceFlags(element, libvirt.VIR_DOMAIN_AFFECT_CONFIG)
         if kind == "pci":
@@ -132,22 +132,22 @@ def _attach_device(dom, element, flags):
         dom.connect().defineXML(ET.tostring(root, encoding="unicode"))
 
 
-def _detach_live(virt, dom, vm, entry, element):
-    alias = entry["alias"]
+def detach_live(virt, dom, vm, alias, element, what):
+    """Unplug from the running guest and wait (bounded) for libvirt's device-removed event."""
     removed = virt.removal_waiter(vm, alias)
     try:
         dom.detachDeviceFlags(element, libvirt.VIR_DOMAIN_AFFECT_LIVE)
-        if not removed.wait(virt.detach_timeout_s) and _still_live(virt, dom, entry):
-            raise Conflict(f"the guest in {vm} did not release {entry['id']} within "
+        if not removed.wait(virt.detach_timeout_s) and _alias_live(dom, alias):
+            raise Conflict(f"the guest in {vm} did not release {what} within "
                            f"{virt.detach_timeout_s:g} s; the unplug request stays pending in "
                            "QEMU, so try again later or stop the VM", code="detach_timeout",
-                           details={"device": entry["id"], "timeout_s": virt.detach_timeout_s})
+                           details={"device": what, "timeout_s": virt.detach_timeout_s})
     finally:
         virt.forget_waiter(vm, alias)
 
 
-def _still_live(virt, dom, entry):
-    return any(e["key"] == entry["key"] and e["live"] for e in virt.hostdevs(dom))
+def _alias_live(dom, alias):
+    return any(a.get("name") == alias for a in ET.fromstring(dom.XMLDesc(0)).iter("alias"))
 
 
 def _flags(live, persistent):
