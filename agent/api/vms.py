@@ -19,13 +19,6 @@ class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-def _checked(check, value):
-    try:
-        return check(value)
-    except InvalidId as exc:
-        raise ValueError(str(exc)) from None
-
-
 class DeviceRef(_Body):
     type: Literal["pci", "usb"]
     id: str = Field(max_length=200)
@@ -57,7 +50,7 @@ class VmCreate(_Body):
     start: bool = False
     accel: Literal["auto", "kvm", "tcg"] = "auto"
 
-    _name = field_validator("name")(lambda v: _checked(check_name, v))
+    _name = field_validator("name")(lambda v: check_name(v, "VM name"))   # InvalidId is a ValueError
 
 
 class StopBody(_Body):
