@@ -238,11 +238,13 @@ class Virt:
             if dom.isPersistent():
                 dom.undefine()
         removed = []
-        if delete_storage:
-            for disk in disks:
+        for disk in disks if delete_storage else []:
+            try:
                 if disk["path"] and os.path.isfile(disk["path"]):
                     os.unlink(disk["path"])
                     removed.append(disk["path"])
+            except OSError as exc:    # the VM is gone already; say so, do not fail
+                log.warning("could not delete %s of %s: %s", disk["path"], name, exc)
         self.connection.changed()
         self.refresh()
         return removed
