@@ -104,8 +104,8 @@ def node(tmp_path):
             subprocess.run(["umount", "-l", path], check=False)
 
 
-def inventory(tmp_path, node, **variables):
-    """One agent node reached through the chroot connection; the controller group empty."""
+def inventory(tmp_path, node, group="hostplane_agents", **variables):
+    """One node, in `group`, reached through the chroot connection."""
     settings = {"ansible_connection": "community.general.chroot",
                 "ansible_host": str(node["root"]),
                 "hostplane_credentials_dir": str(tmp_path / "credentials"),
@@ -115,7 +115,9 @@ def inventory(tmp_path, node, **variables):
                 **variables}
     line = "ops-node-1 " + " ".join(f"{key}={value}" for key, value in settings.items())
     path = tmp_path / "inventory.ini"
-    path.write_text(f"[hostplane_controllers]\n\n[hostplane_agents]\n{line}\n")
+    groups = {"hostplane_controllers": "", "hostplane_agents": ""}
+    groups[group] = line
+    path.write_text("".join(f"[{name}]\n{hosts}\n\n" for name, hosts in groups.items()))
     return str(path)
 
 
@@ -212,16 +214,59 @@ def test_agent_role_installs_a_working_agent_and_registers_it(tmp_path, node, wh
         assert recap["changed"] == 0, output[-3000:]
 
 
+def test_controller_role_installs_a_controller_that_serves_api_and_dashboard(
+        tmp_path, node, wheelhouse):
+    root = node["root"]
+    port = free_port()
+    inv = inventory(tmp_path, node, "hostplane_controllers", hostplane_wheelhouse=wheelhouse,
+                    hostplane_controller_bind=f"127.0.0.1:{port}")
+    output, recap = playbook(inv)
+    assert recap["failed"] == 0 and recap["changed"] >= 6
+    token = (tmp_path / "credentials/admin_token").read_text().split()[0]
+    config = root / "etc/hostplane/controller.toml"
+    assert f'admin_token = "{token}"' in config.read_text()
+    assert 'url = "sqlite:////var/lib/hostplane/controller.db"' in config.read_text()
+    assert oct(config.stat().st_mode & 0o777) == "0o600"
+    wants = root / "etc/systemd/system/multi-user.target.wants/hostplane-controller.service"
+    assert wants.is_symlink()
+    verify = subprocess.run([ensure_systemd_analyze(), "verify", f"--root={root}",
+                             "hostplane-controller.service"], capture_output=True, text=True)
+    assert verify.returncode == 0 and verify.stderr == "", verify.stderr
+    # hostplane[postgres]: the driver for a PostgreSQL URL is in the venv too.
+    subprocess.run(["chroot", str(root), "/opt/hostplane/bin/python", "-c", "import psycopg"],
+                   check=True, timeout=60)
+
+    # As systemd would: the schema first (ExecStartPre), then gunicorn.
+    (root / "var/lib/hostplane").mkdir(parents=True, exist_ok=True)   # StateDirectory=
+    node["started"].append(start_like_systemd(root, "hostplane-controller.service"))
+    url = f"http://127.0.0.1:{port}"
+    wait_for(url + "/v1/health")
+    auth = {"Authorization": f"Bearer {token}"}
+    assert requests.get(url + "/v1/hosts", headers=auth, timeout=10).json() == {"hosts": []}
+    assert requests.get(url + "/v1/hosts", timeout=10).status_code == 401
+    assert requests.get(url + "/ui/dashboard.js", headers=auth, timeout=10).status_code == 200
+    assert (root / "var/lib/hostplane/controller.db").exists()
+
+    output, recap = playbook(inv)
+    assert recap["changed"] == 0, output[-3000:]
+
+
 def start_like_systemd(root, unit):
-    """Run the unit's ExecStart in the chroot with its Environment= lines."""
-    environ, command = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}, None
+    """Run the unit's ExecStartPre lines, then its ExecStart, in the chroot with its
+    Environment= lines, as systemd would (without the sandboxing, which needs systemd)."""
+    environ, before, command = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}, [], None
     for line in (root / "etc/systemd/system" / unit).read_text().splitlines():
-        if line.startswith("Environment="):
-            key, _, value = line.split("=", 1)[1].partition("=")
-            environ[key] = value
-        elif line.startswith("ExecStart="):
-            command = line.split("=", 1)[1].split()
+        key, _, value = line.partition("=")
+        if key == "Environment":
+            name, _, setting = value.partition("=")
+            environ[name] = setting
+        elif key == "ExecStartPre":
+            before.append(value.split())
+        elif key == "ExecStart":
+            command = value.split()
+    for step in before:
+        subprocess.run(["chroot", str(root), *step], env=environ, check=True,
+                       capture_output=True, timeout=120)
     return subprocess.Popen(["chroot", str(root), *command], env=environ,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
-

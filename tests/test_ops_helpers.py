@@ -25,9 +25,9 @@ def wait_for(url, timeout=60, process=None):
     deadline = time.monotonic() + timeout
     while True:
         try:
-            if requests.get(url, timeout=2).status_code == 200:
+            if requests.get(url, timeout=5).status_code == 200:
                 return
-        except requests.ConnectionError:
+        except requests.RequestException:   # not listening yet, or still booting
             pass
         if process is not None and process.poll() is not None:
             raise AssertionError(f"the server behind {url} exited with {process.returncode}")
