@@ -19,8 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from tests.conftest import AUTH, TOKEN
-from tests.hosts import small_gpu_host
-from tests.synthetic import write_proc, write_sysfs_tree
+from tests.hardening import synthetic_agent_env
 from tests.umockdev_bed import AgentProcess, free_port
 
 
@@ -60,26 +59,14 @@ def make_ca(directory, label):
     return paths
 
 
-def agent_env(tmp_path, **server):
-    host = small_gpu_host()
-    env = dict(os.environ, HOSTPLANE_AGENT_CONFIG=str(tmp_path / "absent.toml"),
-               HOSTPLANE_SERVER_TOKEN=TOKEN, HOSTPLANE_SERVER_WORKERS="1",
-               HOSTPLANE_HOST_ID="tls-host", HOSTPLANE_HOST_WATCH_UDEV="false",
-               HOSTPLANE_HOST_SYSFS_ROOT=write_sysfs_tree(host, tmp_path / "sys"),
-               HOSTPLANE_HOST_PROC_ROOT=write_proc(str(tmp_path / "proc"), host),
-               HOSTPLANE_HOST_STATE_DIR=str(tmp_path / "state"),
-               HOSTPLANE_LIBVIRT_URI="test:///default")
-    env.update({f"HOSTPLANE_SERVER_{key.upper()}": value for key, value in server.items()})
-    return env
-
-
 @pytest.fixture(scope="module")
 def tls_agent(tmp_path_factory):
     """`hostplane-agent serve` with tls_cert/tls_key and require_tls, on a loopback port."""
     tmp = tmp_path_factory.mktemp("tls")
     paths = make_ca(tmp, "hostplane-test")
     port = free_port()
-    env = agent_env(tmp, tls_cert=paths["cert"], tls_key=paths["key"], require_tls="true")
+    env = synthetic_agent_env(tmp, "tls-host", tls_cert=paths["cert"], tls_key=paths["key"],
+                              require_tls="true")
     process = subprocess.Popen([sys.executable, "-m", "agent.cli", "serve", "--bind",
                                 f"127.0.0.1:{port}"], env=env, stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True)
@@ -124,8 +111,8 @@ def test_plain_http_to_the_tls_port_gets_no_answer(tls_agent):
 def test_require_tls_refuses_clear_text_even_with_a_forwarded_proto_header(tmp_path):
     """gunicorn run by hand without --certfile: the app itself refuses, before the token."""
     paths = make_ca(tmp_path, "hand-run")
-    agent = AgentProcess(agent_env(tmp_path, tls_cert=paths["cert"], tls_key=paths["key"],
-                                   require_tls="true"), TOKEN)
+    agent = AgentProcess(synthetic_agent_env(tmp_path, "tls-host", tls_cert=paths["cert"],
+                                             tls_key=paths["key"], require_tls="true"), TOKEN)
     try:
         for headers in (AUTH, {**AUTH, "X-Forwarded-Proto": "https"}, {}):
             answer = agent.get("/v1/devices", headers=headers)
@@ -137,7 +124,7 @@ def test_require_tls_refuses_clear_text_even_with_a_forwarded_proto_header(tmp_p
 
 
 def test_require_tls_without_a_certificate_does_not_serve(tmp_path):
-    env = agent_env(tmp_path, require_tls="true")
+    env = synthetic_agent_env(tmp_path, "tls-host", require_tls="true")
     done = subprocess.run([sys.executable, "-m", "agent.cli", "serve", "--bind",
                            f"127.0.0.1:{free_port()}"], env=env, capture_output=True,
                           text=True, timeout=60)

@@ -1,4 +1,5 @@
-"""Fuzz a running service from its own OpenAPI description with schemathesis.
+"""Fuzz a running service from its own OpenAPI description with schemathesis; the agent
+environment the hardening tests share.
 
 Both services are fuzzed the same way: every operation of `/v1/openapi.json` gets
 schema-valid (positive) and schema-breaking (negative) cases from schemathesis' Hypothesis
@@ -7,16 +8,18 @@ what an operator relies on: never a 5xx, every 4xx in the JSON error envelope, a
 token anywhere in what comes back. Problems are collected rather than raised at the first
 one, so one run reports all of them with a curl line to reproduce each.
 
-    HOSTPLANE_FUZZ_EXAMPLES=500 .venv/bin/python -m pytest tests/test_fuzz_agent.py -s
+    HOSTPLANE_FUZZ_EXAMPLES=500 .venv/bin/python -m pytest tests/test_fuzz_*.py -s
 
 runs the long version (the default, sized for CI, is 25 per operation and mode);
 `HOSTPLANE_FUZZ_SEED` replays a run (its seed is printed).
 """
 
 import collections
+import contextlib
 import os
 import random
 import re
+import subprocess
 
 import requests
 import schemathesis
@@ -24,8 +27,40 @@ from hypothesis import HealthCheck, Phase, given, seed, settings
 from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 
+from tests.conftest import TOKEN
+from tests.hosts import small_gpu_host
+from tests.synthetic import write_proc, write_sysfs_tree
+
 DEFAULT_EXAMPLES = 25
 _PATH_PARAMETER = re.compile(r"\{[^}]+\}")
+
+
+def synthetic_agent_env(tmp_path, host_id, netns="", **server):
+    """Environment for a gunicorn agent on small_gpu_host, libvirt test:///default, no
+    config file; `server` sets `[server]` keys (tls_cert=..., require_tls="true")."""
+    host = small_gpu_host()
+    env = dict(os.environ, HOSTPLANE_AGENT_CONFIG=str(tmp_path / "absent.toml"),
+               HOSTPLANE_SERVER_TOKEN=TOKEN, HOSTPLANE_SERVER_WORKERS="1",
+               HOSTPLANE_HOST_ID=host_id, HOSTPLANE_HOST_WATCH_UDEV="false",
+               HOSTPLANE_HOST_SYSFS_ROOT=write_sysfs_tree(host, tmp_path / "sys"),
+               HOSTPLANE_HOST_PROC_ROOT=write_proc(str(tmp_path / "proc"), host),
+               HOSTPLANE_HOST_STATE_DIR=str(tmp_path / "state"),
+               HOSTPLANE_LIBVIRT_URI="test:///default", HOSTPLANE_NETWORK_NETNS=netns)
+    env.update({f"HOSTPLANE_SERVER_{key.upper()}": value for key, value in server.items()})
+    return env
+
+
+@contextlib.contextmanager
+def private_netns(prefix="hpfuzz"):
+    """A network namespace of our own with lo up (an address for a VXLAN endpoint), so
+    fuzzed networks are built there and never on the machine's links."""
+    name = f"{prefix}{os.getpid()}"
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    try:
+        subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True)
+        yield name
+    finally:
+        subprocess.run(["ip", "netns", "delete", name], check=False)
 
 
 def examples_per_operation():
@@ -78,13 +113,14 @@ def judge(response, secrets):
 
 
 def fuzz_service(base_url, headers, secrets, examples=None, fixed_query=None, known=(),
-                 seed_value=None):
+                 rewrite=None, seed_value=None):
     """Fuzz every operation of the service at `base_url`; returns a FuzzReport.
 
     `fixed_query` pins query parameters per path (e.g. never ask the agent to delete disk
     files during a fuzz run). Each of `known` ({path parameter: value} naming objects
     that exist) adds a pass with those parameters pinned, so fuzzed bodies reach the
-    code behind the lookup instead of stopping at a 404.
+    code behind the lookup instead of stopping at a 404. `rewrite(case)` edits a case in
+    place before it is sent (e.g. keep a URL the service will dial on loopback).
     """
     examples = examples or examples_per_operation()
     report = FuzzReport(run_seed() if seed_value is None else seed_value)
@@ -97,12 +133,20 @@ def fuzz_service(base_url, headers, secrets, examples=None, fixed_query=None, kn
         label = f"{operation.method.upper()} {operation.path}"
         query = (fixed_query or {}).get(operation.path)
         names = {parameter.name for parameter in operation.path_parameters}
-        pinned = [None] + [{key: value for key, value in objects.items() if key in names}
-                           for objects in known if names & set(objects)]
+        pinned = [None]
+        for objects in known:
+            subset = {key: value for key, value in objects.items() if key in names}
+            if subset and subset not in pinned:
+                pinned.append(subset)
         for path_parameters in pinned:
             for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
+                # the token is pinned (schemathesis would invent bearer tokens, which only
+                # meet the auth check); wrong tokens are `probe_without_token`'s business
                 strategy = operation.as_strategy(generation_mode=mode, query=query,
-                                                 path_parameters=path_parameters)
+                                                 path_parameters=path_parameters,
+                                                 headers=dict(headers))
+                if rewrite is not None:
+                    strategy = strategy.map(lambda case: rewrite(case) or case)
                 _run(strategy, label, mode, examples, report, base_url, headers, secrets,
                      session)
     report.unauthenticated = probe_without_token(base_url, document, secrets, report)
