@@ -8,8 +8,9 @@ from the code that serves it rather than maintained by hand.
 
 import re
 
-from flask import request
+from flask import current_app, request
 from pydantic import BaseModel, ValidationError
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from hostplane.core.ids import OBJECT_NAME
 from hostplane.errors import BadRequest
@@ -35,6 +36,7 @@ _STATUS_TEXT = {200: "OK", 201: "Created", 202: "Accepted", 204: "No content",
 
 def parse_body(model, allow_empty=False):
     """The request's JSON body validated as `model`, or a 400 naming every problem."""
+    _refuse_cut_body()
     data = request.get_json(silent=True)
     if data is None:
         if allow_empty and not request.get_data():
@@ -51,6 +53,14 @@ def parse_body(model, allow_empty=False):
         first = problems[0]
         raise BadRequest(f"{first['field']}: {first['problem']}", code="invalid_request",
                          details={"errors": problems}) from None
+
+
+def _refuse_cut_body():
+    """413 for a chunked body that reached the limit: werkzeug stops reading there
+    without a word, which would otherwise judge the first max_body_kb as the whole body."""
+    limit = current_app.config.get("MAX_CONTENT_LENGTH")
+    if limit is not None and request.content_length is None and len(request.get_data()) >= limit:
+        raise RequestEntityTooLarge()
 
 
 def describe(summary, body=None, responses=(200,), query=None, tags=()):
