@@ -1,0 +1,53 @@
+"""Findings of the security review that wait on their owners, pinned as strict xfails.
+
+Each test states what an operator expects; it fails today (xfail) and, once the owner's
+fix lands, passes — which `strict=True` turns into a failure so the marker is removed and
+the test keeps guarding the fix.
+"""
+
+import pytest
+
+from agent.app import create_app
+from hostplane.core.ids import InvalidId, check_name
+from tests.conftest import AUTH, agent_config
+from tests.hosts import small_gpu_host
+from tests.synthetic import write_proc, write_sysfs_tree
+
+
+@pytest.fixture
+def client(tmp_path):
+    host = small_gpu_host()
+    config = agent_config(tmp_path, libvirt={"uri": "test:///default"}, host={
+        "sysfs_root": write_sysfs_tree(host, tmp_path / "sys"),
+        "proc_root": write_proc(str(tmp_path / "proc"), host)})
+    app = create_app(config)
+    yield app.test_client()
+    app.extensions["hostplane_agent"].close()
+
+
+@pytest.mark.xfail(strict=True, reason="finding F2 (hostplane/core/ids.py): patterns end in "
+                   "'$' and are applied with re.match, so a trailing newline passes")
+def test_a_trailing_newline_is_not_part_of_a_valid_name():
+    with pytest.raises(InvalidId):
+        check_name("vm1\n")
+
+
+@pytest.mark.xfail(strict=True, reason="finding F2: GET /v1/vms/vm1%0A answers 404, not 400")
+def test_a_vm_name_with_a_newline_is_refused_at_the_edge(client):
+    answer = client.get("/v1/vms/vm1%0A", headers=AUTH)
+    assert answer.status_code == 400
+    assert answer.get_json()["error"]["code"] == "invalid_name"
+
+
+@pytest.mark.xfail(strict=True, reason="finding F3 (agent/virt, agent/api/vms.py): any host "
+                   "file can be a VM disk, and ?delete_storage=true deletes it")
+def test_deleting_a_vm_leaves_files_outside_the_agents_storage_alone(client, tmp_path):
+    precious = tmp_path / "precious.img"
+    precious.write_text("the operator's data")
+    made = client.post("/v1/vms", headers=AUTH, json={
+        "name": "sec-disk", "vcpus": 1, "memory_mib": 64, "disks": [{"path": str(precious)}]})
+    if made.status_code == 201:  # accepted: at least it must not be deleted with the VM
+        client.delete("/v1/vms/sec-disk?delete_storage=true", headers=AUTH)
+    else:
+        assert made.status_code == 400
+    assert precious.exists() and made.status_code == 400
