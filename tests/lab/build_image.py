@@ -34,6 +34,7 @@ PACKAGES = [
     # What the Ansible roles expect to find installed (the node has no mirror):
     # python3-apt for the apt module, libvirt-daemon-system for libvirtd's units.
     "python3-apt", "libvirt-daemon-system",
+    "dbus", "libpam-systemd",  # virtual deps debootstrap does not resolve
     "iputils-ping",  # the e2e test pings across VLAN and VXLAN bridges
 ]
 # Host tools the build and the nodes need: name of binary -> Debian package.

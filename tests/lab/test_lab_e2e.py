@@ -44,12 +44,18 @@ class Env:
         body = dict({"name": name, "vcpus": 1, "memory_mib": 64,
                      "host": deploy.host_id(n)}, **body)
         vm = self.ctl.call("POST", "/v1/vms", json=body, expect=201).json()
-        assert vm["host_id"] == deploy.host_id(n), vm
+        assert vm["host"] == deploy.host_id(n), vm
         return vm
 
 
 @pytest.fixture(scope="module")
 def env():
+    if os.environ.get("HOSTPLANE_LAB_ATTACH"):   # `deploy.py up` left it running
+        lab = nodes.Lab(count=2)
+        controller, ports = deploy.load_state(lab)
+        yield Env(lab, controller, ports, deploy.Timings(),
+                  os.path.join(lab.rundir, "e2e"))
+        return
     timings = deploy.Timings()
     t_all = time.monotonic()
     lab = nodes.Lab(count=2)
@@ -218,7 +224,7 @@ def test_2_gpu_by_vendor_device_passthrough_and_back(env):
         vm = env.ctl.call("POST", "/v1/vms", expect=201, json={
             "name": "e2e-gpu", "vcpus": 1, "memory_mib": 64, "host": N1,
             "gpus": [{"vendor_id": GPU[0], "device_id": GPU[1]}]}).json()
-    assert vm["host_id"] == N1 and vm["state"] == "running", vm
+    assert vm["host"] == N1 and vm["state"] == "running", vm
     assert [d["id"] for d in vm["devices"]] == [GPU_ADDR]
     driver = env.lab.ssh(1, f"basename $(readlink /sys/bus/pci/devices/"
                             f"{GPU_ADDR}/driver)").stdout.strip()
