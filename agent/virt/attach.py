@@ -67,7 +67,7 @@ def detach(virt, vm, kind, device_id):
                 dom.detachDeviceFlags(element, libvirt.VIR_DOMAIN_AFFECT_CONFIG)
         if kind == "pci":
             virt.inventory.refresh_pci(device_id)     # managed: back on its host driver
-        virt.refresh()
+        virt.mutated()
     return virt.vm_view(dom)
 
 
@@ -96,7 +96,7 @@ def _attach_all(virt, dom, vm, kind, targets, flags):
     if kind == "pci":
         for target in targets:
             virt.inventory.refresh_pci(target["id"])
-    virt.refresh()
+    virt.mutated()
 
 
 def _hostdev_for(dom, kind, device, flags):

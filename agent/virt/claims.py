@@ -63,6 +63,32 @@ class Journal:
         return _read_json(self.reports_path) or []
 
 
+class ChangeMark:
+    """A file the workers replace after each change, since libvirt raises no event for
+    config-only edits of a stopped VM; the others notice by a cheap stat()."""
+
+    def __init__(self, state_dir):
+        self.path = os.path.join(state_dir, "virt.changed")
+        self._seen = self._stamp()
+
+    def touch(self):
+        _write_json(self.path, {"pid": os.getpid(), "time": time.time()})
+
+    def moved(self):
+        stamp = self._stamp()
+        if stamp == self._seen:
+            return False
+        self._seen = stamp
+        return True
+
+    def _stamp(self):
+        try:
+            info = os.stat(self.path)
+        except FileNotFoundError:
+            return None
+        return info.st_ino, info.st_mtime_ns
+
+
 def _write_json(path, value):
     temporary = f"{path}.{os.getpid()}.tmp"
     with open(temporary, "w", encoding="utf-8") as handle:

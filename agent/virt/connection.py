@@ -11,7 +11,8 @@ nobody could ask `/v1/health`, which must answer "degraded" meanwhile. Calls mad
 disconnected raise `DependencyDown` (503).
 
 Events are not enough on their own: a config-only edit of a stopped domain (`virsh
-attach-device --config`) raises none, so the watcher also rescans every `RESCAN_S`.
+attach-device --config`) raises none, so the watcher also rescans every `RESCAN_S`,
+and at once when another worker of this agent says it changed something.
 """
 
 import contextlib
@@ -29,6 +30,7 @@ except ImportError:  # pragma: no cover - the agent still serves its inventory
 log = logging.getLogger(__name__)
 RETRY_S = 1.0
 RESCAN_S = 5.0
+TICK_S = 0.2
 _loop_lock = threading.Lock()
 _loop_started = False
 
@@ -77,13 +79,15 @@ class Connection:
 
     `on_removed(domain_name, alias)` is called from the event thread for device-removed
     events; `on_change()` from the watcher thread, never the event thread, so it may call
-    libvirt freely.
+    libvirt freely. `should_rescan()` is polled every `TICK_S` (another worker changed
+    something libvirt raises no event for).
     """
 
-    def __init__(self, uri, on_change, on_removed):
+    def __init__(self, uri, on_change, on_removed, should_rescan=lambda: False):
         self.uri = uri
         self._on_change = on_change
         self._on_removed = on_removed
+        self._should_rescan = should_rescan
         self._conn = None
         self._error = "not connected yet"
         self._lock = threading.Lock()
@@ -213,20 +217,23 @@ class Connection:
 
     def _watch(self):
         """Reconnect while down; run `on_change` after events, at most one at a time."""
-        last_scan = time.monotonic()
+        last_scan = last_try = time.monotonic()
         while not self._closing:
-            self._wake.wait(RETRY_S)
+            self._wake.wait(TICK_S)
             self._wake.clear()
             if self._closing:
                 return
+            now = time.monotonic()
             if self._conn is None:
-                self._connect()
+                if now - last_try >= RETRY_S:
+                    last_try = now
+                    self._connect()
                 continue
-            if time.monotonic() - last_scan >= RESCAN_S:
+            if now - last_scan >= RESCAN_S or self._should_rescan():
                 self._dirty.set()
             if self._dirty.is_set():
                 self._dirty.clear()
-                last_scan = time.monotonic()
+                last_scan = now
                 try:
                     self._on_change()
                 except DependencyDown:

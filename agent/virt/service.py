@@ -13,7 +13,7 @@ import time
 import xml.etree.ElementTree as ET
 
 from agent.virt import domxml, rules
-from agent.virt.claims import HostLock, Journal
+from agent.virt.claims import ChangeMark, HostLock, Journal
 from agent.virt.connection import Connection, libvirt
 from hostplane.errors import Conflict, NotFound
 
@@ -35,7 +35,9 @@ class Virt:
         self.state_dir = state_dir
         self.lock = HostLock(state_dir)
         self.journal = Journal(state_dir)
-        self.connection = Connection(section["uri"], self.refresh, self._device_removed)
+        self.changes = ChangeMark(state_dir)
+        self.connection = Connection(section["uri"], self.refresh, self._device_removed,
+                                     self.changes.moved)
         self._removals = {}
         self._removals_lock = threading.Lock()
 
@@ -59,6 +61,11 @@ class Virt:
     def refresh(self):
         """Push holders from every domain's XML into the inventory."""
         self.inventory.set_attachments(self.holders())
+
+    def mutated(self):
+        """After our own change: rescan now, and tell the other workers to."""
+        self.changes.touch()
+        self.refresh()
 
     def holders(self):
         """{"pci:<id>" | "usb:<id>": vm} over every domain, live and persistent XML."""
@@ -168,7 +175,7 @@ class Virt:
                     except libvirt.libvirtError:
                         dom.undefine()
                         raise
-            self.refresh()
+            self.mutated()
         return self.vm_view(dom)
 
     def check_new_devices(self, vm, wanted):
@@ -245,8 +252,7 @@ class Virt:
                     removed.append(disk["path"])
             except OSError as exc:    # the VM is gone already; say so, do not fail
                 log.warning("could not delete %s of %s: %s", disk["path"], name, exc)
-        self.connection.changed()
-        self.refresh()
+        self.mutated()
         return removed
 
     # --- events -------------------------------------------------------------------------
