@@ -17,6 +17,7 @@ and at once when another worker of this agent says it changed something.
 
 import contextlib
 import logging
+import os
 import threading
 import time
 
@@ -32,7 +33,7 @@ RETRY_S = 1.0
 RESCAN_S = 5.0
 TICK_S = 0.2
 _loop_lock = threading.Lock()
-_loop_started = False
+_loop = {"registered": False, "pid": None}
 
 
 def libvirt_probe(uri):
@@ -55,15 +56,17 @@ def dotted(number):
 
 
 def ensure_event_loop():
-    """Register and run libvirt's default event loop once per process."""
-    global _loop_started
+    """Register libvirt's default event loop once, and run it in a thread of this process
+    (again after a fork: the registration is inherited, the thread is not)."""
     with _loop_lock:
-        if _loop_started or libvirt is None:
+        if libvirt is None or _loop["pid"] == os.getpid():
             return
-        libvirt.registerErrorHandler(lambda _opaque, _error: None, None)  # we report them
-        libvirt.virEventRegisterDefaultImpl()
+        if not _loop["registered"]:
+            libvirt.registerErrorHandler(lambda _opaque, _error: None, None)  # we report them
+            libvirt.virEventRegisterDefaultImpl()
+            _loop["registered"] = True
         threading.Thread(target=_run_event_loop, name="libvirt-events", daemon=True).start()
-        _loop_started = True
+        _loop["pid"] = os.getpid()
 
 
 def _run_event_loop():
