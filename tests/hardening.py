@@ -10,8 +10,8 @@ one, so one run reports all of them with a curl line to reproduce each.
 
     HOSTPLANE_FUZZ_EXAMPLES=500 .venv/bin/python -m pytest tests/test_fuzz_*.py -s
 
-runs the long version (the default, sized for CI, is 25 per operation and mode);
-`HOSTPLANE_FUZZ_SEED` replays a run (its seed is printed).
+runs the long version (the default, sized for CI on 2 shared cores, is 15 examples per
+operation, mode and known object); `HOSTPLANE_FUZZ_SEED` replays a run (its seed is printed).
 """
 
 import collections
@@ -31,7 +31,7 @@ from tests.conftest import TOKEN
 from tests.hosts import small_gpu_host
 from tests.synthetic import write_proc, write_sysfs_tree
 
-DEFAULT_EXAMPLES = 25
+DEFAULT_EXAMPLES = 15
 _PATH_PARAMETER = re.compile(r"\{[^}]+\}")
 
 
