@@ -226,3 +226,32 @@ def test_changes_made_with_virsh_behind_the_agents_back_are_seen(agent, lv, pref
         assert refused.status_code == 404
     lv.lookupByName(vm).undefine()
     assert wait_for(lambda: attached_to(client, "pci", OTHER_GPU) is None, timeout=3)
+
+
+def test_live_attach_the_host_cannot_do_is_409_and_leaves_no_trace(agent, lv, prefix, tmp_path):  # noqa: F811
+    """Live USB passthrough waits for the lab; here libvirt finds no such device."""
+    client, _ = agent
+    vm = f"{prefix}-running"
+    create_vm(client, vm, start=True)
+    refused = attach(client, vm, "usb", STICK)          # running: live + persistent
+    assert refused.status_code == 409 and error_code(refused) == "libvirt_refused"
+    assert "<vendor id='0x0781'/>" not in lv.lookupByName(vm).XMLDesc(0)
+    assert "<vendor id='0x0781'/>" not in inactive_xml(lv, vm)
+    assert attached_to(client, "usb", STICK) is None
+    assert not (tmp_path / "state" / "virt-journal.json").exists()
+
+
+def test_persistent_only_attach_to_a_running_vm_waits_for_its_next_boot(agent, lv, prefix):  # noqa: F811
+    client, _ = agent
+    vm = f"{prefix}-next-boot"
+    create_vm(client, vm, start=True)
+    answer = attach(client, vm, "usb", STICK, live=False)
+    assert answer.status_code == 200, answer.get_json()
+    assert answer.get_json()["devices"] == [
+        {"type": "usb", "id": STICK, "live": False, "persistent": True}]
+    assert "<vendor id='0x0781'/>" not in lv.lookupByName(vm).XMLDesc(0)
+    assert "<vendor id='0x0781'/>" in inactive_xml(lv, vm)
+    assert attached_to(client, "usb", STICK) == vm
+    detached = client.delete(f"/v1/vms/{vm}/devices/{STICK}", headers=AUTH)
+    assert detached.status_code == 200 and detached.get_json()["devices"] == []
+    assert attach(client, vm, "usb", STICK, live=False, persistent=False).status_code == 400
