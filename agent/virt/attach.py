@@ -47,6 +47,7 @@ def attach(virt, vm, kind, device_id, live=None, persistent=True, with_group=Fal
                 rules.check_usb(target, vm, holders, usb_versions)
         if todo:
             _attach_all(virt, dom, vm, kind, todo, _flags(live, persistent))
+            virt.mutated({**holders, **{f"{kind}:{t['id']}": vm for t in todo}})
     return virt.vm_view(dom)
 
 
@@ -96,7 +97,6 @@ def _attach_all(virt, dom, vm, kind, targets, flags):
     if kind == "pci":
         for target in targets:
             virt.inventory.refresh_pci(target["id"])
-    virt.mutated()
 
 
 def _hostdev_for(dom, kind, device, flags):

@@ -62,30 +62,35 @@ class Virt:
         """Push holders from every domain's XML into the inventory."""
         self.inventory.set_attachments(self.holders())
 
-    def mutated(self):
-        """After our own change: rescan now, and tell the other workers to."""
+    def mutated(self, holders=None):
+        """After our own change: publish `holders` (or rescan), and tell the other workers."""
         self.changes.touch()
-        self.refresh()
+        self.inventory.set_attachments(self.holders() if holders is None else holders)
 
     def holders(self):
         """{"pci:<id>" | "usb:<id>": vm} over every domain, live and persistent XML."""
         conn = self.connection.get()
         found = {}
-        with self.connection.errors():
+        with self.connection.errors():      # two list calls instead of two RPCs per domain
             domains = conn.listAllDomains()
+            active = _uuids(conn, libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE)
+            transient = _uuids(conn, libvirt.VIR_CONNECT_LIST_DOMAINS_TRANSIENT)
         for dom in domains:
+            uuid = dom.UUIDString()
             try:
-                for entry in self.hostdevs(dom):
+                for entry in self.hostdevs(dom, uuid in active, uuid not in transient):
                     found.setdefault(entry["key"], dom.name())
             except libvirt.libvirtError as exc:
                 if exc.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
                     raise self.connection.translate(exc) from None
         return found
 
-    def hostdevs(self, dom):
+    def hostdevs(self, dom, active=None, persistent=None):
         """The domain's passthrough devices with stable ids, marked live and/or persistent."""
-        sources = [("live" if dom.isActive() else "persistent", dom.XMLDesc(0))]
-        if dom.isActive() and dom.isPersistent():
+        active = dom.isActive() if active is None else active
+        persistent = dom.isPersistent() if persistent is None else persistent
+        sources = [("live" if active else "persistent", dom.XMLDesc(0))]
+        if active and persistent:
             sources.append(("persistent", dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)))
         merged = {}
         for where, text in sources:
@@ -271,3 +276,7 @@ class Virt:
             event = self._removals.get((vm, alias))
         if event is not None:
             event.set()
+
+
+def _uuids(conn, flags):
+    return {dom.UUIDString() for dom in conn.listAllDomains(flags)}
