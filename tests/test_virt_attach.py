@@ -27,6 +27,14 @@ def attach(client, vm, kind, device_id, **extra):
                        json={"type": kind, "id": device_id, **extra})
 
 
+def new_vm_with(client, vm, kind, device_id, **extra):
+    """Define `vm`, attach one device, insist on 200; the answer's VM view."""
+    create_vm(client, vm)
+    answer = attach(client, vm, kind, device_id, **extra)
+    assert answer.status_code == 200, answer.get_json()
+    return answer.get_json()
+
+
 def error_code(answer):
     return answer.get_json()["error"]["code"]
 
@@ -38,11 +46,8 @@ def attached_to(client, kind, device_id):
 def test_persistent_pci_attach_to_a_stopped_vm_is_in_its_xml_and_the_inventory(agent, lv, prefix):  # noqa: F811
     client, _ = agent
     vm = f"{prefix}-pci"
-    create_vm(client, vm)
-    answer = attach(client, vm, "pci", GPU)
-    assert answer.status_code == 200, answer.get_json()
-    assert {"type": "pci", "id": GPU, "live": False, "persistent": True} \
-        in answer.get_json()["devices"]
+    answer = new_vm_with(client, vm, "pci", GPU)
+    assert {"type": "pci", "id": GPU, "live": False, "persistent": True} in answer["devices"]
     xml = inactive_xml(lv, vm)
     assert "<hostdev mode='subsystem' type='pci' managed='yes'>" in xml
     assert pci_source(GPU) in xml
@@ -60,10 +65,7 @@ def test_persistent_pci_attach_to_a_stopped_vm_is_in_its_xml_and_the_inventory(a
 def test_usb_attach_resolves_the_current_bus_and_device_and_keeps_the_stable_id(agent, lv, prefix):  # noqa: F811
     client, _ = agent
     vm = f"{prefix}-usb"
-    create_vm(client, vm)
-    answer = attach(client, vm, "usb", STICK)
-    assert answer.status_code == 200, answer.get_json()
-    assert [d["id"] for d in answer.get_json()["devices"]] == [STICK]
+    assert [d["id"] for d in new_vm_with(client, vm, "usb", STICK)["devices"]] == [STICK]
     xml = inactive_xml(lv, vm)
     assert "<vendor id='0x0781'/>" in xml and "<product id='0x5567'/>" in xml
     assert "<address bus='1' device='3'/>" in xml       # the stick's busnum/devnum now
@@ -103,10 +105,8 @@ def test_gpu_audio_function_cannot_go_to_another_vm_than_its_gpu(agent, prefix):
 def test_whole_group_attaches_gpu_and_audio_in_one_call(agent, lv, prefix):  # noqa: F811
     client, _ = agent
     vm = f"{prefix}-group"
-    create_vm(client, vm)
-    answer = attach(client, vm, "pci", GPU, with_group=True)
-    assert answer.status_code == 200
-    assert sorted(d["id"] for d in answer.get_json()["devices"]) == [GPU, GPU_AUDIO]
+    answer = new_vm_with(client, vm, "pci", GPU, with_group=True)
+    assert sorted(d["id"] for d in answer["devices"]) == [GPU, GPU_AUDIO]
     xml = inactive_xml(lv, vm)
     assert pci_source(GPU) in xml and pci_source(GPU_AUDIO) in xml
 
