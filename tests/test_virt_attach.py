@@ -77,9 +77,8 @@ def test_usb_attach_resolves_the_current_bus_and_device_and_keeps_the_stable_id(
 def test_attach_is_idempotent_for_the_same_vm_and_409_for_another(agent, lv, prefix):  # noqa: F811
     client, _ = agent
     first, second = f"{prefix}-a", f"{prefix}-b"
-    create_vm(client, first)
+    new_vm_with(client, first, "usb", STICK)
     create_vm(client, second)
-    assert attach(client, first, "usb", STICK).status_code == 200
     again = attach(client, first, "usb", STICK)
     assert again.status_code == 200 and len(again.get_json()["devices"]) == 1
     busy = attach(client, second, "usb", STICK)
@@ -91,9 +90,8 @@ def test_attach_is_idempotent_for_the_same_vm_and_409_for_another(agent, lv, pre
 def test_gpu_audio_function_cannot_go_to_another_vm_than_its_gpu(agent, prefix):  # noqa: F811
     client, _ = agent
     first, second = f"{prefix}-a", f"{prefix}-b"
-    create_vm(client, first)
+    new_vm_with(client, first, "pci", GPU)
     create_vm(client, second)
-    assert attach(client, first, "pci", GPU).status_code == 200
     refused = attach(client, second, "pci", GPU_AUDIO)
     assert refused.status_code == 409 and error_code(refused) == "group_member_busy"
     assert refused.get_json()["error"]["details"] == {
