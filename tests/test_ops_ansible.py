@@ -1,28 +1,27 @@
-"""The Ansible roles: lint-clean, harmless in --check, and the agent role run for real.
+"""The Ansible roles: lint-clean, harmless in --check, and site.yml run for real.
 
 The target is a Debian 12 root built with debootstrap (cached under /var/cache), driven
 with the community.general.chroot connection. Each test gets a fresh overlay of it with
-/proc and a read-only /sys mounted, so the installed agent reads this machine's real
-PCI devices. A chroot has no running systemd: the role enables the unit (the symlink
-systemctl makes offline) but cannot start it, so the test starts the agent with the
-unit's own ExecStart line inside the chroot, as systemd would, and then runs the role
-again to register the host with a real controller on loopback.
+/proc and a read-only /sys mounted. Ansible cannot reach a systemd inside a chroot, so the
+roles enable the units there; then the node boots under systemd-nspawn (sharing this
+machine's network and seeing its real PCI devices) and its own systemd starts libvirtd and
+the hardened units, and the role runs again to register the agent with the controller.
 """
 
 import hashlib
-import json
 import os
 import re
 import shutil
 import signal
 import subprocess
+import time
 
 import pytest
 import requests
 import yaml
 
 from tests.test_ops_systemd import ensure_systemd_analyze
-from tests.test_ops_helpers import free_port, running_controller, wait_for
+from tests.test_ops_helpers import free_port, wait_for
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ANSIBLE = os.path.join(REPO, "ansible")
@@ -92,32 +91,34 @@ def node(tmp_path):
           f"lowerdir={lower},upperdir={upper},workdir={work}", str(root))
     mount("-t", "proc", "proc", str(root / "proc"))
     mount("-t", "sysfs", "-o", "ro", "sysfs", str(root / "sys"))
-    started = []
+    containers = []
     try:
-        yield {"root": root, "upper": upper, "started": started}
+        yield {"root": root, "upper": upper, "containers": containers}
     finally:
-        for process in started:
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGTERM)
-                process.wait(timeout=30)
+        for process in containers:   # SIGTERM to nspawn: the container powers off
+            process.terminate()
+            try:
+                process.wait(timeout=90)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
         for path in reversed(mounts):
             subprocess.run(["umount", "-l", path], check=False)
 
 
-def inventory(tmp_path, node, group="hostplane_agents", **variables):
-    """One node, in `group`, reached through the chroot connection."""
+def inventory(tmp_path, node, groups=("hostplane_agents",), **variables):
+    """One node, in `groups`, reached through the chroot connection."""
     settings = {"ansible_connection": "community.general.chroot",
                 "ansible_host": str(node["root"]),
                 "hostplane_credentials_dir": str(tmp_path / "credentials"),
                 "hostplane_apt_update_cache": "false",   # no mirror: packages are in the image
-                "hostplane_manage_services": "false",    # a chroot has no running systemd
+                "hostplane_manage_services": "false",    # Ansible cannot reach the node's systemd
                 "hostplane_agent_load_modules": "false",  # would load into this machine's kernel
                 **variables}
     line = "ops-node-1 " + " ".join(f"{key}={value}" for key, value in settings.items())
     path = tmp_path / "inventory.ini"
-    groups = {"hostplane_controllers": "", "hostplane_agents": ""}
-    groups[group] = line
-    path.write_text("".join(f"[{name}]\n{hosts}\n\n" for name, hosts in groups.items()))
+    path.write_text("".join(f"[{name}]\n{line if name in groups else ''}\n\n"
+                            for name in ("hostplane_controllers", "hostplane_agents")))
     return str(path)
 
 
@@ -143,6 +144,7 @@ def test_ansible_lint_is_clean():
     assert "0 failure(s), 0 warning(s)" in result.stdout + result.stderr
 
 
+@pytest.mark.timeout(900)
 def test_check_mode_reports_changes_and_touches_nothing(tmp_path, node, wheelhouse):
     output, recap = playbook(inventory(tmp_path, node, hostplane_wheelhouse=wheelhouse,
                                        hostplane_agent_iommu="intel",
@@ -155,118 +157,122 @@ def test_check_mode_reports_changes_and_touches_nothing(tmp_path, node, wheelhou
     assert not (root / "etc/default/grub.d/hostplane-iommu.cfg").exists()
 
 
-def test_agent_role_installs_a_working_agent_and_registers_it(tmp_path, node, wheelhouse):
+@pytest.mark.timeout(1200)
+def test_site_yml_deploys_an_all_in_one_node_that_systemd_then_runs(tmp_path, node,
+                                                                      wheelhouse):
+    """Controller and agent roles on one node; then the node boots under systemd-nspawn
+    and its own systemd starts libvirtd and both hardened units; the role registers."""
     root = node["root"]
-    agent_port = free_port()
+    agent_port, controller_port = free_port(), free_port()
     host_id = f"ops-node-{os.getpid()}"
-    with running_controller(tmp_path) as controller:
-        settings = dict(hostplane_wheelhouse=wheelhouse, hostplane_agent_iommu="intel",
-                        hostplane_agent_host_id=host_id,
-                        hostplane_agent_bind=f"127.0.0.1:{agent_port}",
-                        hostplane_agent_url=f"http://127.0.0.1:{agent_port}",
-                        hostplane_agent_cluster="gpu-a",
-                        hostplane_controller_url=controller["url"],
-                        hostplane_admin_token=controller["token"])
-        inv = inventory(tmp_path, node, **settings, hostplane_agent_register="false")
+    controller = f"http://127.0.0.1:{controller_port}"
+    agent = f"http://127.0.0.1:{agent_port}"
+    settings = dict(hostplane_wheelhouse=wheelhouse, hostplane_agent_iommu="intel",
+                    hostplane_agent_host_id=host_id, hostplane_agent_bind=f"127.0.0.1:{agent_port}",
+                    hostplane_agent_url=agent, hostplane_agent_cluster="gpu-a",
+                    hostplane_controller_bind=f"127.0.0.1:{controller_port}",
+                    hostplane_controller_url=controller)
+    groups = ("hostplane_controllers", "hostplane_agents")
+    inv = inventory(tmp_path, node, groups, **settings, hostplane_agent_register="false")
 
-        # 1: install, configure, enable. Nothing is running yet, so no registration.
-        output, recap = playbook(inv)
-        assert recap["failed"] == 0 and recap["changed"] >= 8
-        assert "take effect at the next boot" in output and "Not rebooting" in output
-        assert (root / "run/reboot-required").exists()
-        grub = (root / "etc/default/grub.d/hostplane-iommu.cfg").read_text()
-        assert 'GRUB_CMDLINE_LINUX="$GRUB_CMDLINE_LINUX intel_iommu=on iommu=pt"' in grub
-        assert (root / "etc/modules-load.d/hostplane-vfio.conf").read_text().split() == \
-            ["vfio", "vfio_pci", "vfio_iommu_type1"]
-        config = root / "etc/hostplane/agent.toml"
-        token = (tmp_path / "credentials/ops-node-1/agent_token").read_text().split()[0]
-        assert len(token) == 40 and f'token = "{token}"' in config.read_text()
-        assert oct(config.stat().st_mode & 0o777) == "0o600"
-        wants = root / "etc/systemd/system/multi-user.target.wants/hostplane-agent.service"
-        assert os.readlink(wants) == "/etc/systemd/system/hostplane-agent.service"
-        verify = subprocess.run([ensure_systemd_analyze(), "verify", f"--root={root}",
-                                 "hostplane-agent.service"], capture_output=True, text=True)
-        assert verify.returncode == 0 and verify.stderr == "", verify.stderr
-
-        # The installed venv is complete: its agent reads this machine's PCI devices.
-        listing = subprocess.run(["chroot", str(root), "/opt/hostplane/bin/hostplane-agent",
-                                  "inventory", "--compact"], capture_output=True, text=True,
-                                 check=True, timeout=120)
-        pci_here = sorted(os.listdir("/sys/bus/pci/devices"))
-        assert sorted(d["id"] for d in json.loads(listing.stdout)["pci"]) == pci_here
-
-        # 2: start it as its unit would, then the role registers it with the controller.
-        node["started"].append(start_like_systemd(root, "hostplane-agent.service"))
-        wait_for(f"http://127.0.0.1:{agent_port}/v1/health")
-        inv = inventory(tmp_path, node, **settings)
-        output, recap = playbook(inv)
-        assert recap["changed"] == 1, output[-3000:]   # the registration, nothing else
-        hosts = requests.get(controller["url"] + "/v1/hosts", headers=controller["auth"],
-                             timeout=10).json()["hosts"]
-        assert [(h["id"], h["cluster"], h["status"]) for h in hosts] == \
-            [(host_id, "gpu-a", "connected")]
-        devices = requests.get(controller["url"] + f"/v1/devices?host={host_id}",
-                               headers=controller["auth"], timeout=10).json()["devices"]
-        assert sorted(d["id"] for d in devices if d["type"] != "usb") == pci_here
-
-        # 3: a rerun is a no-op; the controller already knows the host (409 host_exists).
-        output, recap = playbook(inv)
-        assert recap["changed"] == 0, output[-3000:]
-
-
-def test_controller_role_installs_a_controller_that_serves_api_and_dashboard(
-        tmp_path, node, wheelhouse):
-    root = node["root"]
-    port = free_port()
-    inv = inventory(tmp_path, node, "hostplane_controllers", hostplane_wheelhouse=wheelhouse,
-                    hostplane_controller_bind=f"127.0.0.1:{port}")
+    # 1: install, configure, enable. Nothing runs in a chroot, so no registration yet.
     output, recap = playbook(inv)
-    assert recap["failed"] == 0 and recap["changed"] >= 6
-    token = (tmp_path / "credentials/admin_token").read_text().split()[0]
-    config = root / "etc/hostplane/controller.toml"
-    assert f'admin_token = "{token}"' in config.read_text()
-    assert 'url = "sqlite:////var/lib/hostplane/controller.db"' in config.read_text()
-    assert oct(config.stat().st_mode & 0o777) == "0o600"
-    wants = root / "etc/systemd/system/multi-user.target.wants/hostplane-controller.service"
-    assert wants.is_symlink()
-    verify = subprocess.run([ensure_systemd_analyze(), "verify", f"--root={root}",
-                             "hostplane-controller.service"], capture_output=True, text=True)
-    assert verify.returncode == 0 and verify.stderr == "", verify.stderr
-    # hostplane[postgres]: the driver for a PostgreSQL URL is in the venv too.
+    assert recap["failed"] == 0 and recap["changed"] >= 12
+    assert "take effect at the next boot" in output and "Not rebooting" in output
+    assert (root / "run/reboot-required").exists()
+    grub = (root / "etc/default/grub.d/hostplane-iommu.cfg").read_text()
+    assert 'GRUB_CMDLINE_LINUX="$GRUB_CMDLINE_LINUX intel_iommu=on iommu=pt"' in grub
+    assert (root / "etc/modules-load.d/hostplane-vfio.conf").read_text().split() == \
+        ["vfio", "vfio_pci", "vfio_iommu_type1"]
+    agent_token = (tmp_path / "credentials/ops-node-1/agent_token").read_text().split()[0]
+    admin_token = (tmp_path / "credentials/admin_token").read_text().split()[0]
+    for name, secret in (("agent", f'token = "{agent_token}"'),
+                         ("controller", f'admin_token = "{admin_token}"')):
+        config = root / f"etc/hostplane/{name}.toml"
+        assert secret in config.read_text() and len(secret) > 40
+        assert oct(config.stat().st_mode & 0o777) == "0o600"
+        unit = f"hostplane-{name}.service"
+        assert os.readlink(root / "etc/systemd/system/multi-user.target.wants" / unit) == \
+            f"/etc/systemd/system/{unit}"
+        verify = subprocess.run([ensure_systemd_analyze(), "verify", f"--root={root}", unit],
+                                capture_output=True, text=True)
+        assert verify.returncode == 0 and verify.stderr == "", verify.stderr
     subprocess.run(["chroot", str(root), "/opt/hostplane/bin/python", "-c", "import psycopg"],
-                   check=True, timeout=60)
+                   check=True, timeout=60)   # hostplane[postgres] for a PostgreSQL URL
 
-    # As systemd would: the schema first (ExecStartPre), then gunicorn.
-    (root / "var/lib/hostplane").mkdir(parents=True, exist_ok=True)   # StateDirectory=
-    node["started"].append(start_like_systemd(root, "hostplane-controller.service"))
-    url = f"http://127.0.0.1:{port}"
-    wait_for(url + "/v1/health")
-    auth = {"Authorization": f"Bearer {token}"}
-    assert requests.get(url + "/v1/hosts", headers=auth, timeout=10).json() == {"hosts": []}
-    assert requests.get(url + "/v1/hosts", timeout=10).status_code == 401
-    assert requests.get(url + "/ui/dashboard.js", headers=auth, timeout=10).status_code == 200
-    assert (root / "var/lib/hostplane/controller.db").exists()
+    # 2: boot it. systemd starts libvirtd, the controller (schema first) and the agent.
+    container = boot(node)
+    wait_for(controller + "/v1/health", timeout=180)
+    wait_for(agent + "/v1/health", timeout=180)
+    health = healthy_agent(agent)   # libvirtd may still be coming up for a moment
+    assert health["host_id"] == host_id and health["libvirt"]["ok"] is True, health
+    for unit in ("hostplane-controller.service", "hostplane-agent.service"):
+        assert unit_state(container, unit) == {"ActiveState": "active", "NRestarts": "0"}
 
+    # 3: the role registers the running agent with the controller; nothing else changes.
+    inv = inventory(tmp_path, node, groups, **settings)
+    output, recap = playbook(inv)
+    assert recap["changed"] == 1, output[-3000:]
+    auth = {"Authorization": f"Bearer {admin_token}"}
+    hosts = requests.get(controller + "/v1/hosts", headers=auth, timeout=10).json()["hosts"]
+    assert [(h["id"], h["cluster"], h["status"]) for h in hosts] == \
+        [(host_id, "gpu-a", "connected")]
+    devices = requests.get(controller + f"/v1/devices?host={host_id}&kind=pci", headers=auth,
+                           timeout=10).json()["devices"]
+    assert sorted(d["id"] for d in devices) == sorted(os.listdir("/sys/bus/pci/devices"))
+    # The dashboard's files made it into the wheel.
+    assert requests.get(controller + "/ui/dashboard.js", headers=auth, timeout=10).ok
+
+    # 4: Restart=on-failure: a killed agent comes back with a new boot id.
+    nsenter(container, "systemctl", "kill", "--signal=KILL", "hostplane-agent.service")
+    deadline = time.monotonic() + 60
+    while unit_state(container, "hostplane-agent.service")["NRestarts"] == "0":
+        assert time.monotonic() < deadline, "systemd did not restart the killed agent"
+        time.sleep(0.5)
+    wait_for(agent + "/v1/health", timeout=120)
+    assert requests.get(agent + "/v1/health", timeout=10).json()["boot_id"] != health["boot_id"]
+
+    # 5: a rerun changes nothing; the controller already knows the host (409 host_exists).
     output, recap = playbook(inv)
     assert recap["changed"] == 0, output[-3000:]
 
 
-def start_like_systemd(root, unit):
-    """Run the unit's ExecStartPre lines, then its ExecStart, in the chroot with its
-    Environment= lines, as systemd would (without the sandboxing, which needs systemd)."""
-    environ, before, command = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}, [], None
-    for line in (root / "etc/systemd/system" / unit).read_text().splitlines():
-        key, _, value = line.partition("=")
-        if key == "Environment":
-            name, _, setting = value.partition("=")
-            environ[name] = setting
-        elif key == "ExecStartPre":
-            before.append(value.split())
-        elif key == "ExecStart":
-            command = value.split()
-    for step in before:
-        subprocess.run(["chroot", str(root), *step], env=environ, check=True,
-                       capture_output=True, timeout=120)
-    return subprocess.Popen(["chroot", str(root), *command], env=environ,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+def healthy_agent(url, timeout=60):
+    """The agent's health once libvirt answers it (or the last answer after `timeout`)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        health = requests.get(url + "/v1/health", timeout=10).json()
+        if health["libvirt"]["ok"] or time.monotonic() > deadline:
+            return health
+        time.sleep(1)
+
+
+def boot(node):
+    """Boot the node's root under systemd-nspawn (its own PID 1, this machine's network)."""
+    if shutil.which("systemd-nspawn") is None:
+        subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends",
+                        "systemd-container"], check=True)
+    # --keep-unit and --register=no: there is no systemd or machined on this side to ask.
+    process = subprocess.Popen(["systemd-nspawn", "--quiet", "--keep-unit", "--register=no",
+                                "--boot", "--console=pipe", "-D", str(node["root"])],
+                               stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, start_new_session=True)
+    node["containers"].append(process)
+    deadline = time.monotonic() + 60
+    while True:
+        children = open(f"/proc/{process.pid}/task/{process.pid}/children").read().split()
+        if children:
+            return int(children[0])
+        assert process.poll() is None, "systemd-nspawn exited"
+        assert time.monotonic() < deadline, "the container's init never appeared"
+        time.sleep(0.2)
+
+
+def nsenter(init_pid, *command):
+    return subprocess.run(["nsenter", "-t", str(init_pid), "-m", "-u", "-i", "-p", "-n",
+                           *command], capture_output=True, text=True, check=True, timeout=60)
+
+
+def unit_state(init_pid, unit):
+    shown = nsenter(init_pid, "systemctl", "show", unit, "--property=ActiveState,NRestarts")
+    return dict(line.split("=", 1) for line in shown.stdout.split())
