@@ -27,7 +27,9 @@ import nodes
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))))
-VENV_BIN = os.path.join(REPO, ".venv", "bin")
+# The venv this runs in (a clean checkout has none of its own); the code the
+# controller runs is this checkout's (PYTHONPATH below), not the venv's.
+VENV_BIN = os.path.dirname(sys.executable)
 SLIRP_GATEWAY = "10.0.2.2"  # the machine's 127.0.0.1 as a node sees it
 CLUSTER = "lab"
 
@@ -89,7 +91,7 @@ class Controller:
                         HOSTPLANE_SERVER_ADMIN_TOKEN=self.token,
                         HOSTPLANE_POLL_INTERVAL_S=str(poll_interval_s),
                         HOSTPLANE_POLL_MAX_FAILURES=str(max_failures),
-                        HOSTPLANE_POLL_JITTER_S="0.2")
+                        HOSTPLANE_POLL_JITTER_S="0.2", PYTHONPATH=REPO)
         self.session = requests.Session()
         self.session.headers["Authorization"] = f"Bearer {self.token}"
 
@@ -97,7 +99,8 @@ class Controller:
         os.makedirs(self.state, exist_ok=True)
         if os.path.exists(os.path.join(self.state, "controller.db")):
             os.unlink(os.path.join(self.state, "controller.db"))
-        subprocess.run([venv_tool("hostplane-controller"), "db", "upgrade"],
+        subprocess.run([venv_tool("python"), "-m", "controller.cli", "db",
+                        "upgrade"],
                        check=True, env=self.env, cwd=REPO,
                        stdout=subprocess.DEVNULL)
         logf = open(os.path.join(self.state, "controller.log"), "wb")
@@ -211,6 +214,14 @@ def mark_apt_lists_fresh(lab, n):
                "touch /var/lib/apt/periodic/update-success-stamp")
 
 
+def unique_machine_id(lab, n):
+    """Nodes are clones of one image, so they share /etc/machine-id, and
+    systemd derives bridge MACs from it: two bridges with one MAC cannot talk.
+    A fresh id before anything is built (the image should ship it empty)."""
+    lab.ssh(n, "python3 -c 'import uuid; print(uuid.uuid4().hex)' "
+               "> /etc/machine-id")
+
+
 def deploy(lab, controller, timings, workdir):
     """Wheelhouse, agent forwards, inventory, playbook; return agent ports."""
     wheelhouse = timings.measure(
@@ -219,6 +230,7 @@ def deploy(lab, controller, timings, workdir):
     ports = [forward_agent_port(lab, n) for n in range(len(lab.nodes))]
     for n in range(len(lab.nodes)):
         mark_apt_lists_fresh(lab, n)
+        unique_machine_id(lab, n)
     inventory = write_inventory(lab, ports,
                                 os.path.join(workdir, "inventory.ini"))
     extra = os.path.join(workdir, "lab-vars.json")
