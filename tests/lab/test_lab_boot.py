@@ -10,6 +10,7 @@ import time
 import pytest
 
 import nodes
+from lab_checks import wait_for
 
 pytestmark = [pytest.mark.lab, pytest.mark.timeout(1800)]
 
@@ -32,15 +33,6 @@ def usb_storage_serials(lab):
     out = lab.ssh(0, f"lsusb -d {QEMU_STORAGE} -v 2>/dev/null "
                      "| awk '$1 == \"iSerial\" {print $3}'").stdout
     return set(out.split())
-
-
-def wait_for(predicate, timeout=20, step=0.5):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(step)
-    return predicate()
 
 
 def test_iommu_groups(lab):
