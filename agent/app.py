@@ -11,9 +11,9 @@ from agent.api import devices, health, host, meta
 from agent.config import check_serving_config, load_agent_config
 from agent.services import Agent
 from hostplane import auth
-from hostplane.service import base_app, optional_blueprints
+from hostplane.service import base_app, optional_modules, public_endpoints
 
-BLUEPRINTS = [health.bp, host.bp, devices.bp, meta.bp]
+MODULES = [health, host, devices, meta]
 
 
 def create_app(config=None, start=True):
@@ -23,17 +23,18 @@ def create_app(config=None, start=True):
     check_serving_config(config)
     token = config["server"]["token"]
     insecure = config["server"]["insecure"] and not token
+    modules = MODULES + optional_modules("agent.api.vms", "agent.api.networks")
     app, registry = base_app(
         "hostplane-agent", config,
         lambda given: "agent" if insecure or auth.token_matches(given, token) else None,
-        meta.PUBLIC_ENDPOINTS, "hostplane_agent")
+        public_endpoints(modules), "hostplane_agent")
     if config["server"]["require_tls"]:
         auth.require_tls(app)
     agent = Agent(config)
     app.extensions["hostplane_agent"] = agent
     registry.register(_InventoryCollector(agent))
-    for blueprint in BLUEPRINTS + optional_blueprints("agent.api.vms", "agent.api.networks"):
-        app.register_blueprint(blueprint)
+    for module in modules:
+        app.register_blueprint(module.bp)
     if start:
         agent.start()
     return app

@@ -17,9 +17,9 @@ from controller.services import Controller, current
 from hostplane import auth
 from hostplane.core.device_states import IllegalTransition
 from hostplane.errors import envelope
-from hostplane.service import base_app, optional_blueprints
+from hostplane.service import base_app, optional_modules, public_endpoints
 
-BLUEPRINTS = [meta.bp, hosts.bp, devices.bp, vms.bp, schedule.bp, events.bp, networks.bp]
+MODULES = [meta, hosts, devices, vms, schedule, events, networks]
 
 
 def create_app(config=None, start=True):
@@ -29,10 +29,11 @@ def create_app(config=None, start=True):
     check_serving_config(config)
     insecure = config["server"]["insecure"] and not config["server"]["admin_token"]
     tokens = principals(config)
+    modules = MODULES + optional_modules("controller.api.dashboard")
     app, registry = base_app(
         "hostplane-controller", config,
         lambda given: "admin" if insecure else _resolve(tokens, given),
-        meta.PUBLIC_ENDPOINTS, "hostplane_controller")
+        public_endpoints(modules), "hostplane_controller")
     controller = Controller(config)
     app.extensions["hostplane_controller"] = controller
 
@@ -41,8 +42,8 @@ def create_app(config=None, start=True):
         return envelope(409, "device_busy", str(exc), {"device": exc.device_id})
 
     registry.register(_InventoryCollector(controller))
-    for blueprint in BLUEPRINTS + optional_blueprints("controller.api.dashboard"):
-        app.register_blueprint(blueprint)
+    for module in modules:
+        app.register_blueprint(module.bp)
     if start and config["poll"]["enabled"]:
         controller.poller.start()
     return app

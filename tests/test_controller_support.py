@@ -73,7 +73,16 @@ class LoopbackAgent:
     def config(self):
         return agent_config(self.base, host={
             "id": self.host_id, "sysfs_root": str(self.tree), "proc_root": self.proc,
-            "controller_url": self.controller_url}, libvirt={"uri": "test:///default"})
+            "controller_url": self.controller_url}, libvirt={"uri": self.libvirt_uri()})
+
+    def libvirt_uri(self):
+        """A private in-memory test driver: the agents share one process, and the agent
+        counts every domain it can see as a holder, so `test:///default` would make one
+        fake host's VMs hold the same addresses on all of them."""
+        node = self.base / "libvirt-node.xml"
+        if not node.exists():
+            node.write_text("<node/>")
+        return f"test://{node}"
 
     def start(self, port=0):
         self.app = create_agent_app(self.config())

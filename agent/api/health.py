@@ -6,6 +6,7 @@ from agent.services import current_agent
 from hostplane.api import describe
 
 bp = Blueprint("health", __name__)
+PUBLIC_ENDPOINTS = ("health.health",)
 
 
 @bp.get("/v1/health")

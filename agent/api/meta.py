@@ -3,4 +3,3 @@
 from hostplane.service import meta_blueprint
 
 bp = meta_blueprint("hostplane agent")
-PUBLIC_ENDPOINTS = ("health.health",)

@@ -23,7 +23,8 @@ def _checked(check, value):
 
 class HostCreate(_Body):
     url: str = Field(pattern=r"^https?://[A-Za-z0-9.\-\[\]:]+(:[0-9]{1,5})?/?$", max_length=512)
-    token: str = Field(min_length=1, max_length=512)
+    # Sent to the agent as an HTTP header: printable ASCII without spaces only.
+    token: str = Field(min_length=1, max_length=512, pattern=r"^[!-~]+$")
     cluster: str = "default"
 
     _cluster = field_validator("cluster")(lambda v: _checked(check_name, v))

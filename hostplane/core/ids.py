@@ -23,7 +23,7 @@ def normalize_pci_address(text):
     candidate = str(text).strip().lower()
     if re.fullmatch(r"[0-9a-f]{2}:[0-1][0-9a-f]\.[0-7]", candidate):
         candidate = "0000:" + candidate
-    if not PCI_ADDRESS.match(candidate):
+    if not PCI_ADDRESS.fullmatch(candidate):
         raise InvalidId(f"{text!r} is not a PCI address like 0000:01:00.0")
     return candidate
 
@@ -41,14 +41,14 @@ def normalize_usb_id(text):
     candidate = str(text).strip()
     head, sep, tail = candidate[:9].lower(), candidate[9:10], candidate[10:]
     candidate = head + sep + tail
-    if not USB_ID.match(candidate):
+    if not USB_ID.fullmatch(candidate):
         raise InvalidId(f"{text!r} is not a USB id like 046d:c52b:SERIAL or 046d:c52b@1-1.2")
     return candidate
 
 
 def check_name(text, what="name"):
     """VM, network and group names: 1-63 of [A-Za-z0-9_.-], starting alphanumeric."""
-    if not isinstance(text, str) or not OBJECT_NAME.match(text):
+    if not isinstance(text, str) or not OBJECT_NAME.fullmatch(text):
         raise InvalidId(f"{what} {str(text)[:80]!r} must be 1-63 letters, digits, '_', '.' "
                         "or '-', starting with a letter or digit")
     return text

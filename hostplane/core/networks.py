@@ -37,7 +37,7 @@ def check_ifname(text, what="interface"):
     if len(text.encode()) > IFNAMSIZ:
         raise InvalidNetwork(f"{what} name {text[:40]!r} is longer than {IFNAMSIZ} characters "
                              "(the Linux limit)")
-    if not _IFNAME.match(text) or text in (".", ".."):
+    if not _IFNAME.fullmatch(text) or text in (".", ".."):
         raise InvalidNetwork(f"{what} name {text!r} may hold only letters, digits, '_', '.', '-'")
     return text
 
