@@ -114,7 +114,14 @@ def release(db, host_id, vm_name, devices, drop_vm=False):
 
 
 def unplaceable(request, placement):
+    """422 for a VM that fits nowhere; 409 when an existing VM cannot take the devices
+    (they are elsewhere or held): the VM is placed, the request conflicts with it."""
     hosts = {host_id: list(reasons) for host_id, reasons in sorted(placement.rejected.items())}
+    if request.existing_vm is not None:
+        vm_host = request.existing_vm.host_id
+        why = "; ".join(hosts.get(vm_host, [])) or "no host can take these devices"
+        return Conflict(f"{request.name} on {vm_host} cannot take these devices: {why}",
+                        code="device_not_attachable", details={"hosts": hosts})
     if not hosts:
         message = "no hosts are registered"
     else:

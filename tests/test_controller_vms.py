@@ -73,7 +73,8 @@ def test_running_vm_takes_usb_only_from_its_own_host(world):
     assert create(client, "vm-b", gpus=[A10], start=True).status_code == 201
     answer = client.post("/v1/vms/vm-b/devices", headers=ADMIN, json={"type": "usb",
                                                                        "id": STICK_A})
-    assert answer.status_code == 422
+    assert answer.status_code == 409
+    assert answer.get_json()["error"]["code"] == "device_not_attachable"
     reasons = answer.get_json()["error"]["details"]["hosts"]
     assert any("running on host-b" in r for r in reasons["host-a"])
     assert held_by(client, "host-a") == {}

@@ -107,6 +107,7 @@ def render(device, visible_vms=None):
             "status": device.status, "vm": vm, "shared": device.shared,
             "assignable": device.assignable, "iommu_group": device.iommu_group,
             "usb_version": facts.get("usb_version"),
+            "manufacturer": facts.get("manufacturer"), "product": facts.get("product"),
             "reported_vm": device.reported_vm if visible_vms is None else None,
             "unavailable_reason": device.unavailable_reason,
             "created_at": _iso(device.created_at)}
