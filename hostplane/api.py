@@ -13,6 +13,7 @@ from pydantic import BaseModel, ValidationError
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from hostplane.core.ids import OBJECT_NAME
+from hostplane.core.ids import InvalidId
 from hostplane.errors import BadRequest
 
 _ERROR_SCHEMA = {
@@ -61,6 +62,14 @@ def _refuse_cut_body():
     limit = current_app.config.get("MAX_CONTENT_LENGTH")
     if limit is not None and request.content_length is None and len(request.get_data()) >= limit:
         raise RequestEntityTooLarge()
+
+
+def checked(check, *args, code="invalid_id"):
+    """`check(*args)` from hostplane.core.ids, its InvalidId answered as a 400 `code`."""
+    try:
+        return check(*args)
+    except InvalidId as exc:
+        raise BadRequest(str(exc), code=code) from None
 
 
 def describe(summary, body=None, responses=(200,), query=None, tags=()):

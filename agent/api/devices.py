@@ -3,9 +3,9 @@
 from flask import Blueprint, Response, jsonify, request
 
 from agent.services import current_agent
-from hostplane.api import describe
-from hostplane.core.ids import InvalidId, normalize_pci_address, normalize_usb_id
-from hostplane.errors import BadRequest, NotFound
+from hostplane.api import checked, describe
+from hostplane.core.ids import normalize_pci_address, normalize_usb_id
+from hostplane.errors import NotFound
 
 bp = Blueprint("devices", __name__)
 
@@ -28,7 +28,7 @@ def devices():
 @bp.get("/v1/devices/pci/<path:device_id>")
 @describe("One PCI function by full address (0000:01:00.0)", tags=["devices"])
 def pci_device(device_id):
-    address = _valid(normalize_pci_address, device_id)
+    address = checked(normalize_pci_address, device_id)
     device = current_agent().inventory.pci(address)
     if device is None:
         raise NotFound(f"no PCI device {address} on this host", code="device_not_found")
@@ -38,7 +38,7 @@ def pci_device(device_id):
 @bp.get("/v1/devices/usb/<path:device_id>")
 @describe("One USB device by id (vid:pid:serial or vid:pid@port)", tags=["devices"])
 def usb_device(device_id):
-    usb_id = _valid(normalize_usb_id, device_id)
+    usb_id = checked(normalize_usb_id, device_id)
     device = current_agent().inventory.usb(usb_id)
     if device is None:
         raise NotFound(f"no USB device {usb_id} on this host", code="device_not_found")
@@ -51,11 +51,6 @@ def iommu_groups():
     return jsonify({"groups": current_agent().inventory.iommu_groups()})
 
 
-def _valid(normalize, text):
-    try:
-        return normalize(text)
-    except InvalidId as exc:
-        raise BadRequest(str(exc), code="invalid_id") from None
 
 
 def _etags(header):

@@ -3,10 +3,10 @@
 from flask import Blueprint, jsonify
 
 from agent.services import current_agent
-from hostplane.api import describe, parse_body
-from hostplane.core.ids import InvalidId, check_name
+from hostplane.api import checked, describe, parse_body
+from hostplane.core.ids import check_name
 from hostplane.core.networks import DesiredNetwork
-from hostplane.errors import BadRequest, DependencyDown
+from hostplane.errors import DependencyDown
 
 bp = Blueprint("networks", __name__)
 
@@ -42,10 +42,7 @@ def delete_network(name):
 
 
 def _valid_name(name):
-    try:
-        return check_name(name, "network name")
-    except InvalidId as exc:
-        raise BadRequest(str(exc), code="invalid_name") from None
+    return checked(check_name, name, "network name", code="invalid_name")
 
 
 def _networks():

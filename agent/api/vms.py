@@ -7,10 +7,10 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from agent.services import current_agent
 from agent.virt import attach as attaching
-from hostplane.api import describe, parse_body
-from hostplane.core.ids import (PCI_ADDRESS, InvalidId, check_name, normalize_pci_address,
+from hostplane.api import checked, describe, parse_body
+from hostplane.core.ids import (PCI_ADDRESS, check_name, normalize_pci_address,
                                 normalize_usb_id)
-from hostplane.errors import BadRequest, DependencyDown
+from hostplane.errors import DependencyDown
 
 bp = Blueprint("vms", __name__)
 
@@ -144,14 +144,8 @@ def _virt():
 
 
 def _name(name):
-    try:
-        return check_name(name, "VM name")
-    except InvalidId as exc:
-        raise BadRequest(str(exc), code="invalid_name") from None
+    return checked(check_name, name, "VM name", code="invalid_name")
 
 
 def _device_id(kind, device_id):
-    try:
-        return normalize_pci_address(device_id) if kind == "pci" else normalize_usb_id(device_id)
-    except InvalidId as exc:
-        raise BadRequest(str(exc), code="invalid_id") from None
+    return checked(normalize_pci_address if kind == "pci" else normalize_usb_id, device_id)

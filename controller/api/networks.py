@@ -14,7 +14,7 @@ from pydantic import (BaseModel, ConfigDict, Field, RootModel, StrictInt, Valida
 from controller import networks
 from controller.services import current, require_admin
 from hostplane.api import describe, parse_body
-from hostplane.core.ids import InvalidId, check_name
+from hostplane.core.ids import check_name
 from hostplane.core.networks import VXLAN_PORT, NovlanSpec, VlanSpec, VxlanSpec
 from hostplane.errors import BadRequest
 
@@ -30,14 +30,14 @@ class _Named(BaseModel):
     @field_validator("name")
     @classmethod
     def _name(cls, value):
-        return _checked(check_name, value, "network name")
+        return check_name(value, "network name")
 
     @field_validator("clusters")
     @classmethod
     def _clusters(cls, value):
         if len(set(value)) != len(value):
             raise ValueError("clusters must not repeat a name")
-        return [_checked(check_name, cluster, "cluster") for cluster in value]
+        return [check_name(cluster, "cluster") for cluster in value]
 
     def fields(self):
         """What is stored as the network's spec: the kind's own fields."""
@@ -90,7 +90,7 @@ class VxlanCreate(_Named):
     @field_validator("pool")
     @classmethod
     def _pool(cls, value):
-        return _checked(check_name, value, "pool name")
+        return check_name(value, "pool name")
 
     @field_validator("vni", "mtu")
     @classmethod
@@ -188,13 +188,6 @@ def _show(name):
 def _client_for(ctl):
     timeout = float(ctl.config["poll"]["timeout_s"])
     return lambda host: ctl.client_factory(host.url, host.token, timeout=timeout)
-
-
-def _checked(check, value, what):
-    try:
-        return check(value, what)
-    except InvalidId as exc:
-        raise ValueError(str(exc)) from None
 
 
 def _core_vxlan_field(field, value):

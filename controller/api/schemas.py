@@ -4,7 +4,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from hostplane.core.ids import InvalidId, check_name, normalize_pci_address, normalize_usb_id
+from hostplane.core.ids import check_name, normalize_pci_address, normalize_usb_id
 from hostplane.core.scheduler import GpuAsk, PlacementRequest
 
 HEX4 = r"^[0-9a-fA-F]{4}$"
@@ -14,20 +14,13 @@ class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-def _checked(check, value):
-    try:
-        return check(value)
-    except InvalidId as exc:
-        raise ValueError(str(exc)) from None
-
-
 class HostCreate(_Body):
     url: str = Field(pattern=r"^https?://[A-Za-z0-9.\-\[\]:]+(:[0-9]{1,5})?/?$", max_length=512)
     # Sent to the agent as an HTTP header: printable ASCII without spaces only.
     token: str = Field(min_length=1, max_length=512, pattern=r"^[!-~]+$")
     cluster: str = "default"
 
-    _cluster = field_validator("cluster")(lambda v: _checked(check_name, v))
+    _cluster = field_validator("cluster")(lambda v: check_name(v))
 
 
 class HostPatch(_Body):
@@ -35,7 +28,7 @@ class HostPatch(_Body):
     iommu_enabled: bool | None = None
     cluster: str | None = None
 
-    _cluster = field_validator("cluster")(lambda v: v and _checked(check_name, v))
+    _cluster = field_validator("cluster")(lambda v: v and check_name(v))
 
 
 class DevicePatch(_Body):
@@ -50,7 +43,7 @@ class GpuBody(_Body):
     device_id: str | None = Field(default=None, pattern=HEX4)
     count: int = Field(default=1, ge=1, le=64)
 
-    _id = field_validator("id")(lambda v: v and _checked(normalize_pci_address, v))
+    _id = field_validator("id")(lambda v: v and normalize_pci_address(v))
 
     @model_validator(mode="after")
     def _one_form(self):
@@ -72,7 +65,7 @@ class GpuBody(_Body):
 class UsbBody(_Body):
     id: str
 
-    _id = field_validator("id")(lambda v: _checked(normalize_usb_id, v))
+    _id = field_validator("id")(lambda v: normalize_usb_id(v))
 
 
 class NetworkBody(_Body):
@@ -96,9 +89,9 @@ class VmCreate(DeviceAsks):
     strategy: Literal["least-cpu", "least-memory"] = "least-cpu"
     start: bool = True
 
-    _name = field_validator("name")(lambda v: _checked(check_name, v))
+    _name = field_validator("name")(lambda v: check_name(v))
     _names = field_validator("cluster", "anti_affinity_group")(
-        lambda v: v and _checked(check_name, v))
+        lambda v: v and check_name(v))
 
     def placement(self, tenant):
         return PlacementRequest(
