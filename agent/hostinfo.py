@@ -33,6 +33,12 @@ def read_text(path, default=""):
         return default
 
 
+def host_iommu(sysfs, proc_root="/proc"):
+    """The IOMMU state alone: what every PCI attach asks, without reading cpuinfo."""
+    cmdline = read_text(os.path.join(proc_root, "cmdline")).strip()
+    return iommu_state(cmdline, sysfs.iommu_group_count())
+
+
 def host_facts(sysfs, proc_root="/proc"):
     cpuinfo = read_text(os.path.join(proc_root, "cpuinfo"))
     model, threads, cores = None, 0, set()
@@ -53,14 +59,13 @@ def host_facts(sysfs, proc_root="/proc"):
     for line in read_text(os.path.join(proc_root, "meminfo")).splitlines():
         if line.startswith("MemTotal:"):
             memory_kib = int(line.split()[1])
-    cmdline = read_text(os.path.join(proc_root, "cmdline")).strip()
     return {
         "hostname": socket.gethostname(),
         "cpu": {"model": model, "cores": len(cores) or threads, "threads": threads,
                 "arch": platform.machine()},
         "memory_mib": memory_kib // 1024,
         "kernel": platform.release(),
-        "iommu": iommu_state(cmdline, sysfs.iommu_group_count()),
+        "iommu": host_iommu(sysfs, proc_root),
         "kvm": os.path.exists("/dev/kvm"),
     }
 

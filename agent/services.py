@@ -11,7 +11,7 @@ import uuid
 from flask import current_app
 
 from agent.config import host_id as configured_host_id
-from agent.hostinfo import host_facts
+from agent.hostinfo import host_facts, host_iommu
 from agent.inventory.generation import SharedGeneration
 from agent.inventory.pciids import shared_pciids
 from agent.inventory.store import Inventory
@@ -56,8 +56,8 @@ class Agent:
 
     def _start_virt(self):
         from agent.virt import Virt
-        self.virt = Virt(self.config, self.inventory, lambda: host_facts(
-            self.sysfs, self.config["host"]["proc_root"])["iommu"]["ready"])
+        self.virt = Virt(self.config, self.inventory, lambda: host_iommu(
+            self.sysfs, self.config["host"]["proc_root"])["ready"])
         self.virt.start()
 
     def _start_networks(self):
