@@ -8,7 +8,7 @@ same scheduler on that host's rows as they are now, and flips the devices it pic
 capacity and devices are reserved before the agent is called and given back if it fails.
 """
 
-from sqlalchemy import func, select
+from sqlalchemy import or_, select
 
 from controller.db.models import Device, Host, Vm
 from hostplane.core import device_states
@@ -27,23 +27,29 @@ def policy_from(config):
 def snapshot(session, host_ids=None, lock=None):
     """The cluster (or the given hosts, row-locked with `lock`) as scheduler views."""
     hosts_q, devices_q = select(Host), select(Device)
-    vms_q = select(Vm).where(Vm.host_id.is_not(None))
-    usage_q = (select(Vm.host_id, func.coalesce(func.sum(Vm.vcpus), 0),
-                      func.coalesce(func.sum(Vm.memory_mib), 0))
-               .where(Vm.host_id.is_not(None)).group_by(Vm.host_id))
+    vms_q = select(Vm).where(or_(Vm.host_id.is_not(None), Vm.moving_to.is_not(None)))
     if host_ids is not None:
         hosts_q = hosts_q.where(Host.id.in_(host_ids))
         devices_q = devices_q.where(Device.host_id.in_(host_ids))
-        vms_q = vms_q.where(Vm.host_id.in_(host_ids))
-        usage_q = usage_q.where(Vm.host_id.in_(host_ids))
+        vms_q = vms_q.where(or_(Vm.host_id.in_(host_ids), Vm.moving_to.in_(host_ids)))
     lock = lock or (lambda statement: statement)
     hosts = session.scalars(lock(hosts_q.order_by(Host.id))).all()
     devices = session.scalars(lock(devices_q.order_by(Device.host_id, Device.id))).all()
-    usage = {host_id: (int(cpus), int(memory)) for host_id, cpus, memory in
-             session.execute(usage_q)}
-    vms = session.scalars(vms_q).all()
+    vms = session.scalars(vms_q.order_by(Vm.host_id, Vm.name)).all()
+    usage = usage_by_host(vms)
     return Snapshot.build([host_view(h, usage.get(h.id, (0, 0))) for h in hosts],
-                          [device_view(d) for d in devices], [vm_view(v) for v in vms]), devices
+                          [device_view(d) for d in devices],
+                          [vm_view(v) for v in vms if v.host_id is not None]), devices
+
+
+def usage_by_host(vms):
+    """{host id: (vCPUs, MiB)} reserved by `vms`; a moving VM counts on both its hosts."""
+    usage = {}
+    for vm in vms:
+        for host_id in {vm.host_id, vm.moving_to} - {None}:
+            cpus, memory = usage.get(host_id, (0, 0))
+            usage[host_id] = (cpus + vm.vcpus, memory + vm.memory_mib)
+    return usage
 
 
 def host_view(host, usage=(0, 0)):
@@ -88,7 +94,10 @@ def _claim_on(db, request, policy, host_id, new_vm):
     with db.write() as session:
         if new_vm is not None and session.get(Vm, new_vm["name"]) is not None:
             raise Conflict(f"VM {new_vm['name']} already exists", code="name_taken")
+        moving = request.existing_vm is not None and request.existing_vm.host_id != host_id
         local, rows = snapshot(session, [host_id], lock=db.locked)
+        if moving:
+            _reserve_move(session, db, request.existing_vm, host_id)
         chosen = place(request, local, policy).chosen
         if chosen is None:
             return None
@@ -98,6 +107,19 @@ def _claim_on(db, request, policy, host_id, new_vm):
         for key in chosen.devices:
             device_states.claim(by_key[key], request.name)
         return list(chosen.devices)
+
+
+def _reserve_move(session, db, seen, target):
+    """Count the VM on `target` too (`moving_to`) while it moves, if it is still the
+    stopped, device-less VM the placement saw; a second move of it at once is refused."""
+    vm = session.scalars(db.locked(select(Vm).where(Vm.name == seen.name))).first()
+    if vm is None:
+        raise Conflict(f"VM {seen.name} was deleted meanwhile", code="vm_gone")
+    if vm.moving_to is not None or vm.host_id != seen.host_id or vm.state != "stopped":
+        raise Conflict(f"{seen.name} changed meanwhile ({vm.state} on {vm.host_id}"
+                       + (f", moving to {vm.moving_to}" if vm.moving_to else "") + ")",
+                       code="vm_busy")
+    vm.moving_to, vm.state = target, "moving"
 
 
 def release(db, host_id, vm_name, devices, drop_vm=False):

@@ -8,6 +8,7 @@ stopped VM keeps its GPUs and its room. Only the VM's host's agent is ever calle
 from sqlalchemy import select
 
 from controller.db.models import Device, Host, Vm
+from controller.moves import move_and_attach
 from controller.placement import place_and_claim, release, vm_view
 from controller.services import current, tenant
 from hostplane.core import device_states
@@ -82,7 +83,8 @@ def delete(name):
 
 
 def add_devices(name, body):
-    """Claim on the VM's host (a running VM never leaves it), then attach one by one."""
+    """Claim on the VM's host, then attach one by one; a stopped VM holding nothing may
+    instead be moved to the host of the USB it asks for (controller.moves)."""
     ctl = current()
     vm = _lookup(name)
     request = PlacementRequest(name=name, vcpus=vm.vcpus, memory_mib=vm.memory_mib,
@@ -92,11 +94,9 @@ def add_devices(name, body):
                                existing_vm=vm_view(vm))
     host_id, devices = place_and_claim(ctl.db, request, ctl.policy, None,
                                        ctl.config["scheduler"]["claim_attempts"])
-    if host_id != vm.host_id:
-        release(ctl.db, host_id, name, devices)
-        raise Conflict(f"{name} would have to move to {host_id}; moving a stopped VM is not "
-                       "supported yet: delete and create it there", code="vm_must_move",
-                       details={"host": host_id})
+    if host_id != vm.host_id:   # stopped, device-less, asked for USB elsewhere: it moves
+        move_and_attach(ctl, vm, host_id, devices, _host)
+        return get(name)
     agent, done = ctl.agent(_host(host_id)), []
     try:
         for kind, device_id in devices:

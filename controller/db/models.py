@@ -2,12 +2,22 @@
 
 from datetime import datetime, timezone
 
-from sqlalchemy import JSON, Boolean, DateTime, ForeignKey, Integer, String, Text
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+import secrets
+
+from sqlalchemy import (JSON, BigInteger, Boolean, DateTime, ForeignKey, Integer, String,
+                        Text)
+from sqlalchemy import event, update
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, attributes, mapped_column
 
 
 def utcnow():
     return datetime.now(timezone.utc)
+
+
+def first_revision():
+    """A random start, so a host deleted and registered again never repeats a revision
+    that a controller process may still hold in its snapshot cache."""
+    return secrets.randbits(48)
 
 
 class Base(DeclarativeBase):
@@ -38,6 +48,9 @@ class Host(Base):
     poll_lease_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True),
                                                              nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # Bumped in every transaction that changes what the scheduler sees of this host, its
+    # devices or its VMs (controller.db.revisions); snapshot caches compare it.
+    revision: Mapped[int] = mapped_column(BigInteger, default=first_revision)
 
 
 class Device(Base):
@@ -78,4 +91,40 @@ class Vm(Base):
     state: Mapped[str] = mapped_column(String(16), default="creating")
     anti_affinity_group: Mapped[str | None] = mapped_column(String(63), nullable=True)
     spec: Mapped[dict] = mapped_column(JSON, default=dict)
+    # The host a stopped VM is being moved to: its room there is reserved until the move
+    # ends (host_id becomes this) or is undone (this becomes None).
+    moving_to: Mapped[str | None] = mapped_column(String(128), nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+# --- host revisions --------------------------------------------------------------------
+# What the scheduler reads of a host; other columns (last_seen, leases, errors) change on
+# every poll and must not invalidate cached snapshots.
+SCHEDULED_HOST_COLUMNS = ("cluster", "status", "state", "iommu_enabled", "iommu_ready",
+                          "cpu_threads", "memory_mib")
+
+
+@event.listens_for(Session, "before_flush")
+def _bump_host_revisions(session, _context, _instances):
+    """Bump `revision` of every host whose scheduling view this flush changes.
+
+    Before the flush, so that the host row is locked before its device rows, in the same
+    order a claim takes them (no deadlock on PostgreSQL). Writes that bypass the ORM
+    (`update(Device)...`) must bump the revision themselves.
+    """
+    touched = set()
+    for row in session.new | session.dirty | session.deleted:
+        if isinstance(row, Host):
+            if row in session.dirty and any(attributes.get_history(row, column).has_changes()
+                                            for column in SCHEDULED_HOST_COLUMNS):
+                touched.add(row.id)
+        elif isinstance(row, (Device, Vm)):
+            for column in ("host_id", "moving_to") if isinstance(row, Vm) else ("host_id",):
+                history = attributes.get_history(row, column)
+                touched.update(history.added or history.unchanged or ())
+                touched.update(history.deleted or ())
+    touched.discard(None)
+    if touched:
+        session.connection().execute(
+            update(Host.__table__).where(Host.__table__.c.id.in_(sorted(touched)))
+            .values(revision=Host.__table__.c.revision + 1))
