@@ -33,11 +33,23 @@ def create_app(config=None, start=True):
     agent = Agent(config)
     app.extensions["hostplane_agent"] = agent
     registry.register(_InventoryCollector(agent))
+    registry.register(_VirtCollector(agent))
     for module in modules:
         app.register_blueprint(module.bp)
     if start:
         agent.start()
     return app
+
+
+class _VirtCollector:
+    """Attach/detach latency, shared by the workers (the libvirt adapter may be absent)."""
+
+    def __init__(self, agent):
+        self.agent = agent
+
+    def collect(self):
+        if self.agent.virt is not None:
+            yield from self.agent.virt.latency.collect()
 
 
 class _InventoryCollector:

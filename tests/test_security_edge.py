@@ -36,8 +36,6 @@ def test_a_vm_name_with_a_newline_is_refused_at_the_edge(client):
     assert answer.get_json()["error"]["code"] == "invalid_name"
 
 
-@pytest.mark.xfail(strict=True, reason="finding F3 (agent/virt, agent/api/vms.py): any host "
-                   "file can be a VM disk, and ?delete_storage=true deletes it")
 def test_deleting_a_vm_leaves_files_outside_the_agents_storage_alone(client, tmp_path):
     precious = tmp_path / "precious.img"
     precious.write_text("the operator's data")

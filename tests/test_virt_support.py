@@ -3,9 +3,11 @@
 Not a test module (it holds no tests); named `test_virt_*` because that is this slice's
 share of tests/. libvirtd and QEMU are real (started by scripts/start-daemons); the
 host's PCI/USB devices come from a synthetic sysfs tree, because this machine has no
-IOMMU, no USB and only virtio PCI devices. Every domain a test makes is named with a
-per-test random prefix and destroyed/undefined at teardown, so nobody else's domains
-are ever touched.
+IOMMU, no USB and only virtio PCI devices. Every domain a test makes is named
+`hp-<run>-<test>-...` and destroyed/undefined at teardown, and every agent a test starts
+has `[libvirt] domain_prefix = "hp-<run>-"`: two test runs on one shared libvirtd
+(whose synthetic hosts have the same PCI addresses) never see each other's domains as
+holders, and nobody else's domains are ever touched.
 """
 
 import contextlib
@@ -25,6 +27,7 @@ from tests.conftest import AUTH, TOKEN, agent_config, libvirtd_running
 from tests.synthetic import UsbDevice, small_gpu_host, write_proc, write_sysfs_tree
 
 URI = "qemu:///system"
+RUN_PREFIX = f"hp-{uuid.uuid4().hex[:6]}-"      # this pytest run's domains
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GPU, GPU_AUDIO, OTHER_GPU = "0000:3b:00.0", "0000:3b:00.1", "0000:af:00.0"
 STICK, KEYBOARD = "0781:5567:4C530001", "046d:c31c@1-1.2"
@@ -49,7 +52,7 @@ def lv():
 @pytest.fixture
 def prefix(lv):
     """A per-test VM name prefix; its domains are destroyed and undefined afterwards."""
-    value = f"hp-test-{uuid.uuid4().hex[:8]}"
+    value = f"{RUN_PREFIX}{uuid.uuid4().hex[:8]}"
     yield value
     cleanup_domains(lv, value)
 
@@ -93,7 +96,8 @@ def host_files(base, host=None, cmdline=None):
 def config_for(base, host=None, uri=URI, cmdline=None, **libvirt_section):
     tree, proc = host_files(base, host, cmdline)
     return agent_config(base, host={"sysfs_root": tree, "proc_root": proc},
-                        libvirt={"uri": uri, **libvirt_section})
+                        libvirt={"uri": uri, "storage_dir": str(base / "images"),
+                                 "domain_prefix": RUN_PREFIX, **libvirt_section})
 
 
 @contextlib.contextmanager
@@ -205,6 +209,7 @@ class GunicornAgent:
 def toml_config(base, host=None, uri=URI, cmdline=None):
     tree, proc = host_files(base, host, cmdline)
     state = base / "state"
-    return (f'[server]\ntoken = "{TOKEN}"\n\n[libvirt]\nuri = "{uri}"\n\n'
+    return (f'[server]\ntoken = "{TOKEN}"\n\n[libvirt]\nuri = "{uri}"\n'
+            f'storage_dir = "{base / "images"}"\ndomain_prefix = "{RUN_PREFIX}"\n\n'
             f'[host]\nid = "test-host"\nsysfs_root = "{tree}"\nproc_root = "{proc}"\n'
             f'state_dir = "{state}"\nwatch_udev = false\n\n[network]\nnetns = ""\n')

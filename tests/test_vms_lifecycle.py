@@ -51,7 +51,9 @@ def test_graceful_stop_times_out_on_a_guest_without_os_and_force_stops_it(client
 
 def test_domain_xml_has_nics_on_named_bridges_and_disks_which_stay_unless_asked(
         client, lv, prefix, tmp_path):  # noqa: F811
-    keep, drop = tmp_path / "keep.img", tmp_path / "drop.img"
+    storage = tmp_path / "images"
+    storage.mkdir()
+    keep, drop = storage / "keep.img", storage / "drop.img"
     for image in (keep, drop):
         image.write_bytes(b"\0" * 4096)
     name_keep, name_drop = f"{prefix}-keep", f"{prefix}-drop"
@@ -61,12 +63,58 @@ def test_domain_xml_has_nics_on_named_bridges_and_disks_which_stay_unless_asked(
     assert vm["disks"] == [{"path": str(keep), "target": "vda"}]
     xml = inactive_xml(lv, name_keep)
     assert "<source bridge='hpbr-test0'/>" in xml and f"<source file='{keep}'/>" in xml
-    create_vm(client, name_drop, disks=[{"path": str(drop), "format": "raw"}])
+    create_vm(client, name_drop, disks=[{"path": "drop.img", "format": "raw"}])  # by name
+    assert f"<source file='{drop}'/>" in inactive_xml(lv, name_drop)
 
     assert client.delete(f"/v1/vms/{name_keep}", headers=AUTH).status_code == 204
     assert client.delete(f"/v1/vms/{name_drop}?delete_storage=true", headers=AUTH
                          ).status_code == 204
     assert keep.exists() and not drop.exists()
+
+
+def test_a_new_disk_is_created_in_the_storage_directory_and_deleted_with_the_vm(
+        client, lv, prefix, tmp_path):  # noqa: F811
+    name = f"{prefix}-new"
+    vm = create_vm(client, name, disks=[{"size_mib": 8, "format": "qcow2"},
+                                        {"size_mib": 4, "format": "raw"}])
+    images = [tmp_path / "images" / f"{name}-vda.qcow2", tmp_path / "images" / f"{name}-vdb.raw"]
+    assert [d["path"] for d in vm["disks"]] == [str(p) for p in images]
+    assert images[0].read_bytes()[:4] == b"QFI\xfb" and images[1].stat().st_size == 4 << 20
+    assert client.delete(f"/v1/vms/{name}?delete_storage=true", headers=AUTH).status_code == 204
+    assert not any(p.exists() for p in images)
+
+
+@pytest.mark.parametrize("where", ["outside", "symlink", "missing", "storage-itself"])
+def test_disks_outside_the_storage_directory_are_400_and_nothing_is_defined(
+        client, lv, prefix, tmp_path, where):  # noqa: F811
+    storage = tmp_path / "images"
+    storage.mkdir()
+    outside = tmp_path / "precious.img"
+    outside.write_text("the operator's data")
+    (storage / "escape.img").symlink_to(outside)
+    path = {"outside": str(outside), "symlink": str(storage / "escape.img"),
+            "missing": str(storage / "nothing.img"), "storage-itself": str(storage)}[where]
+    answer = client.post("/v1/vms", headers=AUTH, json={
+        "name": f"{prefix}-esc", "vcpus": 1, "memory_mib": 64, "disks": [{"path": path}]})
+    assert answer.status_code == 400, answer.get_json()
+    assert answer.get_json()["error"]["code"] == (
+        "disk_not_found" if where == "missing" else "disk_outside_storage")
+    assert f"{prefix}-esc" not in [d.name() for d in lv.listAllDomains()]
+    assert outside.read_text() == "the operator's data"
+
+
+def test_a_disk_pointed_outside_with_virsh_is_not_deleted_with_the_vm(
+        client, lv, prefix, tmp_path):  # noqa: F811
+    name = f"{prefix}-edited"
+    create_vm(client, name, disks=[{"size_mib": 1, "format": "raw"}])
+    outside = tmp_path / "precious.img"
+    outside.write_text("the operator's data")
+    xml = inactive_xml(lv, name).replace(str(tmp_path / "images" / f"{name}-vda.raw"),
+                                         str(outside))
+    lv.defineXML(xml)                         # an edit behind the agent's back
+    assert client.delete(f"/v1/vms/{name}?delete_storage=true", headers=AUTH).status_code == 204
+    assert outside.read_text() == "the operator's data"
+    assert name not in [d.name() for d in lv.listAllDomains()]
 
 
 def test_a_taken_name_is_a_conflict(client, prefix):  # noqa: F811
@@ -117,6 +165,8 @@ def test_a_path_climbing_out_matches_no_route(client):
 @pytest.mark.parametrize("body,field", [
     ({"memory_mib": 0}, "memory_mib"), ({"vcpus": 0}, "vcpus"),
     ({"disks": [{"path": "/var/lib/../../etc/shadow"}]}, "disks.0.path"),
+    ({"disks": [{"format": "raw"}]}, "disks.0"),
+    ({"disks": [{"path": "a.img", "size_mib": 1}]}, "disks.0"),
     ({"networks": [{"bridge": "br0; rm -rf /"}]}, "networks.0.bridge"),
     ({"devices": [{"type": "pci", "id": "not-an-address"}]}, None),
     ({"devices": [{"type": "floppy", "id": "x"}]}, "devices.0.type"),

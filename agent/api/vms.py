@@ -3,7 +3,7 @@
 from typing import Literal
 
 from flask import Blueprint, jsonify, request
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from agent.services import current_agent
 from agent.virt import attach as attaching
@@ -25,15 +25,24 @@ class DeviceRef(_Body):
 
 
 class DiskBody(_Body):
-    path: str = Field(pattern=r"^/[A-Za-z0-9_./+-]{1,1023}$")
+    """An image in the agent's storage directory (`[libvirt] storage_dir`), by absolute
+    path or by name, or a new one of `size_mib` that the agent creates there."""
+    path: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_./+-]{1,1023}$")
+    size_mib: int | None = Field(default=None, ge=1, le=16 * 1024 * 1024)
     format: Literal["qcow2", "raw"] = "qcow2"
 
     @field_validator("path")
     @classmethod
     def _no_parent(cls, value):
-        if ".." in value.split("/"):
+        if value is not None and ".." in value.split("/"):
             raise ValueError("disk path must not contain '..'")
         return value
+
+    @model_validator(mode="after")
+    def _path_or_size(self):
+        if (self.path is None) == (self.size_mib is None):
+            raise ValueError("give a disk either a path or a size_mib")
+        return self
 
 
 class NetworkBody(_Body):
@@ -105,7 +114,8 @@ def stop_vm(name):
 
 
 @bp.delete("/v1/vms/<name>")
-@describe("Destroy and undefine a VM; disk files are removed only with ?delete_storage=true",
+@describe("Destroy and undefine a VM (with its snapshot/NVRAM/managed-save metadata); disk "
+          "files in the storage directory are removed only with ?delete_storage=true",
           responses=(204, 503), query={"delete_storage": "true to delete the VM's disk files"},
           tags=["vms"])
 def delete_vm(name):

@@ -26,6 +26,7 @@ class Inventory:
         self._pci = {}
         self._usb = {}
         self._attachments = {}
+        self._conflicts = {}
         self._body = None
         self._listeners = []
 
@@ -61,12 +62,15 @@ class Inventory:
             self._usb = _unique_usb_ids(list(current.values()))
             self._changed(f"usb {sys_name}")
 
-    def set_attachments(self, attachments):
-        """{"pci:<id>" | "usb:<id>": vm name} as libvirt's domain XML says."""
+    def set_attachments(self, attachments, conflicts=None):
+        """{"pci:<id>" | "usb:<id>": vm name} as libvirt's domain XML says, and
+        {key: [vm, ...]} for devices found in several domains."""
+        conflicts = dict(conflicts or {})
         with self._lock:
-            if attachments == self._attachments:
+            if (attachments, conflicts) == (self._attachments, self._conflicts):
                 return
             self._attachments = dict(attachments)
+            self._conflicts = conflicts
             self._body = None
             self._changed("attachments")
 
@@ -136,8 +140,16 @@ class Inventory:
 
     def _with_holder(self, kind, device):
         device = dict(device)
-        device["attached_to"] = self._attachments.get(f"{kind}:{device['id']}")
+        key = f"{kind}:{device['id']}"
+        device["attached_to"] = self._attachments.get(key)
+        if key in self._conflicts:
+            device["conflicts"] = list(self._conflicts[key])
         return device
+
+    def conflicts(self):
+        """{key: [vm, ...]}: devices found in more than one domain's XML."""
+        with self._lock:
+            return dict(self._conflicts)
 
     def _render(self):
         pci = self.pci_devices()

@@ -3,22 +3,47 @@
 Attach: take the host lock (all workers), read holders afresh from every domain's XML,
 check the refusals (`agent.virt.rules`), write the journal, attach with libvirt
 (live when the VM runs, persistent always, unless asked otherwise), clear the journal.
-Detach: live first, waiting for libvirt's device-removed event (bounded), then the
-persistent config; a managed PCI device returns to its host driver and the inventory
-re-reads it.
+Detach: live first, waiting for libvirt's device-removed event (bounded) *without* the
+host lock, so a guest slow to let go of one device does not stall every other attach
+on the host; then the persistent config, under the lock again. A managed PCI device
+returns to its host driver and the inventory re-reads it. Both are timed into the
+shared `hostplane_agent_attach_seconds` histogram (operation, kind, outcome).
 """
 
+import functools
 import os
 import time
 import xml.etree.ElementTree as ET
 
 from agent.virt import domxml, rules
 from agent.virt.connection import libvirt
-from hostplane.errors import BadRequest, Conflict, NotFound
+from hostplane.errors import ApiError, BadRequest, Conflict, NotFound
 
 TEST_PAUSE_ENV = "HOSTPLANE_VIRT_TEST_PAUSE"   # "<step>:<seconds>", tests only
 
 
+def timed(operation):
+    """Observe how long `operation` took, labelled with its kind and outcome (ok or the
+    error code); a caller's bad input is timed too, since it is what the caller waited."""
+    def decorate(function):
+        @functools.wraps(function)
+        def run(virt, vm, kind, *args, **kwargs):
+            started, outcome = time.perf_counter(), "error"
+            try:
+                result = function(virt, vm, kind, *args, **kwargs)
+                outcome = "ok"
+                return result
+            except ApiError as exc:
+                outcome = exc.code
+                raise
+            finally:
+                virt.latency.observe(time.perf_counter() - started, operation=operation,
+                                     kind=kind, outcome=outcome)
+        return run
+    return decorate
+
+
+@timed("attach")
 def attach(virt, vm, kind, device_id, live=None, persistent=True, with_group=False):
     """Attach one device (or its whole IOMMU group's endpoints); idempotent per VM."""
     dom = virt.domain(vm)
@@ -39,6 +64,8 @@ def attach(virt, vm, kind, device_id, live=None, persistent=True, with_group=Fal
         if not live and not persistent:
             raise BadRequest("nothing to do: live and persistent are both false",
                              code="invalid_request")
+        for target in targets:
+            rules.check_no_conflict(kind, target["id"], virt.conflicts)
         todo = [t for t in targets if holders.get(f"{kind}:{t['id']}") != vm]
         for target in todo:
             if kind == "pci":
@@ -51,25 +78,34 @@ def attach(virt, vm, kind, device_id, live=None, persistent=True, with_group=Fal
     return virt.vm_view(dom)
 
 
+@timed("detach")
 def detach(virt, vm, kind, device_id):
     """Remove the device from the running guest (event-confirmed) and from the config."""
     dom = virt.domain(vm)
+    with virt.lock.held(), virt.connection.errors(vm):
+        entry = _held_entry(virt, dom, vm, kind, device_id, required=True)
+        element = domxml.to_text(domxml.hostdev_xml(kind, entry))
+        unplug = entry["live"] and dom.isActive()
+    with virt.connection.errors(vm):
+        if unplug:      # takes the lock only to ask; waits without it
+            detach_live(virt, dom, vm, entry["alias"], element, entry["id"])
     with virt.lock.held():
         with virt.connection.errors(vm):
-            entry = next((e for e in virt.hostdevs(dom) if e["key"] == f"{kind}:{device_id}"),
-                         None)
-            if entry is None:
-                raise NotFound(f"{device_id} is not attached to {vm}", code="device_not_attached",
-                               details={"device": device_id, "vm": vm})
-            element = domxml.to_text(domxml.hostdev_xml(kind, entry))
-            if entry["live"] and dom.isActive():
-                detach_live(virt, dom, vm, entry["alias"], element, entry["id"])
-            if entry["persistent"] and dom.isPersistent():
+            entry = _held_entry(virt, dom, vm, kind, device_id)   # a concurrent detach?
+            if entry is not None and entry["persistent"] and dom.isPersistent():
                 dom.detachDeviceFlags(element, libvirt.VIR_DOMAIN_AFFECT_CONFIG)
         if kind == "pci":
             virt.inventory.refresh_pci(device_id)     # managed: back on its host driver
         virt.mutated()
     return virt.vm_view(dom)
+
+
+def _held_entry(virt, dom, vm, kind, device_id, required=False):
+    entry = next((e for e in virt.hostdevs(dom) if e["key"] == f"{kind}:{device_id}"), None)
+    if entry is None and required:
+        raise NotFound(f"{device_id} is not attached to {vm}", code="device_not_attached",
+                       details={"device": device_id, "vm": vm})
+    return entry
 
 
 # --- helpers ---------------------------------------------------------------------------
@@ -133,10 +169,12 @@ def _attach_device(dom, element, flags):
 
 
 def detach_live(virt, dom, vm, alias, element, what):
-    """Unplug from the running guest and wait (bounded) for libvirt's device-removed event."""
+    """Ask for the unplug under the host lock, then wait (bounded) for libvirt's
+    device-removed event without it: the guest decides how long this takes."""
     removed = virt.removal_waiter(vm, alias)
     try:
-        dom.detachDeviceFlags(element, libvirt.VIR_DOMAIN_AFFECT_LIVE)
+        with virt.lock.held():
+            dom.detachDeviceFlags(element, libvirt.VIR_DOMAIN_AFFECT_LIVE)
         if not removed.wait(virt.detach_timeout_s) and _alias_live(dom, alias):
             raise Conflict(f"the guest in {vm} did not release {what} within "
                            f"{virt.detach_timeout_s:g} s; the unplug request stays pending in "

@@ -45,6 +45,15 @@ def check_usb(device, vm, holders, vm_usb_versions):
                        details={"device": device_id, "usb_major": major, "limit": limit})
 
 
+def check_no_conflict(kind, device_id, conflicts):
+    """A device already in several VMs' XML goes nowhere else until an operator decides."""
+    vms = conflicts.get(f"{kind}:{device_id}")
+    if vms:
+        raise Conflict(f"{device_id} is in the domain XML of several VMs ({', '.join(vms)}); "
+                       "detach it from all but one (virsh detach-device --config) first",
+                       code="device_conflict", details={"device": device_id, "vms": vms})
+
+
 def usb_major(version):
     """USB major version; devices that do not say are counted as USB 2."""
     major = version_major(version)

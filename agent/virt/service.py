@@ -15,11 +15,16 @@ import xml.etree.ElementTree as ET
 from agent.virt import domxml, rules
 from agent.virt.claims import ChangeMark, HostLock, Journal
 from agent.virt.connection import Connection, libvirt
-from hostplane.errors import Conflict, NotFound
+from agent.shared_histogram import SharedHistogram
+from agent.virt.storage import Storage
+from hostplane.errors import BadRequest, Conflict, NotFound
 
 log = logging.getLogger(__name__)
 STATES = {1: "running", 2: "running", 3: "paused", 4: "stopping", 5: "stopped",
           6: "crashed", 7: "suspended"}
+# Everything libvirt keeps beside a persistent domain, dropped with it where offered.
+UNDEFINE_FLAGS = ("VIR_DOMAIN_UNDEFINE_MANAGED_SAVE", "VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA",
+                  "VIR_DOMAIN_UNDEFINE_NVRAM", "VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA")
 
 
 class Virt:
@@ -30,10 +35,17 @@ class Virt:
         self.iommu_ready = iommu_ready
         self.detach_timeout_s = float(section["detach_timeout_s"])
         self.stop_timeout_s = float(section["stop_timeout_s"])
+        self.storage = Storage(section["storage_dir"])
+        self.domain_prefix = section["domain_prefix"]
+        self.conflicts = {}
         state_dir = config["host"]["state_dir"] or os.path.join(tempfile.gettempdir(),
                                                                 "hostplane-agent")
         self.state_dir = state_dir
         self.lock = HostLock(state_dir)
+        self.latency = SharedHistogram(
+            os.path.join(state_dir, "attach-latency.json"), "hostplane_agent_attach_seconds",
+            "Time to attach or detach a passthrough device, across all workers",
+            ["operation", "kind", "outcome"])
         self.journal = Journal(state_dir)
         self.changes = ChangeMark(state_dir)
         self.connection = Connection(section["uri"], self.refresh, self._device_removed,
@@ -59,31 +71,45 @@ class Virt:
 
     # --- who holds what -----------------------------------------------------------------
     def refresh(self):
-        """Push holders from every domain's XML into the inventory."""
-        self.inventory.set_attachments(self.holders())
+        """Push holders (and devices found in several domains) into the inventory."""
+        self.inventory.set_attachments(self.holders(), self.conflicts)
 
     def mutated(self, holders=None):
         """After our own change: publish `holders` (or rescan), and tell the other workers."""
         self.changes.touch()
-        self.inventory.set_attachments(self.holders() if holders is None else holders)
+        holders = self.holders() if holders is None else holders
+        self.inventory.set_attachments(holders, self.conflicts)
 
     def holders(self):
-        """{"pci:<id>" | "usb:<id>": vm} over every domain, live and persistent XML."""
+        """{"pci:<id>" | "usb:<id>": vm} over this agent's domains, live and persistent XML.
+
+        A device in two domains' XML (a `virsh` edit; libvirt only refuses it at start)
+        is kept in `self.conflicts` {key: [vms]}: it shows in the inventory and in
+        `check`, and every attach of it is refused until an operator picks one.
+        """
         conn = self.connection.get()
         found = {}
         with self.connection.errors():      # two list calls instead of two RPCs per domain
-            domains = conn.listAllDomains()
+            domains = self._ours(conn.listAllDomains())
             active = _uuids(conn, libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE)
             transient = _uuids(conn, libvirt.VIR_CONNECT_LIST_DOMAINS_TRANSIENT)
-        for dom in domains:
+        for dom in sorted(domains, key=lambda d: d.name()):
             uuid = dom.UUIDString()
             try:
                 for entry in self.hostdevs(dom, uuid in active, uuid not in transient):
-                    found.setdefault(entry["key"], dom.name())
+                    found.setdefault(entry["key"], []).append(dom.name())
             except libvirt.libvirtError as exc:
                 if exc.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
                     raise self.connection.translate(exc) from None
-        return found
+        self.conflicts = {key: vms for key, vms in found.items() if len(vms) > 1}
+        for key, vms in self.conflicts.items():
+            log.error("%s is in the XML of several VMs: %s", key, ", ".join(vms))
+        return {key: vms[0] for key, vms in found.items()}
+
+    def _ours(self, domains):
+        """The domains this agent manages: all, or those named with `[libvirt] domain_prefix`
+        (several agents, or test runs, sharing one libvirtd)."""
+        return [d for d in domains if d.name().startswith(self.domain_prefix)]
 
     def hostdevs(self, dom, active=None, persistent=None):
         """The domain's passthrough devices with stable ids, marked live and/or persistent."""
@@ -133,6 +159,8 @@ class Virt:
     # --- VMs ----------------------------------------------------------------------------
     def domain(self, name):
         conn = self.connection.get()
+        if not name.startswith(self.domain_prefix):
+            raise NotFound(f"no VM {name}", code="vm_not_found")
         with self.connection.errors(name):
             return conn.lookupByName(name)
 
@@ -151,7 +179,7 @@ class Virt:
         conn = self.connection.get()
         views = []
         with self.connection.errors():
-            domains = conn.listAllDomains()
+            domains = self._ours(conn.listAllDomains())
         for dom in sorted(domains, key=lambda d: d.name()):
             try:
                 views.append(self.vm_view(dom))
@@ -162,6 +190,9 @@ class Virt:
     def create(self, spec):
         """Define (and optionally start) a VM with its devices checked under the host lock."""
         conn = self.connection.get()
+        if not spec["name"].startswith(self.domain_prefix):
+            raise BadRequest(f"VM names on this agent start with {self.domain_prefix!r}",
+                             code="invalid_name", details={"prefix": self.domain_prefix})
         with self.lock.held():
             self.recover()
             with self.connection.errors():
@@ -171,15 +202,21 @@ class Virt:
             devices = self.check_new_devices(spec["name"], spec["devices"])
             hostdevs = [domxml.hostdev_xml(item["type"], device)
                         for item, device in zip(spec["devices"], devices)]
-            text = domxml.domain_xml(spec, self.domain_type(conn, spec.get("accel")), hostdevs)
-            with self.connection.errors(spec["name"]):
-                dom = conn.defineXML(text)
-                if spec["start"]:
-                    try:
-                        dom.create()
-                    except libvirt.libvirtError:
-                        dom.undefine()
-                        raise
+            disks, made = self.storage.disks_for(spec["name"], spec.get("disks") or [])
+            text = domxml.domain_xml({**spec, "disks": disks},
+                                     self.domain_type(conn, spec.get("accel")), hostdevs)
+            try:
+                with self.connection.errors(spec["name"]):
+                    dom = conn.defineXML(text)
+                    if spec["start"]:
+                        try:
+                            dom.create()
+                        except libvirt.libvirtError:
+                            dom.undefine()
+                            raise
+            except Exception:
+                self.storage.remove(made)
+                raise
             self.mutated()
         return self.vm_view(dom)
 
@@ -188,6 +225,7 @@ class Virt:
         holders, usb_versions, models = self.holders(), [], []
         for item in wanted:
             device = self.device(item["type"], item["id"])
+            rules.check_no_conflict(item["type"], device["id"], self.conflicts)
             if item["type"] == "pci":
                 rules.check_pci(device, vm, holders, self.iommu_ready())
             else:
@@ -241,24 +279,26 @@ class Virt:
         return self.vm_view(dom)
 
     def delete_vm(self, name, delete_storage=False):
-        """Destroy if running, undefine; disk files go only when asked."""
+        """Destroy if running, undefine with its metadata; disk files go only when asked,
+        and only from the storage directory. Returns (removed, kept) disk paths."""
         dom = self.domain(name)
         with self.connection.errors(name):
             disks = domxml.read_domain(dom.XMLDesc(0))["disks"]
+            freed = [e["id"] for e in self.hostdevs(dom) if e["type"] == "pci"]
             if dom.isActive():
                 dom.destroy()
             if dom.isPersistent():
-                dom.undefine()
-        removed = []
-        for disk in disks if delete_storage else []:
-            try:
-                if disk["path"] and os.path.isfile(disk["path"]):
-                    os.unlink(disk["path"])
-                    removed.append(disk["path"])
-            except OSError as exc:    # the VM is gone already; say so, do not fail
-                log.warning("could not delete %s of %s: %s", disk["path"], name, exc)
+                undefine(dom)
+        for address in freed:      # managed: libvirt rebinds them to their host driver
+            self.inventory.refresh_pci(address)
         self.mutated()
-        return removed
+        paths = [disk["path"] for disk in disks if disk["path"]]
+        if not delete_storage:
+            return [], paths
+        removed, kept = self.storage.remove(paths)
+        if kept:
+            log.warning("kept disks of %s outside %s: %s", name, self.storage.root, kept)
+        return removed, kept
 
     # --- events -------------------------------------------------------------------------
     def removal_waiter(self, vm, alias):
@@ -276,6 +316,20 @@ class Virt:
             event = self._removals.get((vm, alias))
         if event is not None:
             event.set()
+
+
+def undefine(dom):
+    """undefineFlags with every flag this libvirt offers; plain undefine where it has none."""
+    flags = 0
+    for name in UNDEFINE_FLAGS:
+        flags |= getattr(libvirt, name, 0)
+    try:
+        dom.undefineFlags(flags)
+    except libvirt.libvirtError as exc:
+        if exc.get_error_code() not in (libvirt.VIR_ERR_NO_SUPPORT, libvirt.VIR_ERR_INVALID_ARG):
+            raise
+        log.info("undefine flags %#x not supported (%s); plain undefine", flags, exc)
+        dom.undefine()
 
 
 def _uuids(conn, flags):
