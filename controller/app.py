@@ -6,9 +6,12 @@ reads /etc/hostplane/controller.toml (or HOSTPLANE_CONTROLLER_CONFIG) plus HOSTP
 variables. The schema must be current (`hostplane-controller db upgrade`).
 """
 
+import logging
+
 from flask import request
 from prometheus_client.core import GaugeMetricFamily
 from sqlalchemy import func, select
+from sqlalchemy.exc import InterfaceError, OperationalError, TimeoutError as PoolTimeout
 
 from controller.api import devices, events, hosts, meta, networks, schedule, vms
 from controller.config import check_serving_config, load_controller_config, principals
@@ -16,10 +19,11 @@ from controller.db.models import Device, Host
 from controller.services import Controller, current
 from hostplane import auth
 from hostplane.core.device_states import IllegalTransition
-from hostplane.errors import envelope
+from hostplane.errors import DatabaseUnavailable, envelope
 from hostplane.service import base_app, optional_modules, public_endpoints
 
 MODULES = [meta, hosts, devices, vms, schedule, events, networks]
+log = logging.getLogger(__name__)
 
 
 def create_app(config=None, start=True):
@@ -41,7 +45,22 @@ def create_app(config=None, start=True):
     def _illegal(exc):   # a claim that lost a race the scheduler could not see
         return envelope(409, "device_busy", str(exc), {"device": exc.device_id})
 
+    @app.errorhandler(OperationalError)
+    @app.errorhandler(InterfaceError)
+    @app.errorhandler(PoolTimeout)
+    def _database_down(exc):
+        """Locked past the busy timeout, refused, gone: the caller may retry, so 503.
+        (Integrity and programming errors are bugs and stay a logged 500.)"""
+        log.warning("database unavailable: %s", getattr(exc, "orig", None) or exc)
+        error = DatabaseUnavailable("the controller's database is unavailable (locked or "
+                                    "unreachable); retry shortly",
+                                    details={"retry_after_s": DatabaseUnavailable.retry_after_s})
+        response = envelope(error.status, error.code, error.message, error.details)
+        response.headers["Retry-After"] = str(error.retry_after_s)
+        return response
+
     registry.register(_InventoryCollector(controller))
+    controller.poller.install_metrics(app)
     for module in modules:
         app.register_blueprint(module.bp)
     if start and config["poll"]["enabled"]:

@@ -1,11 +1,16 @@
-"""`hostplane-controller`: serve (default) under gunicorn, `db upgrade`."""
+"""`hostplane-controller`: serve (default) under gunicorn, `db upgrade`, `check`.
+
+`check` says, one line each, whether the configuration can be served (tokens, TLS
+cert/key, the agents' CA bundle) and whether the database answers; exit 1 if not.
+"""
 
 import argparse
+import os
 import sys
 
 from controller.config import check_serving_config, load_controller_config
 from hostplane.config import ConfigError
-from hostplane.service import exec_gunicorn
+from hostplane.service import check_ca_bundle, check_tls, exec_gunicorn
 
 
 def main(argv=None):
@@ -17,6 +22,8 @@ def main(argv=None):
     serve.add_argument("--bind", help="override [server] bind")
     db = commands.add_parser("db", help="database schema")
     db.add_argument("action", choices=["upgrade"], help="apply migrations up to the newest")
+    commands.add_parser("check", help="is the configuration servable (tokens, TLS, agents' "
+                        "CA) and the database reachable? exit 1 if not")
     args = parser.parse_args(argv)
     try:
         config = load_controller_config(args.config)
@@ -25,6 +32,8 @@ def main(argv=None):
             upgrade(config["database"]["url"])
             print(f"hostplane-controller: schema up to date ({_safe(config)})")
             return 0
+        if args.command == "check":
+            return check(config)
         return serve_forever(config, args)
     except ConfigError as exc:
         print(f"hostplane-controller: {exc}", file=sys.stderr)
@@ -36,6 +45,53 @@ def serve_forever(config, args):
     exec_gunicorn(config["server"], "controller.app:create_app()", "HOSTPLANE_CONTROLLER_CONFIG",
                   args.config, bind=getattr(args, "bind", None), threads=8)
     return 0  # not reached
+
+
+def check(config):
+    """Print one line per readiness check; 0 when all pass, 1 otherwise."""
+    server = config["server"]
+    tls = f"HTTPS ({server['tls_cert']})" if server["tls_cert"] else "plain HTTP"
+    checks = [
+        ("configuration", lambda: check_serving_config(config), "servable"),
+        ("tls", lambda: check_tls(server),
+         tls + (", clear text refused" if server["require_tls"] else "")),
+        ("agents ca", lambda: check_ca_bundle(config["agents"]["ca"], "[agents] ca"),
+         config["agents"]["ca"] or "system trust store"),
+        ("database", lambda: _database_answers(config), _safe(config)),
+    ]
+    failed = 0
+    for name, action, fine in checks:
+        problem = _problem(action)
+        failed += bool(problem)
+        print(f"{'FAIL' if problem else 'ok':4}  {name:13}  {problem or fine}")
+    return 1 if failed else 0
+
+
+def _problem(action):
+    try:
+        action()
+    except ConfigError as exc:
+        return str(exc)
+    except Exception as exc:  # noqa: BLE001 - check reports, it does not crash
+        return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    return None
+
+
+def _database_answers(config):
+    from sqlalchemy import text
+
+    from controller.db import Database
+    database = config["database"]
+    path = database["url"].split(":///", 1)[-1]
+    if database["url"].startswith("sqlite") and not os.path.exists(path):
+        raise ConfigError(f"no database at {path}: run 'hostplane-controller db upgrade'")
+    db = Database(database["url"], database["busy_timeout_s"], database["pool_size"],
+                  database["connect_timeout_s"])
+    try:
+        with db.read() as session:
+            session.execute(text("SELECT 1 FROM hosts LIMIT 1"))
+    finally:
+        db.close()
 
 
 def _safe(config):

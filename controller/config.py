@@ -1,15 +1,22 @@
-"""Controller configuration: defaults, file, environment (see INTERFACE.md)."""
+"""Controller configuration: defaults, file, environment (see INTERFACE.md).
+
+TLS as on the agent: `[server] tls_cert`/`tls_key` make gunicorn serve HTTPS,
+`require_tls` refuses clear text; `[agents] ca` is the CA bundle https agents are
+verified against (empty: the system's trust store).
+"""
 
 from hostplane.config import ConfigError
-from hostplane.service import load_service_config
+from hostplane.service import check_ca_bundle, check_tls, load_service_config
 
 DEFAULT_PATH = "/etc/hostplane/controller.toml"
 DEFAULTS = {
     "server": {"bind": "0.0.0.0:7080", "admin_token": "", "insecure": False, "workers": 2,
-               "max_body_kb": 256, "metrics_token": False},
+               "max_body_kb": 256, "metrics_token": False, "tls_cert": "", "tls_key": "",
+               "require_tls": False},
     "tenants": {},
+    "agents": {"ca": ""},
     "database": {"url": "sqlite:////var/lib/hostplane/controller.db", "pool_size": 5,
-                 "busy_timeout_s": 30.0},
+                 "busy_timeout_s": 30.0, "connect_timeout_s": 5},
     "poll": {"interval_s": 10, "timeout_s": 5, "max_failures": 3, "concurrency": 32,
              "jitter_s": 1.0, "enabled": True},
     "scheduler": {"cpu_overcommit": 4.0, "memory_overcommit": 1.0, "strategy": "least-cpu",
@@ -32,6 +39,8 @@ def check_serving_config(config):
     for name, token in config["tenants"].items():
         if not isinstance(token, str) or len(token) < 8:
             raise ConfigError(f"[tenants] {name}: token must be a string of 8+ characters")
+    check_tls(server)
+    check_ca_bundle(config["agents"]["ca"], "[agents] ca")
 
 
 def principals(config):

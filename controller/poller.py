@@ -7,6 +7,9 @@ each after a random jitter; an unchanged host costs two small requests and no wr
 its own (its `last_seen` is written with the others at the end of the cycle). `max_failures`
 misses in a row mark a host `disconnected`; a new `boot_id` forces a full resync.
 Agents' events call `fetch_now`, which bypasses the lease (a fetch is idempotent).
+Each poll is timed and each failure counted per host (`install_metrics`); under several
+gunicorn workers /metrics sums every worker's series (hostplane.service, multiprocess).
+After each cycle, VMs a dead controller left half-created are settled (controller.recovery).
 """
 
 import logging
@@ -23,8 +26,10 @@ from sqlalchemy import or_, select, update
 from controller.agents import NOT_MODIFIED, AgentClient
 from controller.db.models import Host, utcnow
 from controller.networks import after_resync
+from controller.recovery import settle_abandoned_creates
 from controller.sync import apply_report
 from hostplane.errors import ApiError
+from hostplane.metrics import counter, histogram
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +48,19 @@ class Poller:
         self.owner = uuid.uuid4().hex
         self._stop = threading.Event()
         self._thread = None
+        self.latency = self.failed = None
+        # A create's agent call may take 6 timeouts (Controller.agent); a claim older than
+        # that plus a cycle was abandoned by its controller process.
+        self.create_grace_s = 6 * self.timeout + self.interval
+
+    def install_metrics(self, app):
+        """Poll latency and failures per host (hosts only: cardinality stays the fleet's)."""
+        self.latency = histogram(app, "hostplane_controller_poll_seconds",
+                                 "Time to poll one agent (health, facts, devices)", ["host"],
+                                 buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5,
+                                          5, 10, 30))
+        self.failed = counter(app, "hostplane_controller_poll_failures",
+                              "Polls of an agent that failed", ["host"])
 
     # --- running -----------------------------------------------------------------------
     def start(self):
@@ -60,6 +78,10 @@ class Poller:
                 self.poll_cycle()
             except Exception:  # noqa: BLE001 - a bad cycle must not end polling
                 log.exception("poll cycle failed")
+            try:
+                settle_abandoned_creates(self.db, self._client, self.create_grace_s)
+            except Exception:  # noqa: BLE001 - nor a bad recovery (database down)
+                log.exception("settling abandoned creates failed")
             self._stop.wait(max(0.0, self.interval - (time.monotonic() - started)))
 
     def poll_cycle(self, jitter=None):
@@ -97,11 +119,24 @@ class Poller:
                                                        poll_lease_until=until))
             return list(session.scalars(select(Host).where(Host.poll_owner == self.owner)))
 
+    def _client(self, host, timeout=None):
+        return self.client_factory(host.url, host.token, timeout=timeout or self.timeout,
+                                   session=self.session)
+
     def _poll(self, host, jitter, write_seen=False):
         if jitter:
             time.sleep(random.uniform(0, jitter))
-        client = self.client_factory(host.url, host.token, timeout=self.timeout,
-                                     session=self.session)
+        started = time.perf_counter()
+        if self.failed is not None:
+            self.failed.labels(host.id)   # a host that never failed shows 0, not nothing
+        try:
+            return self._poll_once(host, write_seen)
+        finally:
+            if self.latency is not None:
+                self.latency.labels(host.id).observe(time.perf_counter() - started)
+
+    def _poll_once(self, host, write_seen):
+        client = self._client(host)
         try:
             health = client.health()
             if health.get("host_id") not in (None, host.id):
@@ -130,6 +165,8 @@ class Poller:
 
     def _record_failure(self, host_id, exc):
         message = getattr(exc, "message", None) or str(exc)
+        if self.failed is not None:
+            self.failed.labels(host_id).inc()
         with self.db.write() as session:
             row = session.get(Host, host_id)
             if row is None:

@@ -59,6 +59,12 @@ class DependencyDown(ApiError):
     status, code = 503, "dependency_unavailable"
 
 
+class DatabaseUnavailable(DependencyDown):
+    """The controller's database is locked past its busy timeout, or unreachable."""
+    code = "database_unavailable"
+    retry_after_s = 5
+
+
 def envelope(status, code, message, details=None):
     response = jsonify({"error": {"code": code, "message": message, "details": details or {}}})
     response.status_code = status

@@ -1,16 +1,18 @@
 """What the agent and the controller do the same way: load config, build the app
-skeleton (errors, auth, metrics, body limit), publish /metrics and the OpenAPI
-description, and hand themselves to gunicorn.
+skeleton (errors, auth, TLS requirement, metrics, body limit), publish /metrics and the
+OpenAPI description, and hand themselves to gunicorn (HTTPS when `[server] tls_cert`).
 """
 
 import os
+import ssl
 import sys
+import tempfile
 
 from flask import Blueprint, Flask, current_app, jsonify
 
 from hostplane import __version__, auth
 from hostplane.api import describe, openapi_document
-from hostplane.config import load_config
+from hostplane.config import ConfigError, load_config
 from hostplane.errors import register_error_handlers
 from hostplane.metrics import install_request_metrics, metrics_response
 
@@ -41,8 +43,36 @@ def base_app(name, config, resolve, public, metrics_prefix):
         public.discard("meta.metrics")
     app.extensions["public_endpoints"] = public
     auth.install(app, resolve, public=public)
+    if config["server"].get("require_tls"):
+        auth.require_tls(app)
     registry = install_request_metrics(app, metrics_prefix)
     return app, registry
+
+
+def check_tls(server):
+    """Raise ConfigError when `[server]` TLS settings cannot be served: half a pair,
+    require_tls without a certificate, or a cert/key that do not load or do not match."""
+    cert, key = server.get("tls_cert"), server.get("tls_key")
+    if bool(cert) != bool(key):
+        raise ConfigError("[server] tls_cert and tls_key must be given together")
+    if server.get("require_tls") and not cert:
+        raise ConfigError("[server] require_tls is set but no tls_cert/tls_key is configured")
+    if cert:
+        try:
+            ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, key)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(f"[server] tls_cert {cert} / tls_key {key} cannot be served: "
+                              f"{exc}") from None
+
+
+def check_ca_bundle(path, what):
+    """Raise ConfigError unless `path` (if set) holds CA certificates ssl can load."""
+    if not path:
+        return
+    try:
+        ssl.create_default_context(cafile=path)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"{what} {path} cannot be loaded: {exc}") from None
 
 
 def optional_modules(*modules):
@@ -71,7 +101,9 @@ def meta_blueprint(title):
     @bp.get("/metrics")
     @describe("Prometheus metrics (text format)", tags=["meta"])
     def metrics():
-        return metrics_response(current_app.extensions["metrics_registry"])
+        registry = current_app.extensions["metrics_registry"]
+        directory = os.environ.get(MULTIPROC_VARIABLE)
+        return metrics_response(_AllWorkers(registry, directory) if directory else registry)
 
     @bp.get("/v1/openapi.json")
     @describe("This API's OpenAPI 3 description", tags=["meta"])
@@ -82,16 +114,45 @@ def meta_blueprint(title):
     return bp
 
 
+MULTIPROC_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
+
+
+class _AllWorkers:
+    """What /metrics shows under several gunicorn workers: counters and histograms summed
+    over every worker's files (any worker may answer the scrape, and the poller's hosts
+    are split among workers), plus this app's collectors that read shared state (the
+    database) at scrape time."""
+
+    def __init__(self, registry, directory):
+        self.registry, self.directory = registry, directory
+
+    def collect(self):
+        from prometheus_client.multiprocess import MultiProcessCollector
+        shared = list(MultiProcessCollector(None, path=self.directory).collect())
+        names = {family.name for family in shared}
+        yield from shared
+        yield from (family for family in self.registry.collect() if family.name not in names)
+
+
 def exec_gunicorn(server, app_spec, config_variable, config_path=None, bind=None, threads=1):
-    """Replace this process with gunicorn serving `app_spec` per `[server]`."""
+    """Replace this process with gunicorn serving `app_spec` per `[server]`.
+
+    With several workers, prometheus-client's multiprocess mode is switched on in a fresh
+    directory (each worker writes its samples there; `_AllWorkers` reads them all).
+    """
     command = [sys.executable, "-m", "gunicorn", "--bind", bind or server["bind"],
                "--workers", str(server["workers"]), "--access-logfile", "-",
-               "--graceful-timeout", "30"]
+               "--graceful-timeout", "30",
+               # No gunicornc control socket: nothing uses it, and under the units'
+               # ProtectSystem its default path ($HOME/.gunicorn) is read-only.
+               "--no-control-socket"]
     if threads > 1:
         command += ["--threads", str(threads)]
     if server.get("tls_cert"):
         command += ["--certfile", server["tls_cert"], "--keyfile", server["tls_key"]]
     command.append(app_spec)
+    if int(server["workers"]) > 1 and not os.environ.get(MULTIPROC_VARIABLE):
+        os.environ[MULTIPROC_VARIABLE] = tempfile.mkdtemp(prefix="hostplane-metrics-")
     if config_path:
         os.environ[config_variable] = os.path.abspath(config_path)
     os.execv(sys.executable, command)

@@ -71,8 +71,6 @@ def families_like(metrics, *words):
     return [name for name in metrics if all(word in name for word in words)]
 
 
-@pytest.mark.xfail(strict=True, reason="controller/poller.py exports no poll latency or "
-                   "failure counter per host yet")
 def test_controller_exports_poll_latency_and_failures_per_host(world):
     url, _agents = world
     metrics = scrape(url)

@@ -4,7 +4,11 @@ SQLite: WAL, a busy timeout, and write transactions opened with `BEGIN IMMEDIATE
 two claims never both read "free" and both write (the second waits for the first).
 PostgreSQL: ordinary transactions, and claims lock the rows they read with
 `SELECT ... FOR UPDATE` (`Database.locked`), which is what makes several controller
-processes on one database safe.
+processes on one database safe; a connect timeout, so an unreachable server is an error
+(503 `database_unavailable`) within seconds rather than a hung request.
+
+Every statement sent here is a fixed string: the busy timeout is the driver's `timeout`
+argument (sqlite3 sets SQLite's busy handler with it), not a PRAGMA built from config.
 """
 
 import contextlib
@@ -20,18 +24,19 @@ _MIGRATIONS = os.path.join(os.path.dirname(os.path.dirname(__file__)), "migratio
 
 
 class Database:
-    def __init__(self, url, busy_timeout_s=30.0, pool_size=5):
+    def __init__(self, url, busy_timeout_s=30.0, pool_size=5, connect_timeout_s=5):
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
         if self.is_sqlite:
             _make_parent_dir(url)
             self.engine = create_engine(url, connect_args={
                 "timeout": busy_timeout_s, "check_same_thread": False})
-            _sqlite_pragmas(self.engine, busy_timeout_s)
+            _sqlite_pragmas(self.engine)
             writer = self.engine.execution_options(hostplane_begin="BEGIN IMMEDIATE")
         else:
             self.engine = create_engine(url, pool_size=pool_size, max_overflow=pool_size * 2,
-                                        pool_pre_ping=True)
+                                        pool_pre_ping=True, pool_timeout=busy_timeout_s,
+                                        connect_args=_connect_timeout(url, connect_timeout_s))
             writer = self.engine
         self._read = sessionmaker(self.engine, expire_on_commit=False)
         self._write = sessionmaker(writer, expire_on_commit=False)
@@ -74,18 +79,28 @@ def _make_parent_dir(url):
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
 
 
-def _sqlite_pragmas(engine, busy_timeout_s):
+_SQLITE_PRAGMAS = ("PRAGMA journal_mode=WAL", "PRAGMA synchronous=NORMAL",
+                   "PRAGMA foreign_keys=ON")
+_BEGINS = frozenset({"BEGIN", "BEGIN IMMEDIATE"})
+
+
+def _connect_timeout(url, seconds):
+    """libpq's connect_timeout for PostgreSQL drivers; other drivers get nothing."""
+    return {"connect_timeout": max(1, int(seconds))} if url.startswith("postgresql") else {}
+
+
+def _sqlite_pragmas(engine):
     @event.listens_for(engine, "connect")
     def _connect(dbapi_connection, _record):
         dbapi_connection.isolation_level = None   # we emit BEGIN ourselves
         cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA synchronous=NORMAL")
-        cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_s * 1000)}")
+        for pragma in _SQLITE_PRAGMAS:
+            cursor.execute(pragma)
         cursor.close()
 
     @event.listens_for(engine, "begin")
     def _begin(connection):
-        connection.exec_driver_sql(
-            connection.get_execution_options().get("hostplane_begin", "BEGIN"))
+        begin = connection.get_execution_options().get("hostplane_begin", "BEGIN")
+        if begin not in _BEGINS:
+            raise ValueError(f"not a transaction start: {begin!r}")
+        connection.exec_driver_sql(begin)
