@@ -13,10 +13,14 @@ class Controller:
     def __init__(self, config, client_factory=AgentClient):
         self.config = config
         database = config["database"]
-        self.db = Database(database["url"], database["busy_timeout_s"], database["pool_size"])
+        self.db = Database(database["url"], database["busy_timeout_s"], database["pool_size"],
+                           database["connect_timeout_s"])
         self.policy = policy_from(config)
-        self.client_factory = client_factory
         self.poller = Poller(self.db, config["poll"], client_factory)
+        # every agent call shares the poller's keep-alive pool, verifying against [agents] ca
+        self.poller.session.verify = config["agents"]["ca"] or True
+        self.client_factory = lambda url, token, timeout=5.0, session=None: client_factory(
+            url, token, timeout=timeout, session=session or self.poller.session)
 
     def agent(self, host):
         return self.client_factory(host.url, host.token,
