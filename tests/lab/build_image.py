@@ -20,7 +20,7 @@ import subprocess
 import sys
 import time
 
-SCRIPT_VERSION = "3"
+SCRIPT_VERSION = "4"
 SUITE = "bookworm"
 MIRROR = "http://deb.debian.org/debian"
 DEFAULT_CACHE = "/var/cache/hostplane-lab"
@@ -172,6 +172,13 @@ def configure(rootfs, folder):
     write(rootfs, "/etc/hostname", "hplab\n")
     write(rootfs, "/etc/hosts", "127.0.0.1 localhost\n127.0.1.1 hplab\n")
     write(rootfs, "/etc/fstab", "/dev/vda / ext4 rw,errors=remount-ro 0 1\n")
+    # Empty machine-id: every node generates its own at first boot (systemd
+    # derives bridge MACs from it; clones sharing one cannot talk).
+    write(rootfs, "/etc/machine-id", "", 0o444)
+    dbus_id = os.path.join(rootfs, "var/lib/dbus/machine-id")
+    if os.path.lexists(dbus_id):
+        os.unlink(dbus_id)
+        os.symlink("/etc/machine-id", dbus_id)
     write(rootfs, "/etc/systemd/network/10-user.network",
           f"[Match]\nName={USER_NIC}\n\n[Network]\nDHCP=ipv4\n")
     write(rootfs, "/etc/systemd/network/20-lab.network",
@@ -180,8 +187,11 @@ def configure(rootfs, folder):
     run(["chroot", rootfs, "systemctl", "enable", "systemd-networkd"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     # Units that only slow a TCG boot down.
+    # systemd-firstboot too: an empty machine-id means "first boot", and it
+    # would prompt on the console for locale, time zone and root password.
     run(["chroot", rootfs, "systemctl", "mask",
-         "systemd-networkd-wait-online.service", "e2scrub_reap.service"])
+         "systemd-networkd-wait-online.service", "e2scrub_reap.service",
+         "systemd-firstboot.service"])
     # Root shell on the serial console, for debugging a node that has no SSH.
     write(rootfs, "/etc/systemd/system/serial-getty@ttyS0.service.d/auto.conf",
           "[Service]\nExecStart=\nExecStart=-/sbin/agetty --autologin root "
