@@ -4,7 +4,8 @@ import os
 
 from agent.hostinfo import host_facts, vfio_module_state
 from agent.inventory.sysfs import SysfsTree
-from agent.virt.connection import libvirt_probe
+from agent.virt.connection import libvirt, libvirt_probe
+from agent.virt.holders import conflicts, scan
 
 
 def readiness_rows(config, libvirt_status=None):
@@ -28,7 +29,27 @@ def readiness_rows(config, libvirt_status=None):
         ("libvirt reachable", libvirt_status["ok"],
          libvirt_status["version"] or libvirt_status["error"] or "unknown",
          f"start libvirtd, check [libvirt] uri ({libvirt_status['uri']})"),
+        device_conflict_row(config),
     ]
+
+
+def device_conflict_row(config):
+    """A device in more than one domain's XML: libvirt refuses to start the second VM,
+    and the agent refuses to attach it anywhere until an operator picks one."""
+    section = config["libvirt"]
+    found = {}
+    if libvirt is not None:
+        try:
+            conn = libvirt.openReadOnly(section["uri"])
+            try:
+                found = conflicts(scan(conn, section["domain_prefix"]))
+            finally:
+                conn.close()
+        except libvirt.libvirtError:
+            pass      # the "libvirt reachable" row says why
+    observed = "; ".join(f"{key} in {', '.join(vms)}" for key, vms in sorted(found.items()))
+    return ("each device in at most one VM", not found, observed or "none",
+            "detach each listed device from all but one VM (virsh detach-device --config)")
 
 
 def run_check(config, out=print):

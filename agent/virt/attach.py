@@ -163,8 +163,8 @@ def _attach_device(dom, element, flags):
         if exc.get_error_code() != libvirt.VIR_ERR_NO_SUPPORT or \
                 flags != libvirt.VIR_DOMAIN_AFFECT_CONFIG:
             raise
-        root = ET.fromstring(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
-        root.find("devices").append(ET.fromstring(element))
+        root = domxml.parse(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
+        root.find("devices").append(domxml.parse(element))
         dom.connect().defineXML(ET.tostring(root, encoding="unicode"))
 
 
@@ -185,7 +185,7 @@ def detach_live(virt, dom, vm, alias, element, what):
 
 
 def _alias_live(dom, alias):
-    return any(a.get("name") == alias for a in ET.fromstring(dom.XMLDesc(0)).iter("alias"))
+    return any(a.get("name") == alias for a in domxml.parse(dom.XMLDesc(0)).iter("alias"))
 
 
 def _flags(live, persistent):

@@ -7,6 +7,8 @@ the caller maps USB bus/device numbers to stable ids with the inventory).
 
 import xml.etree.ElementTree as ET
 
+import defusedxml.ElementTree as SafeET
+
 USB_CONTROLLER = "qemu-xhci"
 USB_PORTS = "15"    # qemu-xhci's maximum; per-VM limits need 1 + 6 + 4 = 11
 XHCI_MODELS = ("qemu-xhci", "nec-xhci", "piix3-uhci+xhci")
@@ -73,9 +75,15 @@ def to_text(element):
     return ET.tostring(element, encoding="unicode")
 
 
+def parse(text):
+    """Parse XML read from libvirtd. It is libvirt's own output, but a domain's XML carries
+    strings a tenant chose (names, descriptions), so entities and DTDs are refused anyway."""
+    return SafeET.fromstring(text)
+
+
 def read_domain(text):
     """{"name", "uuid", "vcpus", "memory_mib", "hostdevs", "networks", "disks", "usb_controllers"}."""
-    root = ET.fromstring(text)
+    root = parse(text)
     memory = root.find("memory")
     return {
         "name": root.findtext("name"),

@@ -10,12 +10,14 @@ import os
 import tempfile
 import threading
 import time
-import xml.etree.ElementTree as ET
 
+from agent.shared_histogram import SharedHistogram
 from agent.virt import domxml, rules
 from agent.virt.claims import ChangeMark, HostLock, Journal
 from agent.virt.connection import Connection, libvirt
-from agent.shared_histogram import SharedHistogram
+from agent.virt.holders import conflicts as find_conflicts
+from agent.virt.holders import domain_hostdevs, ours
+from agent.virt.holders import scan as scan_holders
 from agent.virt.storage import Storage
 from hostplane.errors import BadRequest, Conflict, NotFound
 
@@ -88,45 +90,16 @@ class Virt:
         `check`, and every attach of it is refused until an operator picks one.
         """
         conn = self.connection.get()
-        found = {}
-        with self.connection.errors():      # two list calls instead of two RPCs per domain
-            domains = self._ours(conn.listAllDomains())
-            active = _uuids(conn, libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE)
-            transient = _uuids(conn, libvirt.VIR_CONNECT_LIST_DOMAINS_TRANSIENT)
-        for dom in sorted(domains, key=lambda d: d.name()):
-            uuid = dom.UUIDString()
-            try:
-                for entry in self.hostdevs(dom, uuid in active, uuid not in transient):
-                    found.setdefault(entry["key"], []).append(dom.name())
-            except libvirt.libvirtError as exc:
-                if exc.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
-                    raise self.connection.translate(exc) from None
-        self.conflicts = {key: vms for key, vms in found.items() if len(vms) > 1}
+        with self.connection.errors():
+            found = scan_holders(conn, self.domain_prefix, self.usb_id)
+        self.conflicts = find_conflicts(found)
         for key, vms in self.conflicts.items():
             log.error("%s is in the XML of several VMs: %s", key, ", ".join(vms))
         return {key: vms[0] for key, vms in found.items()}
 
-    def _ours(self, domains):
-        """The domains this agent manages: all, or those named with `[libvirt] domain_prefix`
-        (several agents, or test runs, sharing one libvirtd)."""
-        return [d for d in domains if d.name().startswith(self.domain_prefix)]
-
     def hostdevs(self, dom, active=None, persistent=None):
         """The domain's passthrough devices with stable ids, marked live and/or persistent."""
-        active = dom.isActive() if active is None else active
-        persistent = dom.isPersistent() if persistent is None else persistent
-        sources = [("live" if active else "persistent", dom.XMLDesc(0))]
-        if active and persistent:
-            sources.append(("persistent", dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)))
-        merged = {}
-        for where, text in sources:
-            for entry in domxml.hostdevs(ET.fromstring(text)):
-                entry["id"] = entry["id"] if entry["type"] == "pci" else self.usb_id(entry)
-                entry["key"] = f"{entry['type']}:{entry['id']}"
-                kept = merged.setdefault(entry["key"], {**entry, "live": False,
-                                                        "persistent": False})
-                kept[where] = True
-        return list(merged.values())
+        return domain_hostdevs(dom, self.usb_id, active, persistent)
 
     def usb_id(self, entry):
         """Map libvirt's vendor/product/bus/device to the inventory's stable id."""
@@ -179,7 +152,7 @@ class Virt:
         conn = self.connection.get()
         views = []
         with self.connection.errors():
-            domains = self._ours(conn.listAllDomains())
+            domains = ours(conn.listAllDomains(), self.domain_prefix)
         for dom in sorted(domains, key=lambda d: d.name()):
             try:
                 views.append(self.vm_view(dom))
@@ -248,7 +221,7 @@ class Virt:
             return "test"
         if accel in ("tcg", "kvm"):
             return "qemu" if accel == "tcg" else "kvm"
-        caps = ET.fromstring(conn.getCapabilities())
+        caps = domxml.parse(conn.getCapabilities())
         offered = caps.find("guest/arch[@name='x86_64']/domain[@type='kvm']")
         return "kvm" if offered is not None else "qemu"
 
@@ -330,7 +303,3 @@ def undefine(dom):
             raise
         log.info("undefine flags %#x not supported (%s); plain undefine", flags, exc)
         dom.undefine()
-
-
-def _uuids(conn, flags):
-    return {dom.UUIDString() for dom in conn.listAllDomains(flags)}
