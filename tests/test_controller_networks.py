@@ -277,7 +277,7 @@ def test_bad_input_is_400_naming_the_field_and_stores_nothing(world):
         assert names(client) == ["pool1"] and links(hosts["host-a"][1]) == before, body
 
 
-def test_db_upgrade_takes_a_0001_database_to_0002(tmp_path):
+def test_db_upgrade_takes_a_0001_database_to_head(tmp_path):
     url = f"sqlite:///{tmp_path}/old.db"
     upgrade(url, "0001")
     done = subprocess.run([sys.executable, "-m", "controller.cli", "db", "upgrade"], cwd=ROOT,
@@ -288,6 +288,16 @@ def test_db_upgrade_takes_a_0001_database_to_0002(tmp_path):
     engine = create_engine(url)
     with engine.connect() as connection:
         assert connection.execute(text("SELECT version_num FROM alembic_version")).scalar() \
-            == "0002"
+            == _head_revision()
     assert {"networks", "network_hosts"} <= set(inspect(engine).get_table_names())
+    assert "revision" in {c["name"] for c in inspect(engine).get_columns("hosts")}
+    assert "moving_to" in {c["name"] for c in inspect(engine).get_columns("vms")}
     engine.dispose()
+
+
+def _head_revision():
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+    config = Config()
+    config.set_main_option("script_location", os.path.join(ROOT, "controller", "migrations"))
+    return ScriptDirectory.from_config(config).get_current_head()

@@ -164,3 +164,36 @@ def test_unknown_vm_is_404(world):
                          ("delete", "/v1/vms/nope/devices/host-a/0000:3b:00.0")):
         answer = getattr(client, method)(path, headers=ADMIN)
         assert answer.status_code == 404, (path, answer.get_json())
+
+
+@pytest.mark.parametrize("method, path, code", [
+    ("get", "/v1/hosts/bad%20host", "invalid_id"),
+    ("patch", "/v1/hosts/-leading-dash", "invalid_id"),
+    ("delete", "/v1/hosts/" + "h" * 129, "invalid_id"),
+    ("get", "/v1/devices/host-a/not-a-device", "invalid_id"),
+    ("patch", "/v1/devices/host-a/0000:3b:00.9", "invalid_id"),
+    ("delete", "/v1/devices/bad%20host/0000:3b:00.0", "invalid_id"),
+    ("get", "/v1/vms/bad%20name", "invalid_name"),
+    ("delete", "/v1/vms/" + "v" * 64, "invalid_name"),
+    ("post", "/v1/vms/.hidden/start", "invalid_name"),
+    ("delete", "/v1/vms/vm-1/devices/host-a/zz:zz", "invalid_id"),
+    ("get", "/v1/networks/bad%20net", "invalid_name"),
+])
+def test_malformed_path_ids_are_400_not_404(world, method, path, code):
+    _, client, _ = world
+    before = client.get("/v1/devices", headers=ADMIN).get_json()
+    answer = getattr(client, method)(path, headers=ADMIN, json={"state": "disabled"})
+    assert answer.status_code == 400, (path, answer.get_json())
+    assert answer.get_json()["error"]["code"] == code
+    assert client.get("/v1/devices", headers=ADMIN).get_json() == before
+    assert client.get("/v1/hosts/host-a", headers=ADMIN).get_json()["state"] == "enabled"
+
+
+def test_well_formed_ids_are_normalised_or_404(world):
+    _, client, _ = world
+    short = client.get("/v1/devices/host-b/3b:00.0", headers=ADMIN)
+    assert short.status_code == 200 and short.get_json()["id"] == "0000:3b:00.0"
+    upper = client.get("/v1/devices/host-a/0781:5567:4C530001", headers=ADMIN)
+    assert upper.status_code == 200
+    assert client.get("/v1/devices/host-a/0000:99:00.0", headers=ADMIN).status_code == 404
+    assert client.get("/v1/hosts/host-z", headers=ADMIN).status_code == 404

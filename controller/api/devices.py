@@ -5,7 +5,7 @@ from flask import Blueprint, jsonify, request
 from sqlalchemy import select
 
 from controller.api.hosts import _iso
-from controller.api.schemas import DevicePatch
+from controller.api.schemas import check_path_ids, DevicePatch
 from controller.db.models import Device, Host, Vm
 from controller.services import current, require_admin, tenant
 from hostplane.api import describe, parse_body
@@ -13,6 +13,7 @@ from hostplane.core import device_states
 from hostplane.errors import BadRequest, Conflict, NotFound
 
 bp = Blueprint("devices", __name__)
+check_path_ids(bp)
 FILTERS = {"host": "host id", "cluster": "cluster name", "type": "gpu, gpu-audio, nic, usb, ...",
            "status": "ready, attached or unavailable", "kind": "pci or usb"}
 

@@ -6,13 +6,14 @@ from flask import Blueprint, jsonify
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
-from controller.api.schemas import HostCreate, HostPatch
+from controller.api.schemas import HOST_ID, check_path_ids, HostCreate, HostPatch
 from controller.db.models import Host, Vm
 from controller.services import current, require_admin
 from hostplane.api import describe, parse_body
 from hostplane.errors import Conflict, NotFound
 
 bp = Blueprint("hosts", __name__)
+check_path_ids(bp)
 
 
 @bp.post("/v1/hosts")
@@ -24,8 +25,9 @@ def register():
     ctl = current()
     health = ctl.client_factory(body.url, body.token, timeout=ctl.poller.timeout).health()
     host_id = str(health.get("host_id") or "")
-    if not host_id or len(host_id) > 128:
-        raise Conflict("the agent did not say which host it is", code="agent_without_id")
+    if not HOST_ID.fullmatch(host_id):
+        raise Conflict(f"the agent did not say which host it is in a form the controller "
+                       f"can address ({host_id[:80]!r})", code="agent_without_id")
     try:
         with ctl.db.write() as session:
             if session.get(Host, host_id) is not None:

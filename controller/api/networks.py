@@ -12,6 +12,7 @@ from pydantic import (BaseModel, ConfigDict, Field, RootModel, StrictInt, Valida
                       ValidationInfo, field_validator)
 
 from controller import networks
+from controller.api.schemas import check_path_ids
 from controller.services import current, require_admin
 from hostplane.api import describe, parse_body
 from hostplane.core.ids import check_name
@@ -19,6 +20,7 @@ from hostplane.core.networks import VXLAN_PORT, NovlanSpec, VlanSpec, VxlanSpec
 from hostplane.errors import BadRequest
 
 bp = Blueprint("networks", __name__)
+check_path_ids(bp, "network name")
 
 
 class _Named(BaseModel):

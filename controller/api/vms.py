@@ -3,11 +3,12 @@
 from flask import Blueprint, jsonify
 
 from controller import vms
-from controller.api.schemas import VmCreate, VmDevicesAdd, VmStop
+from controller.api.schemas import check_path_ids, VmCreate, VmDevicesAdd, VmStop
 from controller.services import require_admin
 from hostplane.api import describe, parse_body
 
 bp = Blueprint("vms", __name__)
+check_path_ids(bp, "VM name")
 
 
 @bp.post("/v1/vms")
