@@ -8,6 +8,7 @@ same scheduler on that host's rows as they are now, and flips the devices it pic
 capacity and devices are reserved before the agent is called and given back if it fails.
 """
 
+from flask import current_app, has_app_context
 from sqlalchemy import or_, select
 
 from controller.db.models import Device, Host, Vm
@@ -15,6 +16,17 @@ from hostplane.core import device_states
 from hostplane.core.scheduler import (DeviceView, HostView, Policy, Snapshot, VmView,
                                       place)
 from hostplane.errors import Conflict, Unplaceable
+from hostplane.metrics import counter
+
+# Kind of a refusal reason, by the first phrase found in it (reasons are sentences).
+REASON_KINDS = (("not enough CPU", "cpu"), ("not enough memory", "memory"),
+                ("use would be", "strategy"), ("anti-affinity", "anti_affinity"),
+                (" is running on ", "vm_pinned"), (" holds devices on ", "vm_pinned"),
+                (" is defined on ", "vm_pinned"), ("may move only", "vm_pinned"),
+                ("requested host", "request"), ("not in cluster", "request"),
+                ("USB", "usb"), ("IOMMU", "iommu"), ("GPU", "gpu"), ("PCI", "gpu"),
+                ("connect", "host_status"), ("disabled", "host_state"),
+                ("maintenance", "host_state"))
 
 
 def policy_from(config):
@@ -67,9 +79,52 @@ def vm_view(vm):
     return VmView(vm.name, vm.host_id, vm.state, vm.anti_affinity_group, vm.tenant)
 
 
+def install_metrics(app):
+    """Scheduler counters in `app`'s registry; placement code outside an app counts nothing."""
+    app.extensions["hostplane_scheduler_metrics"] = (
+        counter(app, "hostplane_controller_scheduler_decisions",
+                "Scheduler decisions by operation (explain, create, attach) and outcome "
+                "(placed, refused, contended)", ["operation", "outcome"]),
+        counter(app, "hostplane_controller_scheduler_refusals",
+                "Refused placements by kind of reason (each kind present counts once)",
+                ["reason"]))
+
+
 def explain(db, request, policy):
+    """What a create or attach would do; changes nothing (counted as an `explain`)."""
+    placement = _placement(db, request, policy)
+    _count("explain", placement)
+    return placement
+
+
+def _placement(db, request, policy):
     with db.read() as session:
         return place(request, snapshot(session)[0], policy)
+
+
+def _count(operation, placement, outcome=None):
+    metrics = (current_app.extensions.get("hostplane_scheduler_metrics")
+               if has_app_context() else None)
+    if metrics is None:
+        return
+    decisions, refusals = metrics
+    if outcome is None:
+        outcome = "placed" if placement.chosen is not None else "refused"
+    decisions.labels(operation, outcome).inc()
+    if outcome == "refused":
+        for kind in reason_kinds(placement.rejected.values()):
+            refusals.labels(kind).inc()
+
+
+def reason_kinds(reason_lists):
+    """The kinds among per-host reasons; hosts rejected alike share one tuple, so
+    distinct tuples are few even over ten thousand hosts."""
+    kinds = set()
+    for reasons in {id(reasons): reasons for reasons in reason_lists}.values():
+        for reason in reasons:
+            kinds.add(next((kind for phrase, kind in REASON_KINDS if phrase in reason),
+                           "other"))
+    return sorted(kinds)
 
 
 def place_and_claim(db, request, policy, new_vm, attempts=5):
@@ -78,14 +133,18 @@ def place_and_claim(db, request, policy, new_vm, attempts=5):
     `new_vm` (a dict of Vm columns) is inserted in the claiming transaction; None when
     devices are added to `request.existing_vm`.
     """
-    placement = explain(db, request, policy)
+    operation = "create" if new_vm is not None else "attach"
+    placement = _placement(db, request, policy)
     for _ in range(attempts):
         if placement.chosen is None:
+            _count(operation, placement)
             raise unplaceable(request, placement)
         claimed = _claim_on(db, request, policy, placement.chosen.host_id, new_vm)
         if claimed is not None:
+            _count(operation, placement)
             return placement.chosen.host_id, claimed
-        placement = explain(db, request, policy)
+        placement = _placement(db, request, policy)
+    _count(operation, placement, "contended")
     raise Conflict("lost the race for these devices several times; try again",
                    code="claim_contended")
 

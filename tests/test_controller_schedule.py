@@ -197,3 +197,31 @@ def test_well_formed_ids_are_normalised_or_404(world):
     assert upper.status_code == 200
     assert client.get("/v1/devices/host-a/0000:99:00.0", headers=ADMIN).status_code == 404
     assert client.get("/v1/hosts/host-z", headers=ADMIN).status_code == 404
+
+
+def scheduler_counts(client):
+    """{(family, labels as a sorted tuple): value} of the scheduler's counters."""
+    from prometheus_client.parser import text_string_to_metric_families
+    text = client.get("/metrics").get_data(as_text=True)
+    return {(f.name, tuple(sorted(s.labels.items()))): s.value
+            for f in text_string_to_metric_families(text) if "scheduler" in f.name
+            for s in f.samples if s.name.endswith("_total")}
+
+
+def test_scheduler_decisions_and_refusal_kinds_are_counted(world):
+    _, client, _ = world
+    before = scheduler_counts(client)
+    explain(client, gpus=[{"vendor_id": "10de", "device_id": "1eb8", "count": 9}])
+    explain(client)
+    after = scheduler_counts(client)
+    decisions = "hostplane_controller_scheduler_decisions"
+    refusals = "hostplane_controller_scheduler_refusals"
+
+    def grew(family, **labels):
+        key = (family, tuple(sorted(labels.items())))
+        return after.get(key, 0) - before.get(key, 0)
+
+    assert grew(decisions, operation="explain", outcome="refused") == 1
+    assert grew(decisions, operation="explain", outcome="placed") == 1
+    assert grew(refusals, reason="gpu") == 1
+    assert grew(refusals, reason="memory") == 0

@@ -80,8 +80,6 @@ def test_controller_exports_poll_latency_and_failures_per_host(world):
     assert any("host" in labels for labels, _ in metrics[latency[0]])
 
 
-@pytest.mark.xfail(strict=True, reason="controller/placement.py exports no scheduler "
-                   "decision/refusal counter yet")
 def test_controller_counts_scheduler_decisions_and_refusals(world):
     url, _agents = world
     requests.post(url + "/v1/schedule/explain", headers=ADMIN, timeout=10, json={

@@ -3,11 +3,12 @@
 from flask import Blueprint, jsonify
 
 from controller.api.schemas import VmCreate
-from controller.placement import explain as run_placement
+from controller.placement import explain as run_placement, install_metrics
 from controller.services import current, tenant
 from hostplane.api import describe, parse_body
 
 bp = Blueprint("schedule", __name__)
+bp.record_once(lambda setup: install_metrics(setup.app))
 
 
 @bp.post("/v1/schedule/explain")
