@@ -29,16 +29,16 @@ def readiness_rows(config, libvirt_status=None):
         ("libvirt reachable", libvirt_status["ok"],
          libvirt_status["version"] or libvirt_status["error"] or "unknown",
          f"start libvirtd, check [libvirt] uri ({libvirt_status['uri']})"),
-        device_conflict_row(config),
+        device_conflict_row(config, libvirt_status["ok"]),
     ]
 
 
-def device_conflict_row(config):
+def device_conflict_row(config, reachable=True):
     """A device in more than one domain's XML: libvirt refuses to start the second VM,
     and the agent refuses to attach it anywhere until an operator picks one."""
     section = config["libvirt"]
     found = {}
-    if libvirt is not None:
+    if libvirt is not None and reachable:
         try:
             conn = libvirt.openReadOnly(section["uri"])
             try:
@@ -48,7 +48,7 @@ def device_conflict_row(config):
         except libvirt.libvirtError:
             pass      # the "libvirt reachable" row says why
     observed = "; ".join(f"{key} in {', '.join(vms)}" for key, vms in sorted(found.items()))
-    return ("each device in at most one VM", not found, observed or "none",
+    return ("device in one VM only", not found, observed or "none",
             "detach each listed device from all but one VM (virsh detach-device --config)")
 
 

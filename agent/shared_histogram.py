@@ -17,6 +17,8 @@ import os
 
 from prometheus_client.core import HistogramMetricFamily
 
+from agent.atomic import write_json
+
 log = logging.getLogger(__name__)
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
@@ -77,10 +79,7 @@ class SharedHistogram:
                 and len(value[0]) == len(self.buckets)}
 
     def _write(self, series):
-        temporary = f"{self.path}.{os.getpid()}.tmp"
-        with open(temporary, "w", encoding="utf-8") as handle:
-            json.dump(series, handle)
-        os.replace(temporary, self.path)
+        write_json(self.path, series)
 
 
 def _bound(value):

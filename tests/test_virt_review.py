@@ -53,7 +53,7 @@ def test_a_device_in_two_vms_xml_is_a_reported_conflict_and_goes_nowhere_else(
     assert refused.get_json()["error"]["details"]["vms"] == [first, second]
 
     rows = {row[0]: row for row in readiness_rows(config_for(tmp_path / "check"))}
-    _name, ok, observed, _fix = rows["each device in at most one VM"]
+    _name, ok, observed, _fix = rows["device in one VM only"]
     assert not ok and f"pci:{GPU} in {first}, {second}" in observed
 
     lv.lookupByName(second).undefine()

@@ -4,17 +4,26 @@ Every change is decided by reading the links back and comparing them with the pl
 `hostplane.core.networks`, so applying the same state twice changes nothing. Ownership
 is the interface alias: a same-named interface without our alias is a 409 before anything
 is touched, and DELETE removes only interfaces that carry the network's alias.
+
+An agent killed mid-apply leaves the intent recorded (`DesiredSet.begin`); the next lock
+holder — the restarted agent at start, or the next PUT — finishes it (the caller asked
+for it and may not have heard back), or, if it cannot be built, removes what the dead
+apply built and keeps the previous desired state. Links are found by name and alias, so
+finishing reuses what exists: nothing is built twice.
 """
 
 import logging
+import os
 
 from agent.net.netlink import Netlink, NetlinkError
 from agent.net.state import DesiredSet
 from hostplane.core.networks import (InvalidNetwork, choose_vtep, network_alias,
                                      network_of_alias, parse_spec, peer_changes, plan_network)
+from agent.testhooks import pause
 from hostplane.errors import ApiError, BadRequest, Conflict, NotFound
 
 log = logging.getLogger(__name__)
+TEST_PAUSE_ENV = "HOSTPLANE_NET_TEST_PAUSE"   # "created-<kind>:<seconds>", tests only
 
 
 class HostNetworks:
@@ -23,6 +32,7 @@ class HostNetworks:
     def __init__(self, netns="", state_path=None):
         self.netlink = Netlink(netns)
         self.desired = DesiredSet(state_path)
+        self.state_dir = os.path.dirname(state_path) if state_path else None
         self.problems = {}  # network name -> why the last reconcile could not build it
 
     def close(self):
@@ -33,11 +43,16 @@ class HostNetworks:
     def apply(self, name, spec):
         """Make `name` look like `spec`; returns (view, created) with the changes made."""
         with self.desired.locked() as write:
-            stored = self.desired.read()
+            stored = self._finish_interrupted(write)
             created = name not in stored
-            changes, links = self._realise(name, spec)
-            stored[name] = spec.model_dump(exclude_none=True)
-            write(stored)
+            wanted = spec.model_dump(exclude_none=True)
+            self.desired.begin(name, wanted, stored.get(name))
+            try:
+                changes, links = self._realise(name, spec)
+                stored[name] = wanted
+                write(stored)
+            finally:
+                self.desired.done()
         self.problems.pop(name, None)
         view = self._view(name, stored[name], links)
         view["changes"] = changes
@@ -46,7 +61,7 @@ class HostNetworks:
     def delete(self, name):
         """Remove the interfaces carrying `name`'s alias and forget its desired state."""
         with self.desired.locked() as write:
-            stored = self.desired.read()
+            stored = self._finish_interrupted(write)
             ours = self._links_of(name, self.netlink.links())
             if not ours and name not in stored:
                 raise NotFound(f"no network {name!r} on this host", code="network_not_found")
@@ -73,8 +88,8 @@ class HostNetworks:
     def reconcile(self):
         """Rebuild what the stored desired set asks for; returns {name: "ok" | reason}."""
         report = {}
-        with self.desired.locked():  # gunicorn workers start together: one rebuilds at a time
-            for name, stored in sorted(self.desired.read().items()):
+        with self.desired.locked() as write:  # gunicorn workers start together: one at a time
+            for name, stored in sorted(self._finish_interrupted(write).items()):
                 try:
                     self._realise(name, parse_spec(stored))
                     report[name] = "ok"
@@ -84,6 +99,30 @@ class HostNetworks:
                     log.warning("network %s not rebuilt: %s", name, reason)
                     report[name] = self.problems[name] = reason
         return report
+
+    def _finish_interrupted(self, write):
+        """With the set locked: complete (or undo) an apply a dead process left; returns
+        the desired set as it then is."""
+        stored = self.desired.read()
+        pending = self.desired.interrupted()
+        if pending is None:
+            return stored
+        name = pending["name"]
+        try:
+            self._realise(name, parse_spec(pending["spec"]))
+            stored[name] = pending["spec"]
+            write(stored)
+            outcome = "finished"
+        except (ApiError, ValueError, OSError, NetlinkError) as exc:
+            outcome = f"rolled back: {getattr(exc, 'message', None) or exc}"
+            if pending["previous"] is None:          # new network: remove what it built
+                links = self.netlink.links()
+                for state in sorted(self._links_of(name, links), key=lambda s: s.kind == "bridge"):
+                    self.netlink.delete(state.index)
+            # else: the stored previous spec is rebuilt like any other desired network
+        log.warning("interrupted apply of network %s (pid %s): %s", name, pending["pid"], outcome)
+        self.desired.done()
+        return stored
 
     # --- building ----------------------------------------------------------------------
 
@@ -158,6 +197,7 @@ class HostNetworks:
         if state is None:
             created.append(self.netlink.add(link, alias, lambda ifname: links[ifname].index))
             changes.append(f"created {link.kind} {link.ifname}")
+            pause(self.state_dir, TEST_PAUSE_ENV, f"created-{link.kind}")
 
     def _enslave(self, port, bridge, changes):
         if port.master != bridge.index:

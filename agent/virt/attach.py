@@ -11,10 +11,10 @@ shared `hostplane_agent_attach_seconds` histogram (operation, kind, outcome).
 """
 
 import functools
-import os
 import time
 import xml.etree.ElementTree as ET
 
+from agent.testhooks import pause
 from agent.virt import domxml, rules
 from agent.virt.connection import libvirt
 from hostplane.errors import ApiError, BadRequest, Conflict, NotFound
@@ -203,9 +203,4 @@ def _usb_versions(virt, current):
 
 
 def _test_pause(virt, step):
-    """Test hook: at `step`, mark it in state_dir and sleep so a test can SIGKILL us here."""
-    wanted, _, seconds = os.environ.get(TEST_PAUSE_ENV, "").partition(":")
-    if wanted == step:
-        with open(os.path.join(virt.state_dir, f"paused-{step}"), "w", encoding="utf-8") as mark:
-            mark.write(str(os.getpid()))
-        time.sleep(float(seconds or 60))
+    pause(virt.state_dir, TEST_PAUSE_ENV, step)

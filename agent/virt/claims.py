@@ -15,6 +15,7 @@ import logging
 import os
 import time
 
+from agent.atomic import write_json as _write_json
 log = logging.getLogger(__name__)
 KEEP_REPORTS = 50
 
@@ -87,15 +88,6 @@ class ChangeMark:
         except FileNotFoundError:
             return None
         return info.st_ino, info.st_mtime_ns
-
-
-def _write_json(path, value):
-    temporary = f"{path}.{os.getpid()}.tmp"
-    with open(temporary, "w", encoding="utf-8") as handle:
-        json.dump(value, handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
 
 
 def _read_json(path):
