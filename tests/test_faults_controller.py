@@ -3,8 +3,9 @@
 - The controller SIGKILLed between its claim and the agent's answer (a real agent frozen
   with SIGSTOP holds the create): on restart the claim is completed or released, never
   left half-made; on SQLite and PostgreSQL.
-- An agent unreachable — refused (its relay killed) or black-holed (a blackhole route in
-  the controller's network namespace) — goes `disconnected` after `max_failures`, and
+- An agent unreachable — refused (its relay killed) or black-holed (a blackhole route for
+  the way back in the agent's namespace: requests time out) — goes `disconnected` after
+  `max_failures`, and
   nothing is done to its VMs: records, claims and the agent's domains are unchanged.
 - The database locked (SQLite, BEGIN EXCLUSIVE in another process) or gone (PostgreSQL
   behind a TCP relay that is killed) answers 503 `database_unavailable`, never 500.
@@ -20,6 +21,7 @@ import time
 
 import pytest
 import requests
+from prometheus_client.parser import text_string_to_metric_families
 
 from controller.db import upgrade
 from tests.conftest import TOKEN as AGENT_TOKEN
@@ -172,7 +174,11 @@ def test_unreachable_agent_is_disconnected_after_max_failures_and_its_vms_are_le
             lambda h: h if h["status"] == "disconnected" else None)(api.host("hpf-net-host")))
         detected = time.monotonic() - started
         assert host["failures"] >= 3 and "unreachable" in host["last_error"]
+        # the fault was the one meant: a refusal, or silence until the poll timeout
+        assert ("Timeout" in host["last_error"]) == (fault == "blackholed"), host
         assert api.claims() == before                   # no VM or claim touched
+        # /metrics, whichever of the 2 workers answers, counts every failed poll of the host
+        assert poll_failures(api, "hpf-net-host") >= host["failures"]
         assert agent_domains(agent) == domains_before   # nor the domains on the host
 
         relay.start() if fault == "refused" else nets.heal()
@@ -187,6 +193,15 @@ def test_unreachable_agent_is_disconnected_after_max_failures_and_its_vms_are_le
             if part is not None:
                 part.kill() if part is relay else part.stop()
         nets.delete()
+
+
+def poll_failures(api, host_id):
+    status, text = api("GET", "/metrics")
+    assert status == 200
+    return sum(sample.value for family in text_string_to_metric_families(text)
+               if family.name == "hostplane_controller_poll_failures"
+               for sample in family.samples
+               if sample.name.endswith("_total") and sample.labels.get("host") == host_id)
 
 
 # --- database locked or gone ----------------------------------------------------------------

@@ -104,7 +104,8 @@ class ControllerProcess(_Process):
                "HOSTPLANE_SERVER_WORKERS": str(workers), "HOSTPLANE_DATABASE_URL": database_url,
                "HOSTPLANE_POLL_INTERVAL_S": "1", "HOSTPLANE_POLL_TIMEOUT_S": "1",
                "HOSTPLANE_POLL_MAX_FAILURES": "3", "HOSTPLANE_POLL_JITTER_S": "0"}
-        env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+        (tmp_path / "metrics").mkdir(exist_ok=True)   # several workers: multiprocess metrics
+        env["PROMETHEUS_MULTIPROC_DIR"] = str(tmp_path / "metrics")
         env.update({f"HOSTPLANE_{key.upper()}": str(value) for key, value in settings.items()})
         super().__init__([sys.executable, "-m", "controller.cli", "serve", "--bind", self.bind],
                          env, tmp_path / "controller.log", netns)
@@ -196,7 +197,9 @@ class UnixHttp:
             connection.request(method, path, body=payload, headers=headers)
             answer = connection.getresponse()
             text = answer.read()
-            return answer.status, (json.loads(text) if text else None)
+            if answer.getheader("Content-Type", "").startswith("application/json"):
+                return answer.status, json.loads(text)
+            return answer.status, text.decode("utf-8", "replace")
         finally:
             connection.close()
 
@@ -232,11 +235,13 @@ class Namespaces:
             _ip("-n", name, "link", "set", link, "up")
 
     def blackhole_agent(self):
-        """Packets to the agent vanish: connects time out instead of being refused."""
-        _ip("-n", self.ctl, "route", "add", "blackhole", f"{self.agt_ip}/32")
+        """The agent's side black-holes the way back: the controller's SYNs arrive and
+        nothing ever answers, so connects time out instead of being refused (a blackhole
+        on the controller's own side would fail connect() at once, locally)."""
+        _ip("-n", self.agt, "route", "add", "blackhole", f"{self.ctl_ip}/32")
 
     def heal(self):
-        _ip("-n", self.ctl, "route", "del", "blackhole", f"{self.agt_ip}/32")
+        _ip("-n", self.agt, "route", "del", "blackhole", f"{self.ctl_ip}/32")
 
     def delete(self):
         for name in (self.ctl, self.agt):
