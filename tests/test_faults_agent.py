@@ -13,13 +13,12 @@ tests/test_virt_reconnect.py.
 
 import json
 import threading
-import uuid
 
 import pytest
-from pyroute2 import IPRoute, netns
+from pyroute2 import IPRoute
 
 from tests.conftest import TOKEN
-from tests.test_net_host import links, vxlan_facts
+from tests.test_net_host import links, make_ns, vxlan_facts  # noqa: F401
 from tests.test_virt_support import GunicornAgent, host_files, wait_for
 
 BODY = {"type": "vxlan", "vni": 5101, "local_ip": "192.0.2.1",
@@ -28,20 +27,13 @@ BUILT = {"vx-5101", "br-vx-5101"}
 
 
 @pytest.fixture
-def ns():
-    """A namespace with the host's 'NIC' (a veth, addressed as the VTEP)."""
-    name = f"hpf-{uuid.uuid4().hex[:8]}"
-    netns.create(name)
-    try:
-        with IPRoute(netns=name, flags=0) as ipr:
-            ipr.link("add", ifname="eth1", kind="veth", peer="eth1-wire")
-            for ifname in ("lo", "eth1", "eth1-wire"):
-                ipr.link("set", index=ipr.link_lookup(ifname=ifname)[0], state="up")
-            ipr.addr("add", index=ipr.link_lookup(ifname="eth1")[0], address="192.0.2.1",
-                     prefixlen=24)
-        yield name
-    finally:
-        netns.remove(name)
+def ns(make_ns):  # noqa: F811
+    """test_net_host's namespace (veth 'eth1' as the host's NIC), eth1 addressed as the VTEP."""
+    name = make_ns()
+    with IPRoute(netns=name, flags=0) as ipr:
+        ipr.addr("add", index=ipr.link_lookup(ifname="eth1")[0], address="192.0.2.1",
+                 prefixlen=24)
+    return name
 
 
 def agent_toml(base, namespace):
