@@ -18,7 +18,10 @@ class Controller:
         self.policy = policy_from(config)
         self.poller = Poller(self.db, config["poll"], client_factory)
         # every agent call shares the poller's keep-alive pool, verifying against [agents] ca
-        self.poller.session.verify = config["agents"]["ca"] or True
+        # (which REQUESTS_CA_BUNDLE in the environment would silently override otherwise)
+        if config["agents"]["ca"]:
+            self.poller.session.verify = config["agents"]["ca"]
+            self.poller.session.trust_env = False
         self.client_factory = lambda url, token, timeout=5.0, session=None: client_factory(
             url, token, timeout=timeout, session=session or self.poller.session)
 

@@ -95,7 +95,9 @@ class ControllerProcess(_Process):
     """`hostplane-controller serve` with the poller on; `url` is http(s)://... or None
     when bound to a unix socket (`http` then talks to it)."""
 
-    def __init__(self, tmp_path, database_url, bind=None, netns=None, workers=2, **settings):
+    def __init__(self, tmp_path, database_url, bind=None, netns=None, workers=2, ca=None,
+                 **settings):
+        self.ca = ca   # to verify an https controller by
         self.socket_path = str(tmp_path / "controller.sock") if netns else None
         self.bind = bind or (f"unix:{self.socket_path}" if netns
                              else f"127.0.0.1:{free_port()}")
@@ -128,7 +130,7 @@ class ControllerProcess(_Process):
             if self.http:
                 return self.http.call("GET", "/v1/health")[0] == 200
             import requests
-            return requests.get(self.url + "/v1/health", timeout=2, verify=False).ok
+            return requests.get(self.url + "/v1/health", timeout=2, verify=self.ca or True).ok
         except OSError:
             return False
 

@@ -130,3 +130,102 @@ def test_require_tls_without_a_certificate_does_not_serve(tmp_path):
                           text=True, timeout=60)
     assert done.returncode == 2
     assert "require_tls" in done.stderr
+
+
+# --- the controller: same TLS settings, served and checked by the same shared code --------
+@pytest.fixture(scope="module")
+def tls_controller(tmp_path_factory, tls_agent):
+    """`hostplane-controller serve` over HTTPS with require_tls, trusting the agent's CA."""
+    from controller.db import upgrade
+    from tests.test_faults_controller_support import ControllerProcess
+
+    tmp = tmp_path_factory.mktemp("tls-controller")
+    paths = make_ca(tmp, "controller-test")
+    database = f"sqlite:///{tmp}/controller.db"
+    upgrade(database)
+    controller = ControllerProcess(tmp, database, workers=1, ca=paths["ca"],
+                                   server_tls_cert=paths["cert"],
+                                   server_tls_key=paths["key"], server_require_tls="true",
+                                   agents_ca=tls_agent[2]["ca"])
+    yield controller.url, controller.bind.rsplit(":", 1)[1], paths, tmp
+    controller.stop()
+
+
+def test_controller_serves_https_and_verifies_https_agents_against_its_ca(tls_controller,
+                                                                          tls_agent):
+    from tests.test_controller_support import ADMIN
+    url, _, paths, _ = tls_controller
+    assert url.startswith("https://")
+    health = requests.get(url + "/v1/health", verify=paths["ca"], timeout=10)
+    assert health.status_code == 200 and health.json()["status"] == "ok"
+    registered = requests.post(url + "/v1/hosts", headers=ADMIN, verify=paths["ca"], timeout=30,
+                               json={"url": tls_agent[0], "token": TOKEN})
+    assert registered.status_code == 201, registered.text
+    host = requests.get(url + "/v1/hosts/tls-host", headers=ADMIN, verify=paths["ca"],
+                        timeout=10).json()
+    assert host["status"] == "connected"
+    other = make_ca(tls_controller[3], "not-the-controllers")
+    with pytest.raises(requests.exceptions.SSLError):
+        requests.get(url + "/v1/health", verify=other["ca"], timeout=10)
+
+
+def test_controller_with_require_tls_gets_no_answer_in_clear_text(tls_controller):
+    _, port, _, _ = tls_controller
+    with pytest.raises(requests.ConnectionError):
+        requests.get(f"http://127.0.0.1:{port}/v1/hosts", timeout=10)
+
+
+def test_controller_without_the_agents_ca_refuses_the_https_agent(tmp_path, tls_agent):
+    from tests.test_controller_support import ADMIN, controller_app, controller_config
+    app = controller_app(controller_config(tmp_path))   # [agents] ca unset: system store
+    try:
+        answer = app.test_client().post("/v1/hosts", headers=ADMIN,
+                                        json={"url": tls_agent[0], "token": TOKEN})
+        assert answer.status_code == 503, answer.get_json()
+        error = answer.get_json()["error"]
+        assert error["code"] == "agent_unreachable" and "SSLError" in error["message"]
+    finally:
+        app.extensions["hostplane_controller"].close()
+
+
+def test_controller_require_tls_refuses_clear_text_before_the_token(tmp_path):
+    """The app behind a plain listener (gunicorn run by hand without --certfile)."""
+    from tests.test_controller_support import ADMIN, controller_app, controller_config
+    paths = make_ca(tmp_path, "controller-hand-run")
+    app = controller_app(controller_config(tmp_path, server={
+        "tls_cert": paths["cert"], "tls_key": paths["key"], "require_tls": True}))
+    try:
+        client = app.test_client()
+        for headers in (ADMIN, {**ADMIN, "X-Forwarded-Proto": "https"}, {}):
+            answer = client.get("/v1/hosts", headers=headers)
+            assert answer.status_code == 403
+            assert answer.get_json()["error"]["code"] == "tls_required"
+    finally:
+        app.extensions["hostplane_controller"].close()
+
+
+@pytest.mark.parametrize("problem, settings, words", [
+    ("key of another certificate", "mismatch", "cannot be served"),
+    ("require_tls without a certificate", "require", "require_tls"),
+    ("a CA bundle that is not one", "bad-ca", "[agents] ca"),
+])
+def test_controller_check_reports_tls_problems_and_serve_refuses_them(tmp_path, problem,
+                                                                      settings, words):
+    mine, other = make_ca(tmp_path, "mine"), make_ca(tmp_path, "other")
+    env = {"HOSTPLANE_CONTROLLER_CONFIG": str(tmp_path / "absent.toml"),
+           "HOSTPLANE_SERVER_ADMIN_TOKEN": "admin-token-0123456789",
+           "HOSTPLANE_DATABASE_URL": f"sqlite:///{tmp_path}/absent.db"}
+    env.update({"mismatch": {"HOSTPLANE_SERVER_TLS_CERT": mine["cert"],
+                             "HOSTPLANE_SERVER_TLS_KEY": other["key"]},
+                "require": {"HOSTPLANE_SERVER_REQUIRE_TLS": "true"},
+                "bad-ca": {"HOSTPLANE_AGENTS_CA": mine["key"]}}[settings])
+    env = {**os.environ, **env}
+    check = subprocess.run([sys.executable, "-m", "controller.cli", "check"], env=env,
+                           capture_output=True, text=True, timeout=60)
+    assert check.returncode == 1, problem
+    failed = [line for line in check.stdout.splitlines() if line.startswith("FAIL")]
+    assert any(words in line for line in failed), check.stdout
+    serve = subprocess.run([sys.executable, "-m", "controller.cli", "serve", "--bind",
+                            f"127.0.0.1:{free_port()}"], env=env, capture_output=True,
+                           text=True, timeout=60)
+    assert serve.returncode == 2 and words in serve.stderr, serve.stderr
