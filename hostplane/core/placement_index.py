@@ -5,57 +5,116 @@ What does not depend on the request is settled here: the reasons a host can take
 disabled, its IOMMU group not viable). A placement then only reads dictionaries.
 """
 
+import bisect
+
 HOST_STATUS_REASONS = {"connecting": "still connecting", "disconnected": "disconnected"}
 HOST_STATE_REASONS = {"disabled": "disabled", "maintenance": "in maintenance"}
 
 
 class SnapshotIndex:
+    """Built host by host, so that `apply` can swap a few hosts of a large cluster in
+    place instead of rebuilding the rest (the controller's snapshot cache)."""
+
     def __init__(self, hosts, devices, vms):
-        self.hosts = {host.id: host for host in hosts}
-        self.host_ids = frozenset(self.hosts)
+        self.hosts = {}             # host id → host
         self.clusters = {}          # cluster → {host ids}
-        for host in hosts:
-            self.clusters.setdefault(host.cluster, set()).add(host.id)
-        self.host_reasons = {host.id: host_reasons(host) for host in hosts}
-        self.troubled = {host_id: r for host_id, r in self.host_reasons.items() if r}
+        self.host_reasons = {}      # host id → reasons it takes nothing
+        self.troubled = {}          # the same, hosts with reasons only
         self.devices = {}           # (host_id, kind, id) → device
         self.groups = {}            # (host_id, iommu_group) → [pci devices]
         self.gpu_models = {}        # (vendor_id, device_id) → {host_id: [gpus]}
-        self.usb_locations = {}     # usb id → [host ids]
+        self.usb_locations = {}     # usb id → [host ids], sorted
         self.pci_locations = {}     # pci address → {host_id: device}
         self.held = {}              # vm name → [devices it holds]
-        ungrouped = []
+        self.blockers = {}          # (host_id, id) → why this PCI device cannot be claimed
+        self.claims = {}            # (host_id, id) → (("pci", id), ...) of its whole IOMMU group
+        self.anti_affinity = {}     # (tenant, group) → {host_id: [vm names]}
+        self.parts = {}             # host id → (host, devices, vms): what `_remove` takes out
+        parts = {host.id: ([], []) for host in hosts}
         for device in devices:
-            self.devices[(device.host_id, device.kind, device.id)] = device
+            parts.setdefault(device.host_id, ([], []))[0].append(device)
+        for vm in vms:
+            parts.setdefault(vm.host_id, ([], []))[1].append(vm)
+        for host in hosts:
+            self._add(host, *parts[host.id])
+        self.host_ids = frozenset(self.hosts)
+
+    def apply(self, changes):
+        """Swap hosts in place: {host id: (host, devices, vms), or None for a host gone}.
+        Not safe while a placement reads this index: the caller serialises the two."""
+        joining_or_leaving = any((part is None) == (host_id in self.hosts)
+                                 for host_id, part in changes.items())
+        for host_id, part in changes.items():
+            self._remove(host_id)
+            if part is not None:
+                self._add(*part)
+        if joining_or_leaving:
+            self.host_ids = frozenset(self.hosts)
+
+    def _add(self, host, devices, vms):
+        host_id = host.id
+        self.parts[host_id] = (host, tuple(devices), tuple(vms))
+        self.hosts[host_id] = host
+        self.clusters.setdefault(host.cluster, set()).add(host_id)
+        reasons = self.host_reasons[host_id] = host_reasons(host)
+        if reasons:
+            self.troubled[host_id] = reasons
+        groups, ungrouped, gpus = {}, [], {}
+        for device in devices:
+            self.devices[(host_id, device.kind, device.id)] = device
             if device.vm is not None:
                 self.held.setdefault(device.vm, []).append(device)
             if device.kind == "usb":
-                self.usb_locations.setdefault(device.id, []).append(device.host_id)
+                bisect.insort(self.usb_locations.setdefault(device.id, []), host_id)
                 continue
-            self.pci_locations.setdefault(device.id, {})[device.host_id] = device
+            self.pci_locations.setdefault(device.id, {})[host_id] = device
             if device.iommu_group is not None:
-                self.groups.setdefault((device.host_id, device.iommu_group), []).append(device)
+                groups.setdefault(device.iommu_group, []).append(device)
             else:
                 ungrouped.append(device)
             if device.type == "gpu":
-                per_host = self.gpu_models.setdefault((device.vendor_id, device.product_id), {})
-                per_host.setdefault(device.host_id, []).append(device)
-        self.blockers = {}          # (host_id, id) → why this PCI device cannot be claimed
-        self.claims = {}            # (host_id, id) → (("pci", id), ...) of its whole IOMMU group
-        for (host_id, number), members in self.groups.items():
+                gpus.setdefault((device.vendor_id, device.product_id), []).append(device)
+        for number, members in groups.items():
+            self.groups[(host_id, number)] = members
             self._settle_group(host_id, number, members)
         for device in ungrouped:
-            self._settle_group(device.host_id, None, [device])
-        for per_host in self.gpu_models.values():   # claimable first, smallest group first
-            for host_id, gpus in per_host.items():
-                gpus.sort(key=lambda gpu: ((host_id, gpu.id) in self.blockers,
-                                           len(self.groups.get((host_id, gpu.iommu_group), ())),
-                                           gpu.id))
-        self.anti_affinity = {}     # (tenant, group) → {host_id: [vm names]}
+            self._settle_group(host_id, None, [device])
+        for model, found in gpus.items():   # claimable first, smallest group first
+            found.sort(key=lambda gpu: ((host_id, gpu.id) in self.blockers,
+                                        len(groups.get(gpu.iommu_group, ())), gpu.id))
+            self.gpu_models.setdefault(model, {})[host_id] = found
         for vm in vms:
             if vm.anti_affinity_group:
                 per_host = self.anti_affinity.setdefault((vm.tenant, vm.anti_affinity_group), {})
-                per_host.setdefault(vm.host_id, []).append(vm.name)
+                per_host.setdefault(host_id, []).append(vm.name)
+
+    def _remove(self, host_id):
+        part = self.parts.pop(host_id, None)
+        if part is None:
+            return
+        host, devices, vms = part
+        del self.hosts[host_id], self.host_reasons[host_id]
+        self.troubled.pop(host_id, None)
+        _drop(self.clusters, host.cluster, lambda hosts: hosts.discard(host_id))
+        for device in devices:
+            key = (host_id, device.id)
+            del self.devices[(host_id, device.kind, device.id)]
+            if device.vm is not None:
+                _drop(self.held, device.vm, lambda held: held.remove(device))
+            if device.kind == "usb":
+                _drop(self.usb_locations, device.id, lambda where: where.remove(host_id))
+                continue
+            _drop(self.pci_locations, device.id, lambda where: where.pop(host_id))
+            self.groups.pop((host_id, device.iommu_group), None)
+            self.blockers.pop(key, None)
+            self.claims.pop(key, None)
+            if device.type == "gpu":
+                _drop(self.gpu_models, (device.vendor_id, device.product_id),
+                      lambda per_host: per_host.pop(host_id, None))
+        for vm in vms:
+            if vm.anti_affinity_group:
+                _drop(self.anti_affinity, (vm.tenant, vm.anti_affinity_group),
+                      lambda per_host: per_host.pop(host_id, None))
 
     def device(self, host_id, kind, device_id):
         return self.devices.get((host_id, kind, device_id))
@@ -134,3 +193,11 @@ def member_blocker(member):
     if member.state != "enabled" or not member.assignable or member.status != "ready":
         return "held by host"
     return None
+
+
+def _drop(table, key, change):
+    """Apply `change` to the container at `table[key]`; forget the key once it is empty."""
+    container = table[key]
+    change(container)
+    if not container:
+        del table[key]

@@ -64,22 +64,48 @@ class VmView:
     tenant: str | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class Snapshot:
-    """The cluster as the database saw it; indexes are built once, on construction."""
+    """The cluster as the database saw it; indexes are built once, on construction.
+    `devices` and `vms` are read back from the index, per host in host order."""
     hosts: tuple
-    devices: tuple
-    vms: tuple
-    index: SnapshotIndex = field(init=False, repr=False, compare=False)
+    index: SnapshotIndex = field(repr=False, compare=False)
+    _positions: dict | None = field(default=None, repr=False, compare=False)
 
-    def __post_init__(self):
-        for name in ("hosts", "devices", "vms"):
-            object.__setattr__(self, name, tuple(getattr(self, name)))
-        object.__setattr__(self, "index", SnapshotIndex(self.hosts, self.devices, self.vms))
+    def __init__(self, hosts, devices, vms):
+        object.__setattr__(self, "hosts", tuple(hosts))
+        object.__setattr__(self, "_positions", None)
+        object.__setattr__(self, "index", SnapshotIndex(self.hosts, devices, vms))
 
     @classmethod
     def build(cls, hosts, devices, vms):
         return cls(tuple(hosts), tuple(devices), tuple(vms))
+
+    def apply(self, changes):
+        """Swap some hosts in place: {host id: (HostView, devices, vms), or None for a
+        host gone}. Costs the changed hosts, not a rebuild; the caller makes sure no
+        placement reads this snapshot meanwhile (the controller's cache holds a lock)."""
+        before = self.index.host_ids
+        self.index.apply(changes)
+        if self.index.host_ids is before:   # same hosts: swap the changed ones in place
+            if self._positions is None:
+                object.__setattr__(self, "_positions",
+                                   {host.id: place for place, host in enumerate(self.hosts)})
+            hosts = list(self.hosts)
+            for host_id in changes:
+                hosts[self._positions[host_id]] = self.index.hosts[host_id]
+        else:
+            hosts = [self.index.hosts[host_id] for host_id in sorted(self.index.host_ids)]
+            object.__setattr__(self, "_positions", None)
+        object.__setattr__(self, "hosts", tuple(hosts))
+
+    @property
+    def devices(self):
+        return tuple(d for h in self.hosts for d in self.index.parts[h.id][1])
+
+    @property
+    def vms(self):
+        return tuple(v for h in self.hosts for v in self.index.parts[h.id][2])
 
 
 @dataclass(frozen=True, slots=True)
