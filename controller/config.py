@@ -10,9 +10,10 @@ from hostplane.service import check_ca_bundle, check_tls, load_service_config
 
 DEFAULT_PATH = "/etc/hostplane/controller.toml"
 DEFAULTS = {
-    "server": {"bind": "0.0.0.0:7080", "admin_token": "", "insecure": False, "workers": 2,
-               "max_body_kb": 256, "metrics_token": False, "tls_cert": "", "tls_key": "",
-               "require_tls": False},
+    "server": {"bind": "0.0.0.0:7080", "insecure": False, "workers": 2, "max_body_kb": 256,
+               "admin_token": "",  # nosec B105 - empty: serving without one is refused
+               "metrics_token": False,  # nosec B105 - a switch, not a token
+               "tls_cert": "", "tls_key": "", "require_tls": False},
     "tenants": {},
     "agents": {"ca": ""},
     "database": {"url": "sqlite:////var/lib/hostplane/controller.db", "pool_size": 5,

@@ -155,4 +155,4 @@ def exec_gunicorn(server, app_spec, config_variable, config_path=None, bind=None
         os.environ[MULTIPROC_VARIABLE] = tempfile.mkdtemp(prefix="hostplane-metrics-")
     if config_path:
         os.environ[config_variable] = os.path.abspath(config_path)
-    os.execv(sys.executable, command)
+    os.execv(sys.executable, command)  # nosec B606 - this interpreter, an argument list
