@@ -6,8 +6,12 @@ median and p95 over repeated `place` calls (time.perf_counter) for:
   - two GPUs by vendor/device plus one USB device (which pins the VM to the USB's host);
   - no device at all, so that every host is judged in full (no goal set by the issue);
   - one GPU by vendor/device under enforced anti-affinity and strategy.
+Then, with --controller, the same cluster written to a database (a temporary SQLite file,
+or --database-url) and one GPU explained end to end through the controller's placement
+code (controller.placement.explain: revision check, cached snapshot, place): the first
+call (full load), calls with nothing changed, and calls after one host changed.
 
-    .venv/bin/python bench/scheduler.py [--hosts 10000] [--runs 50] [--seed 5]
+    .venv/bin/python bench/scheduler.py [--hosts 10000] [--runs 50] [--seed 5] [--controller]
 """
 
 import argparse
@@ -16,6 +20,7 @@ import os
 import random
 import statistics
 import sys
+import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -97,6 +102,10 @@ def main():
     parser.add_argument("--hosts", type=int, default=10_000)
     parser.add_argument("--runs", type=int, default=50)
     parser.add_argument("--seed", type=int, default=5)
+    parser.add_argument("--controller", action="store_true",
+                        help="also time explain through the controller's cached snapshot")
+    parser.add_argument("--database-url", help="for --controller (default: a temporary "
+                        "SQLite file); the database is filled, so use a throw-away one")
     parser.add_argument("--gc-freeze", action="store_true",
                         help="gc.freeze() after building the snapshot, as a long-lived "
                              "controller may: young collections then skip the snapshot")
@@ -136,6 +145,72 @@ def main():
         print(f"{title:42s} median {median:6.2f} ms  p95 {p95:6.2f} ms  best {best:6.2f} ms  "
               f"candidates {len(placement.ranked):5d}  rejected {len(placement.rejected):5d}  "
               f"chosen {chosen}{verdict}")
+    if args.controller:
+        with tempfile.TemporaryDirectory(prefix="hostplane-bench-") as scratch:
+            controller_figures(args.database_url or f"sqlite:///{scratch}/bench.db",
+                               hosts, devices, vms, args.runs)
+
+
+def controller_figures(url, hosts, devices, vms, runs):
+    """Explain through controller.placement on a database holding the generated cluster."""
+    from controller.db import Database, upgrade
+    from controller.db.models import Host
+    from controller.placement import explain
+    from controller.snapshot_cache import cache_for
+
+    upgrade(url)
+    db = Database(url)
+    start = time.perf_counter()
+    fill(db, hosts, devices, vms)
+    print(f"controller database {url.split(':', 1)[0]}: filled in "
+          f"{time.perf_counter() - start:.1f} s")
+    request = PlacementRequest("bench", 4, 8192, gpus=(GpuAsk(vendor_id="10de", device_id="1eb8"),))
+    start = time.perf_counter()
+    explain(db, request, Policy())
+    print(f"{'explain, first call (full load)':42s} {(time.perf_counter() - start) * 1000:8.0f} ms")
+    _, median, p95, best = timed(runs, lambda: explain(db, request, Policy()))
+    print(f"{'explain, nothing changed':42s} median {median:6.2f} ms  p95 {p95:6.2f} ms  "
+          f"best {best:6.2f} ms")
+    changed = hosts[len(hosts) // 2].id
+    samples = []
+    for number in range(runs):
+        with db.write() as session:   # one host changes, as a poll or a PATCH would
+            session.get(Host, changed).state = "maintenance" if number % 2 == 0 else "enabled"
+        start = time.perf_counter()
+        explain(db, request, Policy())
+        samples.append((time.perf_counter() - start) * 1000)
+    samples.sort()
+    print(f"{'explain, one host changed before each':42s} median {statistics.median(samples):6.2f} ms"
+          f"  p95 {samples[max(0, int(len(samples) * 0.95) - 1)]:6.2f} ms  best {samples[0]:6.2f} ms"
+          f"  (reloads: {cache_for(db).reloads})")
+    db.close()
+
+
+def fill(db, hosts, devices, vms):
+    from sqlalchemy import insert
+
+    from controller.db.models import Device, Host, Vm, first_revision, utcnow
+    now = utcnow()
+    used = {}
+    for vm in vms:
+        used[vm.host_id] = used.get(vm.host_id, 0) + 1
+    with db.write() as session:
+        session.execute(insert(Host), [
+            {"id": h.id, "url": f"http://127.0.0.1:1/{h.id}", "token": "t", "cluster": h.cluster,
+             "status": h.status, "state": h.state, "iommu_enabled": True, "iommu_ready": True,
+             "cpu_threads": h.cpu_threads, "memory_mib": h.memory_mib, "failures": 0,
+             "created_at": now, "revision": first_revision()} for h in hosts])
+        session.execute(insert(Device), [
+            {"host_id": d.host_id, "id": d.id, "kind": d.kind, "type": d.type,
+             "vendor_id": d.vendor_id, "product_id": d.product_id, "name": d.id,
+             "state": d.state, "status": d.status, "vm": d.vm, "shared": d.shared,
+             "assignable": d.assignable, "iommu_group": d.iommu_group,
+             "usb_major": d.usb_major, "facts": {}, "created_at": now, "updated_at": now}
+            for d in devices])
+        session.execute(insert(Vm), [
+            {"name": v.name, "host_id": v.host_id, "vcpus": 4, "memory_mib": 8192,
+             "state": v.state, "anti_affinity_group": v.anti_affinity_group, "spec": {},
+             "created_at": now} for v in vms])
 
 
 if __name__ == "__main__":

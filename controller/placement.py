@@ -1,7 +1,7 @@
 """Place, then claim atomically: the bridge between the pure scheduler and the database.
 
-Placement runs on a lock-free snapshot (fast, and wrong only when another request wins
-the race). The claim then takes the write lock of the chosen host — `BEGIN IMMEDIATE` on
+Placement runs on a lock-free snapshot, cached per process and refreshed host by host
+(controller.snapshot_cache): fast, and wrong only when another request wins the race. The claim then takes the write lock of the chosen host — `BEGIN IMMEDIATE` on
 SQLite, `SELECT ... FOR UPDATE` of the host and device rows on PostgreSQL — re-runs the
 same scheduler on that host's rows as they are now, and flips the devices it picks to
 `attached` in the same transaction that records the VM. A lost race retries placement;
@@ -37,7 +37,14 @@ def policy_from(config):
 
 
 def snapshot(session, host_ids=None, lock=None):
-    """The cluster (or the given hosts, row-locked with `lock`) as scheduler views."""
+    """The cluster (or the given hosts, row-locked with `lock`) as a scheduler snapshot,
+    and the device rows it was built from."""
+    hosts, devices, vms, rows = cluster_views(session, host_ids, lock)
+    return Snapshot.build(hosts, devices, vms), rows
+
+
+def cluster_views(session, host_ids=None, lock=None):
+    """(host views, device views, VM views, device rows) of the cluster or of `host_ids`."""
     hosts_q, devices_q = select(Host), select(Device)
     vms_q = select(Vm).where(or_(Vm.host_id.is_not(None), Vm.moving_to.is_not(None)))
     if host_ids is not None:
@@ -49,9 +56,10 @@ def snapshot(session, host_ids=None, lock=None):
     devices = session.scalars(lock(devices_q.order_by(Device.host_id, Device.id))).all()
     vms = session.scalars(vms_q.order_by(Vm.host_id, Vm.name)).all()
     usage = usage_by_host(vms)
-    return Snapshot.build([host_view(h, usage.get(h.id, (0, 0))) for h in hosts],
-                          [device_view(d) for d in devices],
-                          [vm_view(v) for v in vms if v.host_id is not None]), devices
+    seen = {host.id for host in hosts}
+    return ([host_view(h, usage.get(h.id, (0, 0))) for h in hosts],
+            [device_view(d) for d in devices],
+            [vm_view(v) for v in vms if v.host_id in seen], devices)
 
 
 def usage_by_host(vms):
@@ -98,8 +106,8 @@ def explain(db, request, policy):
 
 
 def _placement(db, request, policy):
-    with db.read() as session:
-        return place(request, snapshot(session)[0], policy)
+    from controller.snapshot_cache import cache_for   # it builds on this module's views
+    return cache_for(db).place(request, policy)
 
 
 def _count(operation, placement, outcome=None):

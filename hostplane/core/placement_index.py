@@ -197,7 +197,9 @@ def member_blocker(member):
 
 def _drop(table, key, change):
     """Apply `change` to the container at `table[key]`; forget the key once it is empty."""
-    container = table[key]
+    container = table.get(key)
+    if container is None:   # emptied and forgotten by a sibling already
+        return
     change(container)
     if not container:
         del table[key]

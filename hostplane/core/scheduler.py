@@ -92,8 +92,9 @@ class Snapshot:
                 object.__setattr__(self, "_positions",
                                    {host.id: place for place, host in enumerate(self.hosts)})
             hosts = list(self.hosts)
-            for host_id in changes:
-                hosts[self._positions[host_id]] = self.index.hosts[host_id]
+            for host_id, part in changes.items():
+                if part is not None:
+                    hosts[self._positions[host_id]] = part[0]
         else:
             hosts = [self.index.hosts[host_id] for host_id in sorted(self.index.host_ids)]
             object.__setattr__(self, "_positions", None)

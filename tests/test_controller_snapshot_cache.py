@@ -1,0 +1,84 @@
+"""Two controller processes' worth of apps on one database (SQLite and a real PostgreSQL),
+each with its own cached scheduler snapshot: what one changes, the other's explain sees at
+once, and a snapshot with nothing changed is not read again.
+
+Real agents on loopback (host-a: GPUs 10de:1eb8, host-b: 10de:2236).
+"""
+
+import pytest
+
+from controller.snapshot_cache import cache_for
+from tests.test_controller_support import (ADMIN, NVIDIA_A10, LoopbackAgent, controller_app,
+                                           controller_config, database_url, gpu_host,
+                                           needs_agent_vm_api, register)
+
+__all__ = ["database_url"]   # the fixture, parametrised over SQLite and PostgreSQL
+A10 = {"vendor_id": "10de", "device_id": "2236"}
+
+
+@pytest.fixture
+def two_controllers(tmp_path, database_url):
+    needs_agent_vm_api()
+    agents = [LoopbackAgent(tmp_path, "host-a", gpu_host()),
+              LoopbackAgent(tmp_path, "host-b", gpu_host(NVIDIA_A10, "4C530002"))]
+    apps = [controller_app(controller_config(tmp_path, database_url)) for _ in range(2)]
+    try:
+        for agent in agents:
+            register(apps[0].test_client(), agent)
+        yield [app.test_client() for app in apps], apps
+    finally:
+        for name in [vm["name"] for vm in apps[0].test_client().get(
+                "/v1/vms", headers=ADMIN).get_json()["vms"]]:
+            apps[0].test_client().delete(f"/v1/vms/{name}", headers=ADMIN)
+        for app in apps:
+            app.extensions["hostplane_controller"].close()
+        for agent in agents:
+            agent.stop()
+
+
+def explain(client, **body):
+    answer = client.post("/v1/schedule/explain", headers=ADMIN, json={
+        "name": "probe", "vcpus": 1, "memory_mib": 64, **body})
+    assert answer.status_code == 200, answer.get_json()
+    return answer.get_json()
+
+
+def cache(app):
+    return cache_for(app.extensions["hostplane_controller"].db)
+
+
+def test_each_process_sees_what_another_changed(two_controllers):
+    (one, other), apps = two_controllers
+    assert explain(other, gpus=[A10])["chosen"] == "host-b"          # other's cache is warm
+    # a claim made by the first process
+    made = one.post("/v1/vms", headers=ADMIN, json={
+        "name": "cache-vm", "vcpus": 2, "memory_mib": 256, "start": False,
+        "gpus": [{**A10, "count": 2}]})
+    assert made.status_code == 201, made.get_json()
+    refused = explain(other, gpus=[A10])
+    assert refused["chosen"] is None
+    assert any("attached to cache-vm" in r for r in refused["rejected"]["host-b"])
+    # a host state change
+    assert one.patch("/v1/hosts/host-a", headers=ADMIN,
+                     json={"state": "maintenance"}).status_code == 200
+    assert "in maintenance" in explain(other)["rejected"]["host-a"]
+    # a host gone, and a VM gone with its devices
+    assert one.delete("/v1/vms/cache-vm", headers=ADMIN).status_code == 204
+    assert one.delete("/v1/hosts/host-a", headers=ADMIN).status_code == 204
+    after = explain(other, gpus=[A10])
+    assert after["chosen"] == "host-b" and "host-a" not in after["rejected"]
+    assert cache(apps[1]).reloads["full"] == 1   # all of that came in host by host
+
+
+def test_nothing_changed_reads_no_host_again(two_controllers):
+    (one, _), apps = two_controllers
+    explain(one)
+    before = dict(cache(apps[0]).reloads)
+    for _ in range(3):
+        explain(one, gpus=[A10])
+    assert cache(apps[0]).reloads == before
+    assert one.patch("/v1/devices/host-b/0000:3b:00.0", headers=ADMIN,
+                     json={"state": "disabled"}).status_code == 200
+    assert any("disabled by admin" in r or "not viable" in r
+               for r in explain(one, gpus=[{"id": "0000:3b:00.0"}])["rejected"]["host-b"])
+    assert cache(apps[0]).reloads == {"full": before["full"], "hosts": before["hosts"] + 1}
