@@ -7,6 +7,7 @@ device, so a replug costs a handful of file reads, not a rescan.
 """
 
 import logging
+import select
 import threading
 
 from agent.inventory.sysfs import USB_ATTRIBUTES
@@ -52,19 +53,35 @@ def attributes_of(device):
 
 
 class HotplugMonitor:
-    """A daemon thread feeding udev add/remove/change/bind/unbind into the inventory."""
+    """A daemon thread feeding add/remove/change/bind/unbind into the inventory.
+
+    Two netlink sources: the kernel's uevent is the first word (sysfs is complete by
+    then; udevd's rules can take a quarter second on a slow host), udevd's copy after
+    its rules is the one a container or a umockdev testbed delivers. A device read
+    twice is no change the second time, so nothing is announced twice.
+    """
 
     def __init__(self, inventory, context):
         import pyudev
         self.inventory = inventory
-        self.monitor = pyudev.Monitor.from_netlink(context)
-        self.monitor.filter_by("pci")
-        self.monitor.filter_by("usb", "usb_device")
+        self.monitors = []
+        for source in ("kernel", "udev"):
+            try:
+                monitor = pyudev.Monitor.from_netlink(context, source=source)
+            except Exception as exc:  # noqa: BLE001 - one source is enough
+                log.info("no %s uevents (%s)", source, exc)
+                continue
+            monitor.filter_by("pci")
+            monitor.filter_by("usb", "usb_device")
+            self.monitors.append(monitor)
+        if not self.monitors:
+            raise OSError("no uevent source")
         self._thread = None
         self._stop = threading.Event()
 
     def start(self):
-        self.monitor.start()
+        for monitor in self.monitors:
+            monitor.start()
         self._thread = threading.Thread(target=self._run, name="hotplug", daemon=True)
         self._thread.start()
 
@@ -74,12 +91,14 @@ class HotplugMonitor:
     def _run(self):
         while not self._stop.is_set():
             try:
-                device = self.monitor.poll(timeout=1.0)
+                ready, _, _ = select.select(self.monitors, [], [], 1.0)
+                devices = [monitor.poll(timeout=0) for monitor in ready]
             except Exception:  # noqa: BLE001 - a monitor that dies silently is worse
                 log.exception("udev monitor failed; hot-plug updates stop")
                 return
-            if device is not None:
-                self.handle(device.action, device)
+            for device in devices:
+                if device is not None:
+                    self.handle(device.action, device)
 
     def handle(self, action, device):
         try:

@@ -5,6 +5,7 @@ sysfs, libvirt's domain XML through the agent, ping between bridges), never
 against numbers written into the test.
 """
 import os
+import threading
 import time
 
 import requests
@@ -21,6 +22,31 @@ def wait_for(predicate, timeout=20, step=0.5):
             return True
         time.sleep(step)
     return predicate()
+
+
+def first_seen(probes, since, timeout=60, step=0.02):
+    """{name: seconds after `since` when probe() first said yes}, each probe in
+    its own thread so a slow one (an agent under TCG) does not delay the
+    others' readings; a probe that raises counts as "not yet"."""
+    seen = {}
+
+    def watch(name, probe):
+        while time.monotonic() - since < timeout:
+            try:
+                if probe():
+                    seen[name] = time.monotonic() - since
+                    return
+            except requests.RequestException:
+                pass
+            time.sleep(step)
+
+    threads = [threading.Thread(target=watch, args=item, daemon=True)
+               for item in probes.items()]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return seen
 
 
 def usb_id(serial):
@@ -83,19 +109,24 @@ def assert_attached_kept(env, vm, before_ctl, before_agent):
             assert (device["status"], device["vm"]) == ("attached", vm)
 
 
-def build_network(env, name, spec):
-    """PUT the network on both agents; spec is a dict or n -> dict.
+def create_network(env, body):
+    """POST a network for the lab cluster to the controller (the operator's
+    path), after deleting one of that name an attach-mode rerun left."""
+    env.ctl.call("DELETE", f"/v1/networks/{body['name']}")
+    env.ctl.call("POST", "/v1/networks", expect=201,
+                 json=dict(body, clusters=[deploy.CLUSTER]))
 
-    The agents' own API: the controller's /v1/networks was still being built
-    when this test was written.
-    """
+
+def build_network(env, body):
+    """Create a pushed network; {n: bridge} as the controller reports each
+    host's applied state."""
+    create_network(env, body)
+    hosts = env.ctl.get(f"/v1/networks/{body['name']}")["hosts"]
     bridges = {}
     for n in (0, 1):
-        body = spec(n) if callable(spec) else spec
-        answer = env.agent(n).call("PUT", f"/v1/networks/{name}", json=body)
-        assert answer.status_code in (200, 201), answer.text
-        bridges[n] = answer.json()["bridge"]
-        assert bridges[n]
+        state = hosts[deploy.host_id(n)]
+        assert state["status"] == "applied" and state["bridge"], (body["name"], state)
+        bridges[n] = state["bridge"]
     return bridges
 
 
