@@ -2,7 +2,8 @@
 
 The agent already answers with the shared error envelope, so a 409 from the agent
 (device busy, group not viable) reaches the controller's caller with the agent's own
-code and message, tagged with the host it came from.
+code and message, tagged with the host it came from. The status the agent really gave
+stays on the error as `agent_status` (a 501 is still answered as 503 dependency down).
 """
 
 import requests
@@ -57,6 +58,16 @@ class AgentClient:
     def detach(self, name, device_id):
         self._call("DELETE", f"/v1/vms/{name}/devices/{device_id}", ok=(200, 202, 204, 404))
 
+    # --- networks ----------------------------------------------------------------------
+    def put_network(self, name, state):
+        """Desired state of one L2 network (idempotent on the agent); its answer."""
+        return self._call("PUT", f"/v1/networks/{name}", json=state).json()
+
+    def delete_network(self, name):
+        """True when the agent removed it, False when it had no such network."""
+        return self._call("DELETE", f"/v1/networks/{name}", ok=(200, 202, 204, 404)
+                          ).status_code != 404
+
     # --- plumbing ----------------------------------------------------------------------
     def _call(self, method, path, ok=(200, 201, 202, 204), headers=None, **kwargs):
         headers = {"Authorization": f"Bearer {self.token}", **(headers or {})}
@@ -79,9 +90,12 @@ def _agent_error(url, response):
         code, message, details = "agent_error", f"agent answered {response.status_code}", {}
     status = response.status_code
     if status == 401:
-        return DependencyDown("agent refused the controller's token", code="agent_auth_failed",
-                              details={"agent": url})
-    if status >= 500:
-        return DependencyDown(f"agent at {url}: {message}", code=code,
-                              details={**details, "agent": url})
-    return ApiError(message, code=code, status=status, details={**details, "agent": url})
+        error = DependencyDown("agent refused the controller's token", code="agent_auth_failed",
+                               details={"agent": url})
+    elif status >= 500:
+        error = DependencyDown(f"agent at {url}: {message}", code=code,
+                               details={**details, "agent": url})
+    else:
+        error = ApiError(message, code=code, status=status, details={**details, "agent": url})
+    error.agent_status = status
+    return error

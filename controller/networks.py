@@ -4,7 +4,9 @@ A network is attached to clusters (a host attribute); the controller PUTs its de
 to each connected host of those clusters (`PUT /v1/networks/<name>` on the agent, which is
 idempotent) and records, per host, `applied` or `failed` with the agent's own error. A
 host that (re)connects later gets its cluster's networks from the poller's hook
-(`after_resync`). A `vxlan-pool` is never pushed: it hands out VNIs, lowest free first,
+(`after_resync`); when a host is deleted, the VXLAN networks of its cluster are pushed
+again so that the other hosts drop it as a peer (`after_host_removed`). Pushes call the
+agents in parallel, at most `PUSH_CONCURRENCY` at once. A `vxlan-pool` is never pushed: it hands out VNIs, lowest free first,
 under a lock on the pool row (SQLite: the write transaction's BEGIN IMMEDIATE; PostgreSQL:
 SELECT ... FOR UPDATE), with a unique (pool, vni) key behind it.
 
@@ -17,12 +19,12 @@ neither still gets the network, but is nobody's peer (its status says so).
 
 import ipaddress
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import urlsplit
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from controller.agents import _agent_error
 from controller.db.models import Host
 from controller.db.network_models import Network, NetworkHost
 from hostplane.core.networks import parse_spec
@@ -32,7 +34,7 @@ log = logging.getLogger(__name__)
 
 POOL = "vxlan-pool"
 PUSHED = ("novlan", "vlan", "vxlan")     # kinds the agents build; a pool only hands out VNIs
-_EVERY_STATUS = tuple(range(100, 600))  # agent answers are recorded, never raised
+PUSH_CONCURRENCY = 16                    # agents called at once by one push or delete
 
 
 # --- creating and deleting -------------------------------------------------------------
@@ -60,7 +62,7 @@ def create(db, body):
     return body.name
 
 
-def delete(db, client_for, name):
+def delete(db, client_for, name, concurrency=PUSH_CONCURRENCY):
     """Forget `name` and remove it from every host it was or would be on: {host: outcome}."""
     with db.write() as session:
         row = _get(session, name)
@@ -74,9 +76,10 @@ def delete(db, client_for, name):
         for applied in session.scalars(select(NetworkHost).where(NetworkHost.network == name)):
             hosts.setdefault(applied.host_id, session.get(Host, applied.host_id))
         session.delete(row)
-    outcomes = {}
-    for host_id, host in sorted(hosts.items()):
-        outcomes[host_id] = _call(client_for(host), "DELETE", name)
+    targets = sorted(hosts.items())
+    outcomes = dict(zip([host_id for host_id, _ in targets], _each(
+        [lambda host=host: _call(client_for(host), "DELETE", name) for _, host in targets],
+        concurrency)))
     return {host_id: ("removed" if status == 200 else "absent" if status == 404 else error)
             for host_id, (status, _body, error) in outcomes.items()}
 
@@ -101,7 +104,7 @@ def lowest_free_vni(used, start, end):
 
 # --- pushing ---------------------------------------------------------------------------
 
-def push(db, client_for, names, only_host=None):
+def push(db, client_for, names, only_host=None, concurrency=PUSH_CONCURRENCY):
     """PUT each named network to each connected host of its clusters; records the outcomes.
 
     `only_host` limits the push to that host, except for VXLAN networks whose peers it
@@ -111,8 +114,10 @@ def push(db, client_for, names, only_host=None):
         plans = [(name, host, state) for name in names
                  for host, state in desired_states(session, session.get(Network, name))
                  if only_host in (None, host.id) or state["type"] == "vxlan"]
-    outcomes = [(name, host.id, _call(client_for(host), "PUT", name, state))
-                for name, host, state in plans]
+    answers = _each([lambda host=host, name=name, state=state:
+                     _call(client_for(host), "PUT", name, state)
+                     for name, host, state in plans], concurrency)
+    outcomes = [(name, host.id, answer) for (name, host, _), answer in zip(plans, answers)]
     with db.write() as session:
         for name, host_id, (status, answer, error) in outcomes:
             if session.get(Network, name) is None or session.get(Host, host_id) is None:
@@ -138,6 +143,15 @@ def after_resync(poller, host_id):
         push(poller.db, client_for, names, only_host=host_id)
     except Exception:  # noqa: BLE001 - a failed push must not fail the poll or registration
         log.exception("pushing networks to host %s failed", host_id)
+
+
+def after_host_removed(db, client_for, cluster, concurrency=PUSH_CONCURRENCY):
+    """A host left `cluster` (deleted, or moved away): the VXLAN networks there lose it as
+    a peer on every remaining host."""
+    with db.read() as session:
+        names = [row.name for row in _attached(session, cluster) if row.type == "vxlan"]
+    push(db, client_for, names, concurrency=concurrency)
+    return names
 
 
 def desired_states(session, row):
@@ -293,14 +307,20 @@ def _name_taken(name):
 def _call(client, method, name, body=None):
     """(status, answer, None) or (status, None, the agent's error with its real status)."""
     try:
-        response = client._call(method, f"/v1/networks/{name}", json=body, ok=_EVERY_STATUS)
-    except ApiError as exc:   # transport failure: the agent never answered
-        return exc.status, None, {"status": exc.status, "code": exc.code,
-                                  "message": exc.message}
-    if response.status_code < 300:
-        return response.status_code, response.json(), None
-    if method == "DELETE" and response.status_code == 404:
-        return 404, None, None
-    error = _agent_error(client.url, response)
-    return response.status_code, None, {"status": response.status_code, "code": error.code,
-                                        "message": error.message, "details": error.details}
+        if method == "PUT":
+            return 200, client.put_network(name, body), None
+        return (200 if client.delete_network(name) else 404), None, None
+    except ApiError as exc:
+        status = getattr(exc, "agent_status", exc.status)   # absent: the agent never answered
+        error = {"status": status, "code": exc.code, "message": exc.message}
+        if hasattr(exc, "agent_status"):
+            error["details"] = exc.details
+        return status, None, error
+
+
+def _each(calls, concurrency):
+    """Run the zero-argument `calls` on at most `concurrency` threads; results in order."""
+    if len(calls) <= 1:
+        return [call() for call in calls]
+    with ThreadPoolExecutor(max_workers=max(1, min(concurrency, len(calls)))) as pool:
+        return list(pool.map(lambda call: call(), calls))

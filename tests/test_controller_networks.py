@@ -301,3 +301,29 @@ def _head_revision():
     config = Config()
     config.set_main_option("script_location", os.path.join(ROOT, "controller", "migrations"))
     return ScriptDirectory.from_config(config).get_current_head()
+
+
+def test_a_deleted_host_is_dropped_as_vxlan_peer_on_the_others(world):
+    client, hosts, join = world
+    join("host-a"), join("host-b")
+    assert create(client, POOL).status_code == 201
+    assert create(client, {"name": "overlay", "type": "vxlan", "pool": "pool1"}).status_code == 201
+    (_, ns_a), (_, ns_b) = hosts["host-a"], hosts["host-b"]
+    assert vxlan_facts(ns_a, "vx-5000")["peers"] == ["192.0.2.2"]
+    assert client.delete("/v1/hosts/host-b", headers=ADMIN).status_code == 204
+    assert vxlan_facts(ns_a, "vx-5000")["peers"] == []
+    assert list(network(client, "overlay").get_json()["hosts"]) == ["host-a"]
+    join("host-b")                          # back again: peers again, both ways
+    assert vxlan_facts(ns_a, "vx-5000")["peers"] == ["192.0.2.2"]
+    assert vxlan_facts(ns_b, "vx-5000")["peers"] == ["192.0.2.1"]
+
+
+def test_a_host_moved_to_another_cluster_leaves_its_old_peers(world):
+    client, hosts, join = world
+    join("host-a"), join("host-b")
+    assert create(client, POOL).status_code == 201
+    assert create(client, {"name": "overlay", "type": "vxlan", "pool": "pool1"}).status_code == 201
+    (_, ns_a), _ = hosts["host-a"], hosts["host-b"]
+    assert client.patch("/v1/hosts/host-b", headers=ADMIN,
+                        json={"cluster": "elsewhere"}).status_code == 200
+    assert vxlan_facts(ns_a, "vx-5000")["peers"] == []

@@ -3,10 +3,12 @@ their devices (drain them by stopping/deleting); `disabled` is the same for the 
 Switching `iommu_enabled` off blocks new GPU claims and leaves attached GPUs alone."""
 
 from flask import Blueprint, jsonify
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.exc import IntegrityError
 
-from controller.api.schemas import HOST_ID, check_path_ids, HostCreate, HostPatch
+from controller import networks
+from controller.api.networks import agents_of
+from controller.api.schemas import HOST_ID, HostCreate, HostPatch, check_path_ids
 from controller.db.models import Host, Vm
 from controller.services import current, require_admin
 from hostplane.api import describe, parse_body
@@ -62,11 +64,17 @@ def show(host_id):
 def patch(host_id):
     require_admin("changing hosts")
     body = parse_body(HostPatch)
-    with current().db.write() as session:
+    ctl = current()
+    with ctl.db.write() as session:
         host = _get(host_id, session)
+        left = host.cluster if body.cluster not in (None, host.cluster) else None
         for field, value in body.model_dump(exclude_none=True).items():
             setattr(host, field, value)
-        return jsonify(render(host))
+        view = render(host)
+    if left is not None:   # its old cluster's VXLAN peers shrink, its new cluster's grow
+        networks.after_host_removed(ctl.db, cluster=left, **agents_of(ctl))
+        networks.after_resync(ctl.poller, host_id)
+    return jsonify(view)
 
 
 @bp.delete("/v1/hosts/<host_id>")
@@ -74,13 +82,17 @@ def patch(host_id):
           tags=["hosts"])
 def delete(host_id):
     require_admin("removing hosts")
-    with current().db.write() as session:
+    ctl = current()
+    with ctl.db.write() as session:
         host = _get(host_id, session)
-        vms = session.scalars(select(Vm.name).where(Vm.host_id == host_id)).all()
+        vms = session.scalars(select(Vm.name).where(
+            or_(Vm.host_id == host_id, Vm.moving_to == host_id))).all()
         if vms:
             raise Conflict(f"host {host_id} still has VMs: {', '.join(vms[:10])}",
                            code="host_in_use", details={"vms": vms})
+        cluster = host.cluster
         session.delete(host)
+    networks.after_host_removed(ctl.db, cluster=cluster, **agents_of(ctl))
     return "", 204
 
 

@@ -122,7 +122,7 @@ def create():
     body = parse_body(_kind_model())
     ctl = current()
     name = networks.create(ctl.db, body)
-    networks.push(ctl.db, _client_for(ctl), [name])
+    networks.push(ctl.db, names=[name], **agents_of(ctl))
     return _show(name), 201
 
 
@@ -157,7 +157,7 @@ def patch(name):
     except ValueError as exc:
         raise BadRequest(f"vteps: {exc}", code="invalid_request") from None
     users = networks.set_vteps(ctl.db, name, vteps)
-    networks.push(ctl.db, _client_for(ctl), users)
+    networks.push(ctl.db, names=users, **agents_of(ctl))
     return _show(name)
 
 
@@ -167,7 +167,7 @@ def patch(name):
 def delete(name):
     require_admin("deleting networks")
     ctl = current()
-    hosts = networks.delete(ctl.db, _client_for(ctl), name)
+    hosts = networks.delete(ctl.db, name=name, **agents_of(ctl))
     return jsonify({"name": name, "hosts": hosts})
 
 
@@ -187,9 +187,12 @@ def _show(name):
         return jsonify(networks.render_one(session, name))
 
 
-def _client_for(ctl):
+def agents_of(ctl):
+    """How network pushes reach agents: a client per host, and as many at once as the
+    poller polls (`[poll] concurrency`)."""
     timeout = float(ctl.config["poll"]["timeout_s"])
-    return lambda host: ctl.client_factory(host.url, host.token, timeout=timeout)
+    return {"client_for": lambda host: ctl.client_factory(host.url, host.token, timeout=timeout),
+            "concurrency": int(ctl.config["poll"]["concurrency"])}
 
 
 def _core_vxlan_field(field, value):
