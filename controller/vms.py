@@ -133,8 +133,13 @@ def remove_device(name, host_id, device_id):
 
 # --- helpers ---------------------------------------------------------------------------
 def _lookup(name):
+    """The caller's VM; 409 while it moves to another host (controller.moves)."""
     with current().db.read() as session:
-        return _visible(session, name)
+        vm = _visible(session, name)
+    if vm.moving_to is not None:
+        raise Conflict(f"{name} is moving from {vm.host_id} to {vm.moving_to}; try again "
+                       "in a moment", code="vm_busy", details={"host": vm.moving_to})
+    return vm
 
 
 def _visible(session, name):

@@ -8,6 +8,7 @@ listing, each agent's own list of domains, and the room used on each host.
 import pytest
 import requests
 
+from controller.db.models import Vm
 from tests.conftest import TOKEN as AGENT_TOKEN
 from tests.test_controller_support import ADMIN, needs_agent_vm_api, two_host_world
 
@@ -145,3 +146,21 @@ def test_vm_started_behind_the_controllers_back_is_not_moved(world):
     assert (used_vcpus(client, "host-a"), used_vcpus(client, "host-b")) == (0, 2)
     assert device(client, "host-a", STICK_A)["vm"] is None
     assert client.get("/v1/vms/mv-live", headers=ADMIN).get_json()["host"] == "host-b"
+
+
+def test_a_vm_in_the_middle_of_a_move_is_busy_for_everything_else(world):
+    client, agents = world
+    create_on_b(client, "mv-busy")
+    app = client.application
+    with app.extensions["hostplane_controller"].db.write() as session:   # as a move holds it
+        row = session.get(Vm, "mv-busy")
+        row.moving_to, row.state = "host-a", "moving"
+    for method, path in (("post", "/v1/vms/mv-busy/start"), ("post", "/v1/vms/mv-busy/stop"),
+                         ("delete", "/v1/vms/mv-busy")):
+        answer = getattr(client, method)(path, headers=ADMIN)
+        assert answer.status_code == 409 and answer.get_json()["error"]["code"] == "vm_busy"
+    assert add_usb(client, "mv-busy", STICK_A).get_json()["error"]["code"] == "vm_busy"
+    assert "mv-busy" in domains(agents["host-b"])
+    with app.extensions["hostplane_controller"].db.write() as session:
+        row = session.get(Vm, "mv-busy")
+        row.moving_to, row.state = None, "stopped"
