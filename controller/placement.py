@@ -162,6 +162,10 @@ def _claim_on(db, request, policy, host_id, new_vm):
         if new_vm is not None and session.get(Vm, new_vm["name"]) is not None:
             raise Conflict(f"VM {new_vm['name']} already exists", code="name_taken")
         moving = request.existing_vm is not None and request.existing_vm.host_id != host_id
+        if moving:   # both hosts' rows, in id order, as any other two-host writer takes them
+            both = sorted({host_id, request.existing_vm.host_id})
+            session.execute(db.locked(select(Host.id).where(Host.id.in_(both))
+                                      .order_by(Host.id)))
         local, rows = snapshot(session, [host_id], lock=db.locked)
         if moving:
             _reserve_move(session, db, request.existing_vm, host_id)

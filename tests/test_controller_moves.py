@@ -10,8 +10,11 @@ import requests
 
 from controller.db.models import Vm
 from tests.conftest import TOKEN as AGENT_TOKEN
-from tests.test_controller_support import ADMIN, needs_agent_vm_api, two_host_world
+from tests.test_controller_support import (ADMIN, NVIDIA_A10, LoopbackAgent, controller_app,
+                                           controller_config, database_url, gpu_host,
+                                           needs_agent_vm_api, register, two_host_world)
 
+__all__ = ["database_url"]   # the fixture, parametrised over SQLite and PostgreSQL
 STICK_A, STICK_B = "0781:5567:4C530001", "0781:5567:4C530002"
 A10 = {"vendor_id": "10de", "device_id": "2236"}
 
@@ -24,6 +27,24 @@ def world(tmp_path):
         for name in [vm["name"] for vm in client.get("/v1/vms", headers=ADMIN)
                      .get_json()["vms"]]:
             client.delete(f"/v1/vms/{name}", headers=ADMIN)
+
+
+@pytest.fixture
+def any_db_world(tmp_path, database_url):
+    """The same two hosts, the controller on SQLite and on a real PostgreSQL (row locks)."""
+    needs_agent_vm_api()
+    agents = {"host-a": LoopbackAgent(tmp_path, "host-a", gpu_host()),
+              "host-b": LoopbackAgent(tmp_path, "host-b", gpu_host(NVIDIA_A10, "4C530002"))}
+    app = controller_app(controller_config(tmp_path, database_url))
+    client = app.test_client()
+    try:
+        for agent in agents.values():
+            register(client, agent)
+        yield client, agents
+    finally:
+        for agent in agents.values():
+            agent.stop()
+        app.extensions["hostplane_controller"].close()
 
 
 def create_on_b(client, name, **body):
@@ -63,8 +84,8 @@ def assert_left_as_it_was(client, agents, name):
     assert (stick["status"], stick["vm"]) == ("ready", None)
 
 
-def test_stopped_vm_moves_to_the_host_of_its_usb_and_takes_it(world):
-    client, agents = world
+def test_stopped_vm_moves_to_the_host_of_its_usb_and_takes_it(any_db_world):
+    client, agents = any_db_world
     create_on_b(client, "mv-stick")
     assert "mv-stick" in domains(agents["host-b"])
     answer = add_usb(client, "mv-stick", STICK_A)
@@ -117,8 +138,8 @@ def test_move_stays_within_the_cluster(world):
     assert_left_as_it_was(client, agents, "mv-far")
 
 
-def test_target_agent_down_is_503_and_the_vm_stays_with_its_claim_released(world):
-    client, agents = world
+def test_target_agent_down_is_503_and_the_vm_stays_with_its_claim_released(any_db_world):
+    client, agents = any_db_world
     create_on_b(client, "mv-lost")
     port = agents["host-a"].served.port
     agents["host-a"].stop()
