@@ -28,8 +28,6 @@ def create_app(config=None, start=True):
         "hostplane-agent", config,
         lambda given: "agent" if insecure or auth.token_matches(given, token) else None,
         public_endpoints(modules), "hostplane_agent")
-    if config["server"]["require_tls"]:
-        auth.require_tls(app)
     agent = Agent(config)
     app.extensions["hostplane_agent"] = agent
     registry.register(_InventoryCollector(agent))

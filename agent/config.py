@@ -1,8 +1,9 @@
 """Agent configuration: defaults, file, environment (see INTERFACE.md)."""
 
 from hostplane.config import ConfigError
+from hostplane.core.ids import InvalidId, check_host_id
 from hostplane.core.pci import DEFAULT_CRITICAL_DRIVERS
-from hostplane.service import load_service_config
+from hostplane.service import check_tls, load_service_config
 
 DEFAULT_PATH = "/etc/hostplane/agent.toml"
 DEFAULTS = {
@@ -29,22 +30,27 @@ def check_serving_config(config):
     if not server["token"] and not server["insecure"]:
         raise ConfigError("no API token: set [server] token in /etc/hostplane/agent.toml or "
                           "HOSTPLANE_SERVER_TOKEN (or insecure = true for a lab)")
-    if bool(server["tls_cert"]) != bool(server["tls_key"]):
-        raise ConfigError("[server] tls_cert and tls_key must be given together")
-    if server["require_tls"] and not server["tls_cert"]:
-        raise ConfigError("[server] require_tls is set but no tls_cert/tls_key is configured")
+    check_tls(server)
 
 
 def host_id(config):
     """`[host] id`, else /etc/machine-id: stable across agent restarts."""
     if config["host"]["id"]:
-        return config["host"]["id"]
+        return _checked_host_id(config["host"]["id"], "[host] id")
     for path in ("/etc/machine-id", "/var/lib/dbus/machine-id"):
         try:
             with open(path, encoding="ascii") as handle:
                 value = handle.read().strip()
             if value:
-                return value
+                return _checked_host_id(value, path)
         except OSError:
             continue
     raise ConfigError("no host id: set [host] id or HOSTPLANE_HOST_ID (no /etc/machine-id)")
+
+
+def _checked_host_id(value, source):
+    """The controller refuses a host id it cannot put in a path; fail here, at start."""
+    try:
+        return check_host_id(value)
+    except InvalidId as exc:
+        raise ConfigError(f"{source}: {exc}") from None

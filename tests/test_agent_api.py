@@ -151,3 +151,12 @@ def test_config_typos_are_refused_with_the_key(tmp_path):
         load_agent_config(str(path), environ={})
     with pytest.raises(ConfigError, match="HOSTPLANE_SERVER_WORKERS"):
         load_agent_config(None, environ={"HOSTPLANE_SERVER_WORKERS": "many"})
+
+
+def test_a_host_id_the_controller_could_not_address_stops_the_agent(tmp_path):
+    from agent.config import host_id
+    from hostplane.config import ConfigError
+    for bad in ("node/17", "-node", "node 17", "x" * 129):
+        with pytest.raises(ConfigError, match=r"\[host\] id"):
+            host_id(agent_config(tmp_path, host={"id": bad}))
+    assert host_id(agent_config(tmp_path, host={"id": "node-17.rack:2"})) == "node-17.rack:2"

@@ -8,7 +8,8 @@ from sqlalchemy.exc import IntegrityError
 
 from controller import networks
 from controller.api.networks import agents_of
-from controller.api.schemas import HOST_ID, HostCreate, HostPatch, check_path_ids
+from controller.api.schemas import HostCreate, HostPatch, check_path_ids
+from hostplane.core.ids import HOST_ID
 from controller.db.models import Host, Vm
 from controller.services import current, require_admin
 from hostplane.api import describe, parse_body

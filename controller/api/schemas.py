@@ -1,36 +1,16 @@
 """Request bodies, validated at the edge (400 naming every problem, nothing changed)."""
 
-import re
 from typing import Literal
 
 from flask import request
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from hostplane.api import checked
-from hostplane.core.ids import InvalidId, check_name, normalize_pci_address, normalize_usb_id
+from hostplane.core.ids import (check_device_id, check_host_id, check_name, normalize_pci_address,
+                                normalize_usb_id)
 from hostplane.core.scheduler import GpuAsk, PlacementRequest
 
 HEX4 = r"^[0-9a-fA-F]{4}$"
-# What an agent may call itself: its configured id or /etc/machine-id (32 hex digits).
-HOST_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}")
-
-
-def check_host_id(text):
-    if not isinstance(text, str) or not HOST_ID.fullmatch(text):
-        raise InvalidId(f"host id {str(text)[:80]!r} must be 1-128 letters, digits, '_', '.', "
-                        "':' or '-', starting with a letter or digit")
-    return text
-
-
-def check_device_id(text):
-    """A PCI address or a USB id, normalised as the inventory stores it."""
-    for normalize in (normalize_pci_address, normalize_usb_id):
-        try:
-            return normalize(text)
-        except InvalidId:
-            pass
-    raise InvalidId(f"{str(text)[:80]!r} is neither a PCI address like 0000:01:00.0 nor a "
-                    "USB id like 046d:c52b:SERIAL or 046d:c52b@1-1.2")
 
 
 def check_path_ids(bp, name_of="name"):

@@ -11,6 +11,8 @@ import re
 PCI_ADDRESS = re.compile(r"^[0-9a-f]{4}:[0-9a-f]{2}:[0-1][0-9a-f]\.[0-7]$")
 USB_ID = re.compile(r"^[0-9a-f]{4}:[0-9a-f]{4}(?::[A-Za-z0-9._-]{1,126}|@(?:usb[0-9]{1,3}|[0-9]{1,3}-[0-9]{1,3}(?:\.[0-9]{1,3}){0,6}))$")
 OBJECT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+# What an agent may call itself: its configured id or /etc/machine-id (32 hex digits).
+HOST_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}")
 _SERIAL_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 
 
@@ -52,3 +54,21 @@ def check_name(text, what="name"):
         raise InvalidId(f"{what} {str(text)[:80]!r} must be 1-63 letters, digits, '_', '.' "
                         "or '-', starting with a letter or digit")
     return text
+
+
+def check_host_id(text):
+    if not isinstance(text, str) or not HOST_ID.fullmatch(text):
+        raise InvalidId(f"host id {str(text)[:80]!r} must be 1-128 letters, digits, '_', '.', "
+                        "':' or '-', starting with a letter or digit")
+    return text
+
+
+def check_device_id(text):
+    """A PCI address or a USB id, normalised as the inventory stores it."""
+    for normalize in (normalize_pci_address, normalize_usb_id):
+        try:
+            return normalize(text)
+        except InvalidId:
+            pass
+    raise InvalidId(f"{str(text)[:80]!r} is neither a PCI address like 0000:01:00.0 nor a "
+                    "USB id like 046d:c52b:SERIAL or 046d:c52b@1-1.2")
