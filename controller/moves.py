@@ -12,12 +12,18 @@ undone if a later one fails, so the VM stays where it was and the claim goes bac
 4. the VM row takes the target as its host.
 
 An agent that cannot be reached is a 503; an agent's refusal passes through with its code.
+
+Before each agent call the move stamps the row (`spec["moving_since"]`): a move whose stamp
+is older than the longest one call may wait was abandoned by a dead controller process,
+and controller.recovery settles it with `settle()`, the same ending the move uses.
 """
 
 import logging
 
-from controller.db.models import Vm
-from controller.placement import release
+from sqlalchemy import select
+
+from controller.db.models import Device, Host, Vm, utcnow
+from hostplane.core import device_states
 from hostplane.errors import ApiError, Conflict
 
 log = logging.getLogger(__name__)
@@ -29,23 +35,25 @@ def move_and_attach(ctl, vm, target_id, devices, host_of):
     try:
         source, target = host_of(vm.host_id), host_of(target_id)
         _check_movable(ctl.agent(source).vm(vm.name), vm.name, source.id)
+        mark(ctl.db, vm.name, target.id)
         spec = {"name": vm.name, "vcpus": vm.vcpus, "memory_mib": vm.memory_mib,
                 "networks": (vm.spec or {}).get("networks", []), "start": False,
                 "devices": [{"type": kind, "id": device_id} for kind, device_id in devices]}
         answer = ctl.agent(target).create_vm(spec)
     except ApiError:
-        _undo(ctl, vm, target_id, devices)
+        settle(ctl.db, vm.name, target_id, moved=False, state=vm.state)
         raise
     try:
+        mark(ctl.db, vm.name, target.id)   # settled meanwhile: the source keeps the domain
         ctl.agent(source).delete_vm(vm.name)
     except ApiError:
         _forget_on(ctl, target, vm.name)
-        _undo(ctl, vm, target.id, devices)
+        settle(ctl.db, vm.name, target.id, moved=False, state=vm.state)
         raise
-    with ctl.db.write() as session:
-        row = session.get(Vm, vm.name)
-        row.host_id, row.moving_to = target.id, None
-        row.state = answer.get("state") or "stopped"
+    if not settle(ctl.db, vm.name, target.id, moved=True,
+                  state=answer.get("state") or "stopped"):
+        raise Conflict(f"{vm.name}: its move was settled by another controller process",
+                       code="vm_busy", details={"host": target.id})
     log.info("VM %s moved from %s to %s for %s", vm.name, source.id, target.id,
              ", ".join(device_id for _, device_id in devices))
 
@@ -67,13 +75,48 @@ def _check_movable(view, name, source_id):
                        details={"host": source_id})
 
 
-def _undo(ctl, vm, target_id, devices):
-    """The VM back to its source as it was; the claim on the target given back."""
-    release(ctl.db, target_id, vm.name, devices)
-    with ctl.db.write() as session:
-        row = session.get(Vm, vm.name)
-        if row is not None and row.moving_to == target_id:
-            row.moving_to, row.state = None, vm.state
+def mark(db, name, target_id):
+    """Stamp the move as alive now; 409 once it is no longer this move (settled elsewhere)."""
+    with db.write() as session:
+        vm = session.scalars(db.locked(select(Vm).where(Vm.name == name))).first()
+        if vm is None or vm.state != "moving" or vm.moving_to != target_id:
+            raise Conflict(f"{name} is no longer moving to {target_id}", code="vm_busy",
+                           details={"host": target_id})
+        vm.spec = {**(vm.spec or {}), "moving_since": utcnow().timestamp()}
+
+
+def settle(db, name, target_id, moved, state):
+    """End the move of `name` to `target_id`: `moved` → the target is its host; otherwise
+    it stays on its source and the target's claim (devices, room) is given back. One
+    transaction, hosts locked in id order then the VM row (as a claim takes them); False
+    when the row is no longer this move (another process settled it)."""
+    with db.write() as session:
+        source_id = session.scalar(select(Vm.host_id).where(Vm.name == name))
+        hosts = sorted({target_id, source_id} - {None})
+        session.execute(db.locked(select(Host.id).where(Host.id.in_(hosts)).order_by(Host.id)))
+        vm = session.scalars(db.locked(select(Vm).where(Vm.name == name))).first()
+        if vm is None or vm.state != "moving" or vm.moving_to != target_id:
+            return moved and vm is not None and vm.host_id == target_id
+        if moved:
+            vm.host_id = target_id
+        else:
+            release_held(session, db, name, target_id)
+        vm.moving_to, vm.state = None, state
+        vm.spec = {k: v for k, v in (vm.spec or {}).items() if k != "moving_since"}
+    return True
+
+
+def release_held(session, db, name, host_id=None):
+    """Give back the devices `name` holds (on `host_id` only, if given); an unavailable one
+    keeps its record for the operator but loses its holder."""
+    query = select(Device).where(Device.vm == name)
+    if host_id is not None:
+        query = query.where(Device.host_id == host_id)
+    for device in session.scalars(db.locked(query)):
+        if device.status == "attached":
+            device_states.release(device, name)
+        else:
+            device.vm = None
 
 
 def _forget_on(ctl, host, name):

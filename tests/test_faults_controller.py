@@ -20,7 +20,6 @@ import threading
 import time
 
 import pytest
-import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from controller.db import upgrade
@@ -30,44 +29,12 @@ from tests.test_controller_support import (ADMIN, LoopbackAgent, controller_app,
                                            gpu_host, needs_agent_vm_api, postgres_database,
                                            register)
 from tests.test_controller_support import database_url  # noqa: F401 - fixture
-from tests.test_faults_controller_support import (AgentProcess, ControllerProcess, Namespaces,
-                                                  Relay, free_port, wait_for)
+from tests.test_faults_controller_support import (AgentProcess, Api, ControllerProcess,
+                                                  Namespaces, Relay, agent_domains,
+                                                  crash_and_restart, free_port, wait_for)
 
 GPU = {"vendor_id": "10de", "device_id": "1eb8"}
 GPUS = ("0000:3b:00.0", "0000:af:00.0")
-
-
-class Api:
-    """The controller's API as an operator's script calls it: (status, body)."""
-
-    def __init__(self, controller):
-        self.controller = controller
-
-    def __call__(self, method, path, body=None):
-        if self.controller.http:
-            return self.controller.http.call(method, path, body)
-        answer = requests.request(method, self.controller.url + path, headers=ADMIN,
-                                  json=body, timeout=60)
-        return answer.status_code, (answer.json() if answer.content else None)
-
-    def host(self, host_id):
-        return self("GET", f"/v1/hosts/{host_id}")[1]
-
-    def claims(self):
-        """What the controller says is reserved: VMs and who holds which device."""
-        vms = {vm["name"]: (vm["host"], vm["state"], sorted(d["id"] for d in vm["devices"]))
-               for vm in self("GET", "/v1/vms")[1]["vms"]}
-        devices = {(d["host_id"], d["id"]): (d["status"], d["vm"])
-                   for d in self("GET", "/v1/devices")[1]["devices"]}
-        return vms, devices
-
-
-def agent_domains(agent):
-    """{vm name: (state, sorted device ids)} as the agent itself reports them."""
-    status, body = agent.get("/v1/vms")
-    assert status == 200, body
-    return {vm["name"]: (vm["state"], sorted(d["id"] for d in vm.get("devices", [])))
-            for vm in body["vms"]}
 
 
 # --- controller SIGKILL mid-create ---------------------------------------------------------
@@ -85,22 +52,16 @@ def test_controller_killed_mid_create_completes_or_releases_the_claim_on_restart
     try:
         assert api("POST", "/v1/hosts", {"url": agent.url, "token": AGENT_TOKEN})[0] == 201
         agent.freeze()
-        create = threading.Thread(target=_quietly, args=(api, "POST", "/v1/vms", {
+        create = threading.Thread(target=api.quietly, args=("POST", "/v1/vms", {
             "name": "hpf-vm", "vcpus": 1, "memory_mib": 64, "start": False, "gpus": [GPU]}))
         create.start()
         wait_for("the claim", lambda: api("GET", "/v1/vms/hpf-vm")[1].get("state")
                  == "creating")
         claimed = api.claims()
         assert sum(status == "attached" for status, _ in claimed[1].values()) >= 1
-        controller.kill()                      # between claim and agent answer
-        create.join(timeout=120)
-        if agent_fate == "request-lost":
-            agent.kill()
-            agent.start()
-        started = time.monotonic()
-        controller.start()
-        if agent_fate == "request-delivered":
-            agent.thaw()
+        lost = agent_fate == "request-lost"    # killed between claim and agent answer
+        started = crash_and_restart(controller, create, lost=[agent] if lost else [],
+                                    thawed=[] if lost else [agent])
         settled = wait_for("the abandoned create to be settled", lambda: _settled(api),
                            timeout=180)
         print(f"\nfault: controller SIGKILL mid-create, {database_url.split(':')[0]}, "
@@ -128,13 +89,6 @@ def test_controller_killed_mid_create_completes_or_releases_the_claim_on_restart
     finally:
         controller.stop()
         agent.stop()
-
-
-def _quietly(api, *args):
-    try:
-        api(*args)
-    except requests.RequestException:
-        pass   # the controller was killed under this request: expected
 
 
 def _settled(api):

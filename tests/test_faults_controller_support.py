@@ -9,6 +9,7 @@
   relay LISTEN TARGET`), run inside a namespace; killing it makes the agent's address
   refuse connections while the agent and its domains live on.
 - `UnixHttp`: HTTP over a unix socket, to reach a service inside a namespace from here.
+- `Api`, `agent_domains`: what an operator reads of the controller and of an agent.
 """
 
 import http.client
@@ -23,7 +24,8 @@ import time
 
 from tests.conftest import TOKEN as AGENT_TOKEN
 from tests.hardening import synthetic_agent_env
-from tests.test_controller_support import ADMIN_TOKEN
+from tests.synthetic import write_proc, write_sysfs_tree
+from tests.test_controller_support import ADMIN, ADMIN_TOKEN
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -142,16 +144,20 @@ class ControllerProcess(_Process):
 
 
 class AgentProcess(_Process):
-    """A gunicorn agent on a synthetic two-GPU host bound to `bind` (host:port or unix:)."""
+    """A gunicorn agent on a synthetic two-GPU host (small_gpu_host, or `host`) bound to
+    `bind` (host:port or unix:)."""
 
-    def __init__(self, tmp_path, host_id, bind):
+    def __init__(self, tmp_path, host_id, bind, host=None, workers=1):
         env = synthetic_agent_env(tmp_path, host_id)
         env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+        if host is not None:
+            env["HOSTPLANE_HOST_SYSFS_ROOT"] = str(write_sysfs_tree(host, tmp_path / "own-sys"))
+            env["HOSTPLANE_HOST_PROC_ROOT"] = write_proc(str(tmp_path / "own-proc"), host)
         self.bind = bind
         self.http = UnixHttp(bind[5:], AGENT_TOKEN) if bind.startswith("unix:") else None
         self.url = None if self.http else f"http://{bind}"
-        super().__init__([sys.executable, "-m", "gunicorn", "--bind", bind, "--workers", "1",
-                          "--timeout", "300", "agent.app:create_app()"],
+        super().__init__([sys.executable, "-m", "gunicorn", "--bind", bind, "--workers",
+                          str(workers), "--timeout", "300", "agent.app:create_app()"],
                          env, tmp_path / f"{host_id}.log")
         self.start()
 
@@ -180,6 +186,65 @@ class AgentProcess(_Process):
 
     def thaw(self):
         self.signal_all(signal.SIGCONT)
+
+
+class Api:
+    """The controller's API as an operator's script calls it: (status, body)."""
+
+    def __init__(self, controller):
+        self.controller = controller
+
+    def __call__(self, method, path, body=None):
+        if self.controller.http:
+            return self.controller.http.call(method, path, body)
+        import requests
+        answer = requests.request(method, self.controller.url + path, headers=ADMIN,
+                                  json=body, timeout=60)
+        return answer.status_code, (answer.json() if answer.content else None)
+
+    def host(self, host_id):
+        return self("GET", f"/v1/hosts/{host_id}")[1]
+
+    def claims(self):
+        """What the controller says is reserved: VMs and who holds which device."""
+        vms = {vm["name"]: (vm["host"], vm["state"], sorted(d["id"] for d in vm["devices"]))
+               for vm in self("GET", "/v1/vms")[1]["vms"]}
+        devices = {(d["host_id"], d["id"]): (d["status"], d["vm"])
+                   for d in self("GET", "/v1/devices")[1]["devices"]}
+        return vms, devices
+
+    def quietly(self, *args):
+        """A call whose controller is killed under it (in a thread): no answer expected."""
+        import requests
+        try:
+            self(*args)
+        except (requests.RequestException, OSError):
+            pass
+
+
+def agent_domains(agent):
+    """{vm name: (state, sorted device ids)} as the agent itself reports them."""
+    status, body = agent.get("/v1/vms")
+    assert status == 200, body
+    return {vm["name"]: (vm["state"], sorted(d["id"] for d in vm.get("devices", [])))
+            for vm in body["vms"]}
+
+
+def crash_and_restart(controller, request, lost=(), thawed=()):
+    """SIGKILL `controller` under `request` (a thread calling it); agents in `lost` are
+    killed and start again empty (a new boot); after the controller's restart, agents in
+    `thawed` are thawed and handle what the dead controller left queued. Returns the
+    monotonic time of the restart."""
+    controller.kill()
+    request.join(timeout=120)
+    for agent in lost:
+        agent.kill()
+        agent.start()
+    started = time.monotonic()
+    controller.start()
+    for agent in thawed:
+        agent.thaw()
+    return started
 
 
 class UnixHttp:
