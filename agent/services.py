@@ -4,6 +4,7 @@ Blueprints reach it through `current_agent()`. Each adapter is pointed by config
 (sysfs root, libvirt URI, network namespace), which is how tests use real parts.
 """
 
+import hashlib
 import logging
 import os
 import uuid
@@ -27,7 +28,7 @@ class Agent:
         self.config = config
         self.version = __version__
         self.host_id = configured_host_id(config)
-        self.boot_id = uuid.uuid4().hex
+        self.boot_id = start_id()
         host = config["host"]
         self.sysfs = SysfsTree(host["sysfs_root"])
         self.live_host = os.path.realpath(host["sysfs_root"]) == "/sys"
@@ -96,6 +97,29 @@ class Agent:
         for adapter in (self.virt, self.networks):
             if adapter is not None and hasattr(adapter, "close"):
                 adapter.close()
+
+
+def start_id(environ=None, proc_root="/proc"):
+    """One id per agent start, the same in every gunicorn worker.
+
+    The controller resyncs a host whenever its boot id changes, so workers that each drew
+    their own made every other health check look like a restart. Under gunicorn the id is
+    derived from the master (the kernel's boot, its pid and start time): workers agree
+    without talking, a respawned worker keeps it, a restarted agent gets a new one.
+    Outside gunicorn (one process) it is random.
+    """
+    environ = os.environ if environ is None else environ
+    if not environ.get("SERVER_SOFTWARE", "").startswith("gunicorn/"):
+        return uuid.uuid4().hex
+    master = os.getppid()
+    try:
+        with open(f"{proc_root}/{master}/stat", encoding="ascii") as stat:
+            started = stat.read().rsplit(")", 1)[1].split()[19]   # field 22, starttime
+        with open(f"{proc_root}/sys/kernel/random/boot_id", encoding="ascii") as boot:
+            kernel_boot = boot.read().strip()
+    except (OSError, IndexError):
+        return uuid.uuid4().hex
+    return hashlib.sha256(f"{kernel_boot}/{master}/{started}".encode()).hexdigest()[:32]
 
 
 def current_agent():
