@@ -97,16 +97,26 @@ class Poller:
                                 .values(last_seen=utcnow(), failures=0, last_error=None))
         return outcomes
 
-    def fetch_now(self, host_id, background=True):
-        """Fetch one host immediately (registration, agent events)."""
+    def fetch_now(self, host_id, background=True, event=None):
+        """Fetch one host immediately (registration, agent events).
+
+        An agent's `event` that carries the boot id on record of a connected host needs no
+        health check first (one round trip less between a hot-plug and the inventory), and
+        one whose generation is already recorded is another worker's copy of a change
+        already fetched: nothing to do."""
         with self.db.read() as session:
             host = session.get(Host, host_id)
         if host is None:
             return None
+        known = bool(event and event.get("boot_id") and host.status == "connected"
+                     and event["boot_id"] == host.boot_id)
+        if (known and event.get("generation") is not None and host.generation is not None
+                and event["generation"] <= host.generation):
+            return "current"
         if background:
-            self.pool.submit(self._poll, host, 0.0, True)
+            self.pool.submit(self._poll, host, 0.0, True, known)
             return "scheduled"
-        return self._poll(host, 0.0, True)
+        return self._poll(host, 0.0, True, known)
 
     # --- one host ----------------------------------------------------------------------
     def _lease_hosts(self):
@@ -123,22 +133,23 @@ class Poller:
         return self.client_factory(host.url, host.token, timeout=timeout or self.timeout,
                                    session=self.session)
 
-    def _poll(self, host, jitter, write_seen=False):
+    def _poll(self, host, jitter, write_seen=False, known_boot=False):
         if jitter:
             time.sleep(random.uniform(0, jitter))  # nosec B311 - load spreading, no secret
         started = time.perf_counter()
         if self.failed is not None:
             self.failed.labels(host.id)   # a host that never failed shows 0, not nothing
         try:
-            return self._poll_once(host, write_seen)
+            return self._poll_once(host, write_seen, known_boot)
         finally:
             if self.latency is not None:
                 self.latency.labels(host.id).observe(time.perf_counter() - started)
 
-    def _poll_once(self, host, write_seen):
+    def _poll_once(self, host, write_seen, known_boot=False):
         client = self._client(host)
         try:
-            health = client.health()
+            health = ({"host_id": host.id, "boot_id": host.boot_id} if known_boot
+                      else client.health())
             if health.get("host_id") not in (None, host.id):
                 raise ValueError(f"agent now says it is host {health['host_id']}, not {host.id}")
             resync = health.get("boot_id") != host.boot_id or host.status != "connected"

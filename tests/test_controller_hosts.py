@@ -125,6 +125,40 @@ def test_agent_event_with_its_own_token_triggers_a_fetch(world):
     assert answer.status_code == 202
 
 
+def test_event_from_the_known_agent_start_skips_health_and_a_repeat_asks_nothing(world):
+    app, client, agents = world
+    from tests.conftest import AUTH
+    host = client.get("/v1/hosts/host-a", headers=ADMIN).get_json()
+    event = {"host_id": "host-a", "boot_id": host["boot_id"],
+             "generation": host["generation"] + 1, "reason": "usb 1-1.1"}
+    before = _agent_calls(agents["host-a"])
+    assert poller(app).fetch_now("host-a", background=False, event=event) == "changed"
+    asked = _agent_calls(agents["host-a"]) - before
+    assert asked == {"devices.devices": 1}, asked     # no health check first
+    # another worker's copy of a change already fetched: no request at all
+    before = _agent_calls(agents["host-a"])
+    again = client.post("/v1/hosts/host-a/events", headers=AUTH,
+                        json={**event, "generation": host["generation"]})
+    assert again.status_code == 202 and again.get_json()["fetch"] == "current"
+    assert _agent_calls(agents["host-a"]) == before
+    # a boot id the controller has not seen: health first, then the full resync
+    stranger = {**event, "boot_id": "f" * 32}
+    poller(app).fetch_now("host-a", background=False, event=stranger)
+    asked = _agent_calls(agents["host-a"]) - before
+    assert asked["health.health"] == 1 and asked["devices.devices"] == 1, asked
+
+
+def _agent_calls(agent):
+    """Requests the agent served, by endpoint, from its own API latency metric."""
+    from collections import Counter
+    calls = Counter()
+    for family in agent.app.extensions["metrics_registry"].collect():
+        for sample in family.samples:
+            if sample.name == "hostplane_agent_api_request_seconds_count":
+                calls[sample.labels["endpoint"]] += int(sample.value)
+    return calls
+
+
 def test_maintenance_and_iommu_switch_are_admin_patches(world):
     _, client, _ = world
     answer = client.patch("/v1/hosts/host-a", headers=ADMIN,

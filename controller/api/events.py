@@ -29,5 +29,5 @@ def event(host_id):
                         code="not_this_host")
     if body.host_id != host_id:
         raise Forbidden("event names another host", code="not_this_host")
-    current().poller.fetch_now(host_id)
-    return jsonify({"accepted": True, "host_id": host_id}), 202
+    outcome = current().poller.fetch_now(host_id, event=body.model_dump())
+    return jsonify({"accepted": True, "host_id": host_id, "fetch": outcome}), 202
