@@ -29,8 +29,10 @@ VENV_BIN = os.path.join(REPO, ".venv/bin")
 CACHE = "/var/cache/hostplane-ops"
 MIRROR = "http://deb.debian.org/debian"
 # What a node's image brings before the role runs: Python for Ansible's modules.
+# debootstrap does not choose among alternatives, so the system bus and logind that
+# libvirt-daemon-system needs (dbus-system-bus | ..., logind | ...) are named here.
 BASE_PACKAGES = ["python3", "python3-apt", "python3-venv", "systemd", "systemd-sysv",
-                 "ca-certificates"]
+                 "ca-certificates", "dbus", "libpam-systemd"]
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="chroot and mounts need root")
 
@@ -54,6 +56,7 @@ def cached_rootfs():
             subprocess.run(["apt-get", "install", "-y", "-qq", "debootstrap"], check=True)
         building = root + ".tmp"
         shutil.rmtree(building, ignore_errors=True)
+        os.makedirs(f"{CACHE}/debs", exist_ok=True)   # debootstrap will not make it
         subprocess.run(["debootstrap", "--variant=minbase", f"--cache-dir={CACHE}/debs",
                         "--include=" + ",".join(packages), "bookworm", building, MIRROR],
                        check=True, stdout=subprocess.DEVNULL)
