@@ -124,9 +124,10 @@ def test_gpu_server_tree_reads_with_inventory_cli(tmp_path):
     assert inventory["host_id"] == "server" and len(inventory["pci"]) == 922
 
 
-def test_recorded_lab_node_shows_real_iommu_groups_and_qemu_usb_devices():
-    """Recorded with umockdev-record inside a booted q35 + intel-iommu node (tests/lab)."""
-    inventory = replay_inventory(os.path.join(DATA, "lab-node.umockdev"))
+@pytest.mark.parametrize("node", [0, 1])
+def test_recorded_lab_node_shows_real_iommu_groups_and_qemu_usb_devices(node):
+    """Recorded with umockdev-record inside each booted q35 + intel-iommu node (tests/lab)."""
+    inventory = replay_inventory(os.path.join(DATA, f"lab-node{node}.umockdev"))
     pci = by_id(inventory["pci"])
     endpoints = {a: d for a, d in pci.items() if a.endswith(":00.0") and not a.startswith("0000:00")}
     assert {d["type"] for d in endpoints.values()} >= {"nic", "gpu", "nvme", "usb-controller"}
@@ -137,6 +138,6 @@ def test_recorded_lab_node_shows_real_iommu_groups_and_qemu_usb_devices():
     assert len(ich9) == 3 and not any(d["assignable"] for d in ich9)
     usb = {d["product"]: d for d in inventory["usb"]}
     storage = usb["QEMU USB HARDDRIVE"]
-    assert storage["id"] == "46f4:0001:HPLAB0USB0" and storage["assignable"]
+    assert storage["id"] == f"46f4:0001:HPLAB{node}USB0" and storage["assignable"]
     assert usb["QEMU USB Tablet"]["usb_version"] == "2.00"
     assert all(not d["assignable"] for d in inventory["usb"] if d["vendor_id"] == "1d6b")
