@@ -106,13 +106,17 @@ def start_id(environ=None, proc_root="/proc"):
     their own made every other health check look like a restart. Under gunicorn the id is
     derived from the master (the kernel's boot, its pid and start time): workers agree
     without talking, a respawned worker keeps it, a restarted agent gets a new one.
-    Outside gunicorn (one process) it is random.
+    Outside gunicorn (one process), or built in the master before the workers fork
+    (`--preload`, where they inherit it), it is random.
     """
     environ = os.environ if environ is None else environ
     if not environ.get("SERVER_SOFTWARE", "").startswith("gunicorn/"):
         return uuid.uuid4().hex
     master = os.getppid()
     try:
+        with open(f"{proc_root}/{master}/cmdline", "rb") as cmdline:
+            if b"gunicorn" not in cmdline.read():
+                return uuid.uuid4().hex   # this process is the master itself
         with open(f"{proc_root}/{master}/stat", encoding="ascii") as stat:
             started = stat.read().rsplit(")", 1)[1].split()[19]   # field 22, starttime
         with open(f"{proc_root}/sys/kernel/random/boot_id", encoding="ascii") as boot:
