@@ -51,6 +51,16 @@ def test_create_claims_gpu_with_audio_and_the_reservation_survives_stop_and_star
     assert any("1 of 2" in r for r in two.get_json()["rejected"]["host-b"])
 
 
+def test_detach_from_a_stopped_vm_gives_the_gpu_and_its_audio_back(world):
+    client = world
+    assert create(client, "vm-det", gpus=[A10]).status_code == 201
+    held = sorted(held_by(client, "host-b"))
+    answer = client.delete(f"/v1/vms/vm-det/devices/host-b/{held[0]}", headers=ADMIN)
+    assert answer.status_code == 200, answer.get_json()
+    assert held_by(client, "host-b") == {}
+    assert client.get("/v1/vms/vm-det", headers=ADMIN).get_json()["devices"] == []
+
+
 def test_delete_gives_devices_and_room_back(world):
     client = world
     assert create(client, "vm-gone", gpus=[A10]).status_code == 201

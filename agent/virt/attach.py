@@ -93,7 +93,7 @@ def detach(virt, vm, kind, device_id):
         with virt.connection.errors(vm):
             entry = _held_entry(virt, dom, vm, kind, device_id)   # a concurrent detach?
             if entry is not None and entry["persistent"] and dom.isPersistent():
-                dom.detachDeviceFlags(element, libvirt.VIR_DOMAIN_AFFECT_CONFIG)
+                _detach_device(dom, element, libvirt.VIR_DOMAIN_AFFECT_CONFIG)
         if kind == "pci":
             virt.inventory.refresh_pci(device_id)     # managed: back on its host driver
         virt.mutated()
@@ -166,6 +166,32 @@ def _attach_device(dom, element, flags):
         root = domxml.parse(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
         root.find("devices").append(domxml.parse(element))
         dom.connect().defineXML(ET.tostring(root, encoding="unicode"))
+
+
+def _detach_device(dom, element, flags):
+    """detachDeviceFlags; drivers without it get a redefine without the matching hostdev
+    for config-only changes, the mirror of `_attach_device`."""
+    try:
+        dom.detachDeviceFlags(element, flags)
+    except libvirt.libvirtError as exc:
+        if exc.get_error_code() != libvirt.VIR_ERR_NO_SUPPORT or \
+                flags != libvirt.VIR_DOMAIN_AFFECT_CONFIG:
+            raise
+        root = domxml.parse(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
+        wanted = _source_of(domxml.parse(element))
+        devices = root.find("devices")
+        for hostdev in devices.findall("hostdev"):
+            if _source_of(hostdev) == wanted:
+                devices.remove(hostdev)
+                break
+        dom.connect().defineXML(ET.tostring(root, encoding="unicode"))
+
+
+def _source_of(hostdev):
+    """What a hostdev element passes through (domxml's reading, alias left out)."""
+    wrapper = ET.Element("domain")
+    ET.SubElement(wrapper, "devices").append(hostdev)
+    return [{k: v for k, v in entry.items() if k != "alias"} for entry in domxml.hostdevs(wrapper)]
 
 
 def detach_live(virt, dom, vm, alias, element, what):

@@ -1,0 +1,267 @@
+"""Any sequence of operator actions leaves the controller's claims and the agents' domains
+in agreement (a stateful property test, Hypothesis' rule-based state machine).
+
+The world is real: a controller on SQLite and two real agents (host-a with two T4 GPUs,
+host-b with two A10s, a USB stick and a keyboard each; libvirt's test driver, one private
+instance per agent). Hypothesis drives creates (GPUs by model and count or by address,
+USB, a host asked or not, started or not), deletes, starts, stops, attaches and detaches
+of GPUs and USB devices, device enable/disable and host maintenance/IOMMU switches, in
+any order. Every answer must be 2xx or a 4xx in the error envelope (a refusal), never a
+5xx. After every step, what an operator reads must agree:
+
+- every device the controller calls attached belongs to exactly one VM that lists it,
+  and every device a VM lists is on that VM's host;
+- each VM's domain on its host's agent holds exactly the devices the controller records
+  (and no agent has a domain the controller does not know);
+- no VM holds more USB devices than the per-VM limits, and a GPU's audio function is
+  never split from its GPU.
+
+CI runs 40 sequences of up to 25 steps, derandomized (the same ones each run, so a
+failure there is a regression, never luck); a long random run, whose failing sequence
+Hypothesis prints shrunk to its shortest:
+
+    HOSTPLANE_STATEFUL_EXAMPLES=1000 .venv/bin/python -m pytest tests/test_controller_stateful.py -s
+"""
+
+import collections
+import os
+
+import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (RuleBasedStateMachine, invariant, precondition, rule,
+                                 run_state_machine_as_test)
+
+from tests.test_controller_support import ADMIN, needs_agent_vm_api, two_host_world
+from tests.test_faults_controller_support import agent_domains
+
+NAMES = ("sm-1", "sm-2", "sm-3")
+MODELS = ({"vendor_id": "10de", "device_id": "1eb8"}, {"vendor_id": "10de", "device_id": "2236"})
+HOSTS = ("host-a", "host-b")
+USB_LIMITS = {"1": 1, "2": 6, "3": 4}
+
+
+class _Answers:
+    """The controller through its test client; every answer judged on the way, and
+    counted by (method, route, status) in `seen`."""
+
+    seen = collections.Counter()
+
+    def __init__(self, client):
+        self.client = client
+        self.counting = True
+
+    def __call__(self, method, path, body=None, allowed=(200, 201, 204)):
+        answer = self.client.open(path, method=method, headers=ADMIN, json=body)
+        status = answer.status_code
+        if method != "GET" and self.counting:
+            error = (answer.get_json() or {}).get("error", {}) if status >= 400 else {}
+            self.seen[(method, _route(path), status, error.get("code"))] += 1
+        assert status < 500, (method, path, body, status, answer.get_json())
+        if status >= 400:
+            error = (answer.get_json() or {}).get("error", {})
+            assert error.get("code") and error.get("message"), (method, path, answer.data)
+        assert status in allowed or 400 <= status < 500, (method, path, status)
+        return status, answer.get_json()
+
+
+class ClaimsAgree(RuleBasedStateMachine):
+    world = None        # (client, agents, devices): set by the test before the run
+
+    def __init__(self):
+        super().__init__()
+        self.client, self.agents, self.devices = self.world
+        self.api = _Answers(self.client)
+        self.vms = {}
+        self._reset()
+
+    def _reset(self):
+        """Every sequence starts from the same world: no VM, everything enabled."""
+        self.api.counting = False
+        for vm in self.api("GET", "/v1/vms")[1]["vms"]:
+            self.api("DELETE", f"/v1/vms/{vm['name']}")
+        for host_id in HOSTS:
+            self.api("PATCH", f"/v1/hosts/{host_id}", {"state": "enabled",
+                                                        "iommu_enabled": True})
+        for host_id, device_id, _ in self.devices:
+            self.api("PATCH", f"/v1/devices/{host_id}/{device_id}", {"state": "enabled"})
+        self.api.counting = True
+
+    # --- what an operator does ----------------------------------------------------------
+    @rule(gpus=st.one_of(
+              st.just([]),
+              st.builds(lambda model, count: [dict(model, count=count)],
+                        st.sampled_from(MODELS), st.sampled_from((1, 1, 2, 3)))),
+          by_address=st.booleans(), usb=st.booleans(), data=st.data(),
+          host=st.sampled_from((None,) + HOSTS), start=st.sampled_from((False, False, True)))
+    def create(self, gpus, by_address, usb, data, host, start):
+        name = self._name(data, existing=False)
+        if by_address:
+            gpus = [{"id": data.draw(st.sampled_from(self._ids("gpu")))}]
+        asks = [{"id": data.draw(st.sampled_from(self._ids("usb")))}] if usb else []
+        body = {"name": name, "vcpus": 1, "memory_mib": 128, "gpus": gpus, "usb": asks,
+                "start": start}
+        if host:
+            body["host"] = host
+        self.api("POST", "/v1/vms", body)
+
+    @precondition(lambda self: self.vms)
+    @rule(data=st.data())
+    def delete(self, data):
+        self.api("DELETE", f"/v1/vms/{self._name(data)}")
+
+    @precondition(lambda self: self.vms)
+    @rule(data=st.data(), action=st.sampled_from(("start", "stop")))
+    def start_or_stop(self, data, action):
+        self.api("POST", f"/v1/vms/{self._name(data)}/{action}",
+                 {"force": True} if action == "stop" else None)
+
+    @precondition(lambda self: self.vms)
+    @rule(data=st.data())
+    def attach(self, data):
+        name = self._name(data)
+        home = self.vms.get(name, {}).get("host")
+        local = [device for device in self.devices if device[0] == home]
+        host_id, device_id, kind = data.draw(st.sampled_from(
+            local if local and data.draw(st.booleans()) else self.devices))
+        self.api("POST", f"/v1/vms/{name}/devices",
+                 {"type": "pci" if kind == "gpu" else "usb", "id": device_id})
+
+    @precondition(lambda self: self.vms)
+    @rule(data=st.data())
+    def detach(self, data):
+        name = self._name(data)
+        held = [(d["host_id"], d["id"]) for d in self.vms.get(name, {}).get("devices", [])]
+        host_id, device_id = data.draw(st.sampled_from(
+            held or [(host_id, device_id) for host_id, device_id, _ in self.devices]))
+        self.api("DELETE", f"/v1/vms/{name}/devices/{host_id}/{device_id}")
+
+    @rule(data=st.data(), action=st.sampled_from(("DELETE", "start", "stop", "devices")))
+    def missing_vm(self, data, action):
+        missing = [name for name in NAMES if name not in self.vms]
+        if not missing:
+            return
+        name = data.draw(st.sampled_from(missing))
+        method, path, body = {
+            "DELETE": ("DELETE", f"/v1/vms/{name}", None),
+            "start": ("POST", f"/v1/vms/{name}/start", None),
+            "stop": ("POST", f"/v1/vms/{name}/stop", {}),
+            "devices": ("POST", f"/v1/vms/{name}/devices",
+                        {"type": "usb", "id": self._ids("usb")[0]})}[action]
+        status, body = self.api(method, path, body)
+        assert status == 404 and body["error"]["code"] == "vm_not_found", (path, body)
+
+    # sampled_from with repeats: mostly the state that lets placements through
+    @rule(data=st.data(), state=st.sampled_from(("enabled", "enabled", "disabled")))
+    def enable_or_disable(self, data, state):
+        host_id, device_id, _ = data.draw(st.sampled_from(self.devices))
+        self.api("PATCH", f"/v1/devices/{host_id}/{device_id}", {"state": state})
+
+    @rule(host_id=st.sampled_from(HOSTS),
+          state=st.sampled_from(("enabled", "enabled", "maintenance")),
+          iommu=st.sampled_from((True, True, False)))
+    def switch_host(self, host_id, state, iommu):
+        self.api("PATCH", f"/v1/hosts/{host_id}", {"state": state, "iommu_enabled": iommu})
+
+    # --- what must hold after every step ------------------------------------------------
+    @invariant()
+    def claims_and_domains_agree(self):
+        vms = {vm["name"]: vm for vm in self.api("GET", "/v1/vms")[1]["vms"]}
+        self.vms = vms
+        devices = {(d["host_id"], d["id"]): d for d in
+                   self.api("GET", "/v1/devices")[1]["devices"]}
+        listed = {}
+        for name, vm in vms.items():
+            assert vm["state"] not in ("creating", "moving"), vm
+            for device in vm["devices"]:
+                key = (device["host_id"], device["id"])
+                assert key not in listed, f"{key} held by {listed.get(key)} and {name}"
+                listed[key] = name
+                assert device["host_id"] == vm["host"], (name, vm["host"], device)
+                assert devices[key]["vm"] == name, (name, devices[key])
+            _within_usb_limits(vm, devices)
+            _audio_with_its_gpu(vm, devices)
+        for key, device in devices.items():
+            if device["status"] == "attached":
+                assert listed.get(key) == device["vm"], (key, device)
+        for host_id, agent in self.agents.items():
+            domains = agent_domains(_Local(agent))
+            on_host = {name: vm for name, vm in vms.items() if vm["host"] == host_id}
+            assert set(domains) == set(on_host), (host_id, domains, sorted(on_host))
+            for name, (_, held) in domains.items():
+                assert held == sorted(d["id"] for d in on_host[name]["devices"]), (
+                    host_id, name, held, on_host[name]["devices"])
+
+    def _name(self, data, existing=True):
+        """A VM that exists (as read after the last step), or for a create one that does
+        not (`missing_vm` covers unknown names)."""
+        pool = sorted(name for name in NAMES if (name in self.vms) == existing)
+        return data.draw(st.sampled_from(pool or NAMES))
+
+    def _ids(self, kind):
+        return [device_id for _, device_id, device_kind in self.devices if device_kind == kind]
+
+
+def _route(path):
+    """`/v1/vms/sm-1/devices/host-a/0000:3b:00.0` → `/v1/vms/<id>/devices/<id>/<id>`."""
+    parts = path.split("/")
+    return "/".join(part if index < 3 or part in ("devices", "start", "stop") else "<id>"
+                    for index, part in enumerate(parts))
+
+
+def _within_usb_limits(vm, devices):
+    counts = {}
+    for device in vm["devices"]:
+        version = devices[(device["host_id"], device["id"])].get("usb_version")
+        if device["kind"] == "usb" and version:
+            counts[version[0]] = counts.get(version[0], 0) + 1
+    for major, count in counts.items():
+        assert count <= USB_LIMITS.get(major, count), (vm["name"], counts)
+
+
+def _audio_with_its_gpu(vm, devices):
+    held = {d["id"] for d in vm["devices"]}
+    for device_id in held:
+        if device_id.endswith(".0") and devices[(vm["host"], device_id)]["type"] == "gpu":
+            assert device_id[:-1] + "1" in held, (vm["name"], sorted(held))
+
+
+class _Local:
+    """`agent_domains` asks `.get(path)`: here, of an in-process agent's test client."""
+
+    def __init__(self, agent):
+        self.client = agent.app.test_client()
+
+    def get(self, path):
+        from tests.conftest import AUTH
+        answer = self.client.get(path, headers=AUTH)
+        return answer.status_code, answer.get_json()
+
+
+def test_any_sequence_of_operator_actions_keeps_claims_and_domains_in_agreement(tmp_path):
+    needs_agent_vm_api()
+    with two_host_world(tmp_path) as (_, client, agents):
+        listing = client.get("/v1/devices", headers=ADMIN).get_json()["devices"]
+        devices = [(d["host_id"], d["id"], d["type"] if d["kind"] == "pci" else "usb")
+                   for d in listing
+                   if (d["kind"] == "pci" and d["type"] == "gpu")
+                   or (d["kind"] == "usb" and d["assignable"])]
+        assert {kind for _, _, kind in devices} == {"gpu", "usb"}, listing
+        ClaimsAgree.world = (client, agents, sorted(devices))
+        _Answers.seen.clear()
+        long_run = "HOSTPLANE_STATEFUL_EXAMPLES" in os.environ
+        run_state_machine_as_test(ClaimsAgree, settings=settings(
+            max_examples=int(os.environ.get("HOSTPLANE_STATEFUL_EXAMPLES", 40)),
+            stateful_step_count=25, deadline=None, database=None,
+            derandomize=not long_run,   # CI: the same sequences every run, never flaky
+            suppress_health_check=list(HealthCheck)))
+    seen = _Answers.seen
+    print(f"\nstateful: {sum(seen.values())} actions;", ", ".join(
+        f"{method} {route} {status}{' ' + code if code else ''} x{count}"
+        for (method, route, status, code), count in sorted(seen.items(), key=str)))
+    # the run did reach the interesting states, not only refusals
+    assert seen[("POST", "/v1/vms", 201, None)] > 0
+    assert any(key[:3] == ("POST", "/v1/vms/<id>/devices", 200) for key in seen)
+
+
+pytestmark = pytest.mark.timeout(900)
