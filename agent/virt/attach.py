@@ -155,43 +155,44 @@ def _hostdev_for(dom, kind, device, flags):
 
 
 def _attach_device(dom, element, flags):
-    """attachDeviceFlags; drivers without it (libvirt's test driver) get a redefine for
-    config-only changes, which is what attachDeviceFlags(CONFIG) does to the XML."""
-    try:
-        dom.attachDeviceFlags(element, flags)
-    except libvirt.libvirtError as exc:
-        if exc.get_error_code() != libvirt.VIR_ERR_NO_SUPPORT or \
-                flags != libvirt.VIR_DOMAIN_AFFECT_CONFIG:
-            raise
-        root = domxml.parse(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
-        root.find("devices").append(domxml.parse(element))
-        dom.connect().defineXML(ET.tostring(root, encoding="unicode"))
+    _device_change(dom, dom.attachDeviceFlags, element, flags,
+                   lambda devices, added: devices.append(added))
 
 
 def _detach_device(dom, element, flags):
-    """detachDeviceFlags; drivers without it get a redefine without the matching hostdev
-    for config-only changes, the mirror of `_attach_device`."""
+    _device_change(dom, dom.detachDeviceFlags, element, flags, _remove_hostdev)
+
+
+def _device_change(dom, call, element, flags, edit):
+    """`call(element, flags)` (attachDeviceFlags or detachDeviceFlags); drivers without it
+    (libvirt's test driver) get, for config-only changes, a redefine of the inactive XML
+    after `edit(devices, parsed element)`: what the call does to the XML."""
     try:
-        dom.detachDeviceFlags(element, flags)
+        call(element, flags)
     except libvirt.libvirtError as exc:
         if exc.get_error_code() != libvirt.VIR_ERR_NO_SUPPORT or \
                 flags != libvirt.VIR_DOMAIN_AFFECT_CONFIG:
             raise
         root = domxml.parse(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
-        wanted = _source_of(domxml.parse(element))
-        devices = root.find("devices")
-        for hostdev in devices.findall("hostdev"):
-            if _source_of(hostdev) == wanted:
-                devices.remove(hostdev)
-                break
+        edit(root.find("devices"), domxml.parse(element))
         dom.connect().defineXML(ET.tostring(root, encoding="unicode"))
+
+
+def _remove_hostdev(devices, gone):
+    """Drop the hostdev that passes through what `gone` does (aliases aside)."""
+    wanted = _source_of(gone)
+    for hostdev in devices.findall("hostdev"):
+        if _source_of(hostdev) == wanted:
+            devices.remove(hostdev)
+            return
 
 
 def _source_of(hostdev):
     """What a hostdev element passes through (domxml's reading, alias left out)."""
     wrapper = ET.Element("domain")
     ET.SubElement(wrapper, "devices").append(hostdev)
-    return [{k: v for k, v in entry.items() if k != "alias"} for entry in domxml.hostdevs(wrapper)]
+    return [{key: value for key, value in entry.items() if key != "alias"}
+            for entry in domxml.hostdevs(wrapper)]
 
 
 def detach_live(virt, dom, vm, alias, element, what):
