@@ -22,8 +22,8 @@ import logging
 
 from sqlalchemy import select
 
-from controller.db.models import Device, Host, Vm, utcnow
-from hostplane.core import device_states
+from controller.db.models import Host, Vm, utcnow
+from controller.placement import release_held
 from hostplane.errors import ApiError, Conflict
 
 log = logging.getLogger(__name__)
@@ -104,19 +104,6 @@ def settle(db, name, target_id, moved, state):
         vm.moving_to, vm.state = None, state
         vm.spec = {k: v for k, v in (vm.spec or {}).items() if k != "moving_since"}
     return True
-
-
-def release_held(session, db, name, host_id=None):
-    """Give back the devices `name` holds (on `host_id` only, if given); an unavailable one
-    keeps its record for the operator but loses its holder."""
-    query = select(Device).where(Device.vm == name)
-    if host_id is not None:
-        query = query.where(Device.host_id == host_id)
-    for device in session.scalars(db.locked(query)):
-        if device.status == "attached":
-            device_states.release(device, name)
-        else:
-            device.vm = None
 
 
 def _forget_on(ctl, host, name):

@@ -206,6 +206,19 @@ def release(db, host_id, vm_name, devices, drop_vm=False):
                 session.delete(vm)
 
 
+def release_held(session, db, name, host_id=None):
+    """Give back the devices `name` holds (on `host_id` only, if given); an unavailable one
+    keeps its record for the operator but loses its holder."""
+    query = select(Device).where(Device.vm == name)
+    if host_id is not None:
+        query = query.where(Device.host_id == host_id)
+    for device in session.scalars(db.locked(query)):
+        if device.status == "attached":
+            device_states.release(device, name)
+        else:
+            device.vm = None
+
+
 def unplaceable(request, placement):
     """422 for a VM that fits nowhere; 409 when an existing VM cannot take the devices
     (they are elsewhere or held): the VM is placed, the request conflicts with it."""

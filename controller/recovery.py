@@ -26,6 +26,7 @@ from sqlalchemy import select
 
 from controller import moves
 from controller.db.models import Host, Vm, utcnow
+from controller.placement import release_held
 from hostplane.errors import ApiError, Conflict
 
 log = logging.getLogger(__name__)
@@ -57,7 +58,7 @@ def _settle(db, client_for, name, host):
             vm.state = found.get("state") or "stopped"
             log.warning("VM %s: create completed after its controller died", name)
             return "completed"
-        moves.release_held(session, db, name)
+        release_held(session, db, name)
         session.delete(vm)
     log.warning("VM %s: abandoned create released", name)
     return "released"

@@ -9,9 +9,8 @@ from sqlalchemy import select
 
 from controller.db.models import Device, Host, Vm
 from controller.moves import move_and_attach
-from controller.placement import place_and_claim, release, vm_view
+from controller.placement import place_and_claim, release, release_held, vm_view
 from controller.services import current, tenant
-from hostplane.core import device_states
 from hostplane.core.scheduler import PlacementRequest
 from hostplane.errors import ApiError, Conflict, NotFound
 
@@ -71,12 +70,9 @@ def delete(name):
     vm = _lookup(name)
     if vm.host_id is not None:
         current().agent(_host(vm.host_id)).delete_vm(name)
-    with current().db.write() as session:
-        for device in session.scalars(select(Device).where(Device.vm == name)):
-            if device.status == "attached":
-                device_states.release(device, name)
-            else:   # unavailable: the record stays for the operator, the holder is gone
-                device.vm = None
+    db = current().db
+    with db.write() as session:
+        release_held(session, db, name)
         row = session.get(Vm, name)
         if row is not None:
             session.delete(row)
