@@ -4,9 +4,13 @@ The agent already answers with the shared error envelope, so a 409 from the agen
 (device busy, group not viable) reaches the controller's caller with the agent's own
 code and message, tagged with the host it came from. The status the agent really gave
 stays on the error as `agent_status` (a 501 is still answered as 503 dependency down).
+Whether the agent may have acted is on the error too (`maybe_done`): an agent that
+refused the connection, or answered 4xx, surely did not; a timeout, a reset or a 5xx
+leaves it unknown, and the caller must ask again rather than assume.
 """
 
 import requests
+from urllib3.exceptions import NewConnectionError
 
 from hostplane.errors import ApiError, DependencyDown
 
@@ -48,8 +52,16 @@ class AgentClient:
     def stop_vm(self, name, force=False):
         return self._call("POST", f"/v1/vms/{name}/stop", json={"force": force}).json()
 
-    def delete_vm(self, name):
-        self._call("DELETE", f"/v1/vms/{name}", ok=(200, 202, 204, 404))
+    def delete_vm(self, name, op_id=None):
+        """True when the agent deleted it, False when it had no such VM. With `op_id`
+        the agent also cancels that create for good, and leaves a VM made by another
+        operation alone (409 vm_changed)."""
+        params = {"op_id": op_id} if op_id else None
+        return self._call("DELETE", f"/v1/vms/{name}", ok=(200, 202, 204, 404),
+                          params=params).status_code != 404
+
+    def list_vms(self):
+        return self._call("GET", "/v1/vms").json()["vms"]
 
     def attach(self, name, kind, device_id):
         return self._call("POST", f"/v1/vms/{name}/devices",
@@ -75,8 +87,10 @@ class AgentClient:
             response = self.session.request(method, self.url + path, headers=headers,
                                             timeout=self.timeout, **kwargs)
         except requests.RequestException as exc:
-            raise DependencyDown(f"agent at {self.url} unreachable: {type(exc).__name__}",
-                                 code="agent_unreachable", details={"agent": self.url}) from None
+            error = DependencyDown(f"agent at {self.url} unreachable: {type(exc).__name__}",
+                                   code="agent_unreachable", details={"agent": self.url})
+            error.maybe_done = not _never_sent(exc)
+            raise error from None
         if response.status_code in ok:
             return response
         raise _agent_error(self.url, response)
@@ -98,4 +112,19 @@ def _agent_error(url, response):
     else:
         error = ApiError(message, code=code, status=status, details={**details, "agent": url})
     error.agent_status = status
+    error.maybe_done = status >= 500
     return error
+
+
+def maybe_done(error):
+    """Could the agent have carried out the request that ended in `error`?"""
+    return getattr(error, "maybe_done", True)
+
+
+def _never_sent(exc):
+    """The connection was never made (refused, no route, connect timeout): the agent
+    cannot have seen the request."""
+    if isinstance(exc, requests.ConnectTimeout):
+        return True
+    reason = getattr(exc.args[0], "reason", None) if exc.args else None
+    return isinstance(exc, requests.ConnectionError) and isinstance(reason, NewConnectionError)

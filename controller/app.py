@@ -13,16 +13,17 @@ from prometheus_client.core import GaugeMetricFamily
 from sqlalchemy import func, select
 from sqlalchemy.exc import InterfaceError, OperationalError, TimeoutError as PoolTimeout
 
-from controller.api import devices, events, hosts, meta, networks, schedule, vms
+from controller.api import devices, events, hosts, meta, networks, orphans, schedule, vms
 from controller.config import check_serving_config, load_controller_config, principals
 from controller.db.models import Device, Host
 from controller.services import Controller, current
 from hostplane import auth
 from hostplane.core.device_states import IllegalTransition
+from hostplane.core.vm_states import IllegalVmTransition
 from hostplane.errors import DatabaseUnavailable, envelope
 from hostplane.service import base_app, optional_modules, public_endpoints
 
-MODULES = [meta, hosts, devices, vms, schedule, events, networks]
+MODULES = [meta, hosts, devices, vms, orphans, schedule, events, networks]
 log = logging.getLogger(__name__)
 
 
@@ -44,6 +45,11 @@ def create_app(config=None, start=True):
     @app.errorhandler(IllegalTransition)
     def _illegal(exc):   # a claim that lost a race the scheduler could not see
         return envelope(409, "device_busy", str(exc), {"device": exc.device_id})
+
+    @app.errorhandler(IllegalVmTransition)
+    def _vm_busy(exc):   # an operation of this VM is still with its agent
+        return envelope(409, "vm_busy", f"{exc}; try again when it settles",
+                        {"vm": exc.name, "state": exc.state})
 
     @app.errorhandler(OperationalError)
     @app.errorhandler(InterfaceError)

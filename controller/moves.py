@@ -12,6 +12,8 @@ undone if a later one fails, so the VM stays where it was and the claim goes bac
 4. the VM row takes the target as its host.
 
 An agent that cannot be reached is a 503; an agent's refusal passes through with its code.
+An agent that may have acted without answering (a timeout) leaves the VM `moving`: the
+poller's recovery asks both agents and ends the move the way they say it went.
 
 Before each agent call the move stamps the row (`spec["moving_since"]`): a move whose stamp
 is older than the longest one call may wait was abandoned by a dead controller process,
@@ -19,11 +21,15 @@ and controller.recovery settles it with `settle()`, the same ending the move use
 """
 
 import logging
+import uuid
 
 from sqlalchemy import select
 
-from controller.db.models import Host, Vm, utcnow
+from controller.agents import maybe_done
+from controller.db.models import Vm, utcnow
 from controller.placement import release_held
+from controller.vm_records import pending_error
+from hostplane.core import vm_states
 from hostplane.errors import ApiError, Conflict
 
 log = logging.getLogger(__name__)
@@ -32,24 +38,31 @@ log = logging.getLogger(__name__)
 def move_and_attach(ctl, vm, target_id, devices, host_of):
     """Finish the move of stopped `vm` to host `target_id`, where the claim is made;
     `host_of(host_id)` is the host row (or a 409 when it is gone)."""
+    op_id = uuid.uuid4().hex   # the domain on the target is a new incarnation
     try:
         source, target = host_of(vm.host_id), host_of(target_id)
         _check_movable(ctl.agent(source).vm(vm.name), vm.name, source.id)
-        mark(ctl.db, vm.name, target.id)
-        spec = {"name": vm.name, "vcpus": vm.vcpus, "memory_mib": vm.memory_mib,
-                "networks": (vm.spec or {}).get("networks", []), "start": False,
-                "devices": [{"type": kind, "id": device_id} for kind, device_id in devices]}
-        answer = ctl.agent(target).create_vm(spec)
+        mark(ctl.db, vm.name, target.id, op_id)
     except ApiError:
         settle(ctl.db, vm.name, target_id, moved=False, state=vm.state)
         raise
-    try:
-        mark(ctl.db, vm.name, target.id)   # settled meanwhile: the source keeps the domain
-        ctl.agent(source).delete_vm(vm.name)
-    except ApiError:
-        _forget_on(ctl, target, vm.name)
-        settle(ctl.db, vm.name, target.id, moved=False, state=vm.state)
-        raise
+    spec = {"name": vm.name, "vcpus": vm.vcpus, "memory_mib": vm.memory_mib,
+            "networks": (vm.spec or {}).get("networks", []), "start": False, "op_id": op_id,
+            "devices": [{"type": kind, "id": device_id} for kind, device_id in devices]}
+    for step in ("define", "undefine"):
+        try:
+            if step == "define":
+                answer = ctl.agent(target).create_vm(spec)
+            else:
+                mark(ctl.db, vm.name, target.id)   # settled meanwhile: the source keeps it
+                ctl.agent(source).delete_vm(vm.name, vm.op_id)
+        except ApiError as exc:
+            if maybe_done(exc):   # only the agents know now: recovery asks them both
+                raise pending_error(exc, vm.name, vm_states.MOVING, "move") from None
+            if step == "undefine":
+                _forget_on(ctl, target, vm.name, op_id)
+            settle(ctl.db, vm.name, target.id, moved=False, state=vm.state)
+            raise
     if not settle(ctl.db, vm.name, target.id, moved=True,
                   state=answer.get("state") or "stopped"):
         raise Conflict(f"{vm.name}: its move was settled by another controller process",
@@ -75,14 +88,18 @@ def _check_movable(view, name, source_id):
                        details={"host": source_id})
 
 
-def mark(db, name, target_id):
-    """Stamp the move as alive now; 409 once it is no longer this move (settled elsewhere)."""
+def mark(db, name, target_id, op_id=None):
+    """Stamp the move as alive now (and record the target's operation id, when given);
+    409 once it is no longer this move (settled elsewhere)."""
     with db.write() as session:
         vm = session.scalars(db.locked(select(Vm).where(Vm.name == name))).first()
         if vm is None or vm.state != "moving" or vm.moving_to != target_id:
             raise Conflict(f"{name} is no longer moving to {target_id}", code="vm_busy",
                            details={"host": target_id})
-        vm.spec = {**(vm.spec or {}), "moving_since": utcnow().timestamp()}
+        stamp = {"moving_since": utcnow().timestamp()}
+        if op_id:
+            stamp["moving_op"] = op_id
+        vm.spec = {**(vm.spec or {}), **stamp}
 
 
 def settle(db, name, target_id, moved, state):
@@ -90,25 +107,34 @@ def settle(db, name, target_id, moved, state):
     it stays on its source and the target's claim (devices, room) is given back. One
     transaction, hosts locked in id order then the VM row (as a claim takes them); False
     when the row is no longer this move (another process settled it)."""
-    with db.write() as session:
+    def end(session):
         source_id = session.scalar(select(Vm.host_id).where(Vm.name == name))
-        hosts = sorted({target_id, source_id} - {None})
-        session.execute(db.locked(select(Host.id).where(Host.id.in_(hosts)).order_by(Host.id)))
+        db.lock_hosts(session, {target_id, source_id})
         vm = session.scalars(db.locked(select(Vm).where(Vm.name == name))).first()
-        if vm is None or vm.state != "moving" or vm.moving_to != target_id:
+        if vm is None or vm.state != vm_states.MOVING or vm.moving_to != target_id:
             return moved and vm is not None and vm.host_id == target_id
+        spec = dict(vm.spec or {})
+        spec.pop("moving_since", None)
+        target_op = spec.pop("moving_op", None)
         if moved:
-            vm.host_id = target_id
+            vm.host_id, vm.op_id = target_id, target_op
         else:
             release_held(session, db, name, target_id)
-        vm.moving_to, vm.state = None, state
-        vm.spec = {k: v for k, v in (vm.spec or {}).items() if k != "moving_since"}
-    return True
+        vm_states.end_move(vm, state)
+        vm.spec = spec
+        return True
+    return db.transaction(end)
 
 
-def _forget_on(ctl, host, name):
+def target_op(vm_spec):
+    """The operation id of the domain a move defines on its target (None: not yet)."""
+    return (vm_spec or {}).get("moving_op")
+
+
+def _forget_on(ctl, host, name, op_id):
+    """Undefine (and cancel) the target's copy of operation `op_id`, if it was made."""
     try:
-        ctl.agent(host).delete_vm(name)
+        ctl.agent(host).delete_vm(name, op_id)
     except ApiError as exc:   # the poller's recovery finds it later; the answer is the 503
         log.warning("VM %s: could not undo its definition on %s: %s", name, host.id,
                     exc.message)

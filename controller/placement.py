@@ -10,9 +10,10 @@ capacity and devices are reserved before the agent is called and given back if i
 
 from flask import current_app, has_app_context
 from sqlalchemy import or_, select
+from sqlalchemy.exc import IntegrityError
 
 from controller.db.models import Device, Host, Vm
-from hostplane.core import device_states
+from hostplane.core import device_states, vm_states
 from hostplane.core.scheduler import (DeviceView, HostView, Policy, Snapshot, VmView,
                                       place)
 from hostplane.errors import Conflict, Unplaceable
@@ -147,7 +148,11 @@ def place_and_claim(db, request, policy, new_vm, attempts=5):
         if placement.chosen is None:
             _count(operation, placement)
             raise unplaceable(request, placement)
-        claimed = _claim_on(db, request, policy, placement.chosen.host_id, new_vm)
+        try:
+            claimed = db.transaction(lambda session: _claim_on(
+                session, db, request, policy, placement.chosen.host_id, new_vm))
+        except IntegrityError:   # PostgreSQL: a create of the same name committed first
+            raise name_taken(request) from None
         if claimed is not None:
             _count(operation, placement)
             return placement.chosen.host_id, claimed
@@ -157,27 +162,36 @@ def place_and_claim(db, request, policy, new_vm, attempts=5):
                    code="claim_contended")
 
 
-def _claim_on(db, request, policy, host_id, new_vm):
-    with db.write() as session:
-        if new_vm is not None and session.get(Vm, new_vm["name"]) is not None:
-            raise Conflict(f"VM {new_vm['name']} already exists", code="name_taken")
-        moving = request.existing_vm is not None and request.existing_vm.host_id != host_id
-        if moving:   # both hosts' rows, in id order, as any other two-host writer takes them
-            both = sorted({host_id, request.existing_vm.host_id})
-            session.execute(db.locked(select(Host.id).where(Host.id.in_(both))
-                                      .order_by(Host.id)))
-        local, rows = snapshot(session, [host_id], lock=db.locked)
-        if moving:
-            _reserve_move(session, db, request.existing_vm, host_id)
-        chosen = place(request, local, policy).chosen
-        if chosen is None:
-            return None
-        by_key = {(row.kind, row.id): row for row in rows}
-        if new_vm is not None:
-            session.add(Vm(host_id=host_id, **new_vm))
-        for key in chosen.devices:
-            device_states.claim(by_key[key], request.name)
-        return list(chosen.devices)
+def name_taken(request):
+    """409 for a create of a name in use; a tenant is not told whose it is, or whether
+    the name is used at all rather than merely unavailable."""
+    if request.tenant is not None:
+        return Conflict(f"the name {request.name} is not available; choose another",
+                        code="name_taken")
+    return Conflict(f"VM {request.name} already exists", code="name_taken")
+
+
+def _claim_on(session, db, request, policy, host_id, new_vm):
+    if new_vm is not None and session.get(Vm, new_vm["name"]) is not None:
+        raise name_taken(request)
+    moving = request.existing_vm is not None and request.existing_vm.host_id != host_id
+    # both hosts' rows when moving, in id order, as every writer takes them
+    db.lock_hosts(session, {host_id, request.existing_vm.host_id} if moving else {host_id})
+    local, rows = snapshot(session, [host_id], lock=db.locked)
+    if moving:
+        _reserve_move(session, db, request.existing_vm, host_id)
+    chosen = place(request, local, policy).chosen
+    if chosen is None:
+        return None
+    by_key = {(row.kind, row.id): row for row in rows}
+    if new_vm is not None:
+        row = Vm(host_id=host_id, **new_vm)
+        vm_states.begin_create(row, new_vm["op_id"], new_vm["op_since"])
+        session.add(row)
+        session.flush()   # PostgreSQL: a racing insert of the name fails here, in the retry
+    for key in chosen.devices:
+        device_states.claim(by_key[key], request.name)
+    return list(chosen.devices)
 
 
 def _reserve_move(session, db, seen, target):
@@ -190,25 +204,25 @@ def _reserve_move(session, db, seen, target):
         raise Conflict(f"{seen.name} changed meanwhile ({vm.state} on {vm.host_id}"
                        + (f", moving to {vm.moving_to}" if vm.moving_to else "") + ")",
                        code="vm_busy")
-    vm.moving_to, vm.state = target, "moving"
+    vm_states.begin_move(vm, target)
 
 
-def release(db, host_id, vm_name, devices, drop_vm=False):
-    """Give back what a failed create or attach reserved."""
-    with db.write() as session:
-        for kind, device_id in devices:
-            row = session.get(Device, (host_id, device_id))
+def release(db, host_id, vm_name, devices):
+    """Give back what a failed attach reserved (the host's row locked first)."""
+    def undo(session):
+        db.lock_hosts(session, [host_id])
+        for _kind, device_id in devices:
+            row = session.scalars(db.locked(select(Device).where(
+                Device.host_id == host_id, Device.id == device_id))).first()
             if row is not None and row.vm == vm_name and row.status == "attached":
                 device_states.release(row, vm_name)
-        if drop_vm:
-            vm = session.get(Vm, vm_name)
-            if vm is not None:
-                session.delete(vm)
+    db.transaction(undo)
 
 
 def release_held(session, db, name, host_id=None):
     """Give back the devices `name` holds (on `host_id` only, if given); an unavailable one
-    keeps its record for the operator but loses its holder."""
+    keeps its record for the operator but loses its holder. The caller has locked the
+    hosts concerned (Database.lock_hosts) first."""
     query = select(Device).where(Device.vm == name)
     if host_id is not None:
         query = query.where(Device.host_id == host_id)

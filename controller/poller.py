@@ -159,10 +159,12 @@ class Poller:
             return self._record_failure(host.id, exc)
         if body is NOT_MODIFIED and not write_seen:
             return "unchanged"
-        with self.db.write() as session:
-            row = session.get(Host, host.id)
+        def record(session):
+            # the host row first, as every writer of a host's devices takes it
+            row = session.scalars(self.db.locked(select(Host).where(Host.id == host.id))
+                                  ).first()
             if row is None:
-                return "deleted"
+                return False
             if facts is not None:
                 _apply_facts(row, facts, health)
             if body is not NOT_MODIFIED:
@@ -170,6 +172,9 @@ class Poller:
                 row.etag, row.generation = etag, body.get("generation")
             row.status, row.failures, row.last_error = "connected", 0, None
             row.last_seen = utcnow()
+            return True
+        if not self.db.transaction(record):
+            return "deleted"
         if resync:
             after_resync(self, host.id)   # give a (re)connected host its cluster's networks
         return "resynced" if resync else "changed"

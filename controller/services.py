@@ -26,8 +26,11 @@ class Controller:
             url, token, timeout=timeout, session=session or self.poller.session)
 
     def agent(self, host):
-        return self.client_factory(host.url, host.token,
-                                   timeout=float(self.config["poll"]["timeout_s"]) * 6)
+        return self.client_factory(host.url, host.token, timeout=self.agent_call_s())
+
+    def agent_call_s(self):
+        """The longest one agent call of a VM operation may wait for its answer."""
+        return float(self.config["poll"]["timeout_s"]) * 6
 
     def close(self):
         self.poller.stop()

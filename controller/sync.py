@@ -4,12 +4,19 @@
 writes its verdict. A vanished or moved device becomes `unavailable` and keeps its `vm`,
 so an operator sees the conflict; it is deleted only by `DELETE /v1/devices/...`. When the
 address of a moved device is later freed by that delete, the next fetch adds the newcomer.
+
+A device the agent reports held by a domain is `attached`: to that VM when the controller
+knows a VM of that name on this host, otherwise to no VM (`vm` null) — held by an orphan
+domain, which `GET /v1/orphans` lists and an admin adopts or deletes. It is never shown
+free, and never attached to a VM name the API cannot show.
 """
+
+from sqlalchemy import or_, select
 
 from hostplane.core import device_states
 from hostplane.core.reconcile import reconcile
 
-from controller.db.models import Device
+from controller.db.models import Device, Vm
 
 
 def reported_devices(body):
@@ -28,8 +35,12 @@ def apply_report(session, host_id, body):
     rows = {row.id: row for row in session.query(Device).filter_by(host_id=host_id)}
     reported = reported_devices(body)
     verdict = reconcile(rows, reported)
+    known = set(session.scalars(select(Vm.name).where(
+        or_(Vm.host_id == host_id, Vm.moving_to == host_id))))
     for device_id in verdict.added:
-        session.add(_new_row(host_id, reported[device_id]))
+        row = _new_row(host_id, reported[device_id])
+        _follow_holder(row, known)
+        session.add(row)
     for device_id in verdict.vanished:
         _mark_unavailable(rows[device_id], "not reported by the agent any more")
     for device_id in verdict.moved:
@@ -38,6 +49,7 @@ def apply_report(session, host_id, body):
     for device_id, row in rows.items():
         if device_id in reported and device_id not in lost:
             _refresh(row, reported[device_id])
+            _follow_holder(row, known)
     return verdict
 
 
@@ -45,9 +57,6 @@ def _new_row(host_id, device):
     row = Device(host_id=host_id, id=device["id"], kind=device["kind"], state="enabled",
                  status="ready", shared=False, name=_default_name(device))
     _refresh(row, device)
-    holder = device.get("attached_to")
-    if holder:  # attached outside the controller: show it held, never offer it
-        row.status, row.vm = "attached", holder
     return row
 
 
@@ -63,8 +72,22 @@ def _refresh(row, device):
     if row.status == "unavailable" and row.unavailable_reason:
         row.status = "attached" if row.vm else "ready"   # came back where it was
         row.unavailable_reason = None
-    elif row.status == "ready" and row.reported_vm:
-        row.status, row.vm = "attached", row.reported_vm
+
+
+def _follow_holder(row, known_vms):
+    """Held by a domain the agent reports: by its VM, or by an orphan; freed only when it
+    was held outside the controller and no domain holds it any more."""
+    holder = row.reported_vm
+    if row.status == "ready" and holder:
+        if holder in known_vms:
+            device_states.hold(row, holder)
+        else:
+            device_states.hold_outside(row)
+    elif row.status == "attached" and row.vm is None:
+        if not holder:
+            device_states.let_go(row)
+        elif holder in known_vms:   # adopted since
+            device_states.adopt(row, holder)
 
 
 def _mark_unavailable(row, reason):

@@ -1,16 +1,31 @@
-"""VM lifecycle as the controller sees it: claim first, then ask the agent, undo on failure.
+"""VM lifecycle as the controller sees it: claim first, then ask the agent, settle by its answer.
 
 The reservation (the VM row with its host, vCPUs and memory, and its devices `attached`)
-is what the scheduler counts; it lasts from the claim until the VM is deleted, so a
-stopped VM keeps its GPUs and its room. Only the VM's host's agent is ever called.
+is what the scheduler counts; it lasts from the claim until the VM's delete is
+confirmed, so a stopped VM keeps its GPUs and its room. Only the VM's host's agent is
+ever called. States change only through hostplane.core.vm_states.
+
+A create or delete the agent may have carried out without answering (a timeout, a
+reset, a 5xx) is never taken as failed: the VM stays `creating` or `deleting`, holding
+its devices, and controller.recovery asks the agent later by the create's operation id
+(recorded in the domain's metadata) and finishes or undoes it. Only a refusal the agent
+surely answered (4xx), or a connection it never accepted, is undone at once.
 """
+
+import time
+import uuid
 
 from sqlalchemy import select
 
+from controller.agents import maybe_done
 from controller.db.models import Device, Host, Vm
 from controller.moves import move_and_attach
-from controller.placement import place_and_claim, release, release_held, vm_view
+from controller.placement import place_and_claim, release, vm_view
+from controller.vm_records import (ALL, delete_on_agent, finish_delete, forget_create, held,
+                                   locked_vm, pending_error, render, settle_create,
+                                   undo_delete)
 from controller.services import current, tenant
+from hostplane.core import vm_states
 from hostplane.core.scheduler import PlacementRequest
 from hostplane.errors import ApiError, Conflict, NotFound
 
@@ -18,27 +33,30 @@ from hostplane.errors import ApiError, Conflict, NotFound
 def create(body):
     ctl = current()
     request = body.placement(tenant())
+    op_id = uuid.uuid4().hex
     spec = {"networks": [n.model_dump() for n in body.networks], "start": body.start}
     new_vm = {"name": body.name, "tenant": request.tenant, "vcpus": body.vcpus,
               "memory_mib": body.memory_mib, "anti_affinity_group": body.anti_affinity_group,
-              "state": "creating", "spec": spec}
+              "spec": spec, "op_id": op_id, "op_since": time.time()}
     host_id, devices = place_and_claim(ctl.db, request, ctl.policy, new_vm,
                                        ctl.config["scheduler"]["claim_attempts"])
     agent_spec = {"name": body.name, "vcpus": body.vcpus, "memory_mib": body.memory_mib,
-                  "networks": spec["networks"], "start": body.start,
+                  "networks": spec["networks"], "start": body.start, "op_id": op_id,
                   "devices": [{"type": kind, "id": device_id} for kind, device_id in devices]}
     try:
         answer = ctl.agent(_host(host_id)).create_vm(agent_spec)
-    except ApiError:
-        release(ctl.db, host_id, body.name, devices, drop_vm=True)
-        raise
-    return _set_state(body.name, answer.get("state") or ("running" if body.start else "stopped"))
+    except ApiError as exc:
+        if not maybe_done(exc):
+            forget_create(ctl.db, body.name, op_id)
+            raise
+        raise pending_error(exc, body.name, "creating", "create") from None
+    return settle_create(ctl.db, body.name, op_id, answer.get("state"))
 
 
 def get(name):
     with current().db.read() as session:
         vm = _visible(session, name)
-        return _render(vm, _held(session, name))
+        return render(vm, held(session, name))
 
 
 def listing():
@@ -47,42 +65,56 @@ def listing():
         if tenant() is not None:
             query = query.where(Vm.tenant == tenant())
         vms = session.scalars(query).all()
-        held = {}
+        holding = {}
         for device in session.scalars(select(Device).where(Device.vm.is_not(None))):
-            held.setdefault(device.vm, []).append(device)
-        return [_render(vm, held.get(vm.name, [])) for vm in vms]
+            holding.setdefault(device.vm, []).append(device)
+        return [render(vm, holding.get(vm.name, [])) for vm in vms]
 
 
 def start(name):
-    vm = _lookup(name)
+    vm = _lookup(name, "start")
     answer = current().agent(_host(vm.host_id)).start_vm(name)
     return _set_state(name, answer.get("state") or "running")
 
 
 def stop(name, force):
-    vm = _lookup(name)
+    vm = _lookup(name, "stop")
     answer = current().agent(_host(vm.host_id)).stop_vm(name, force)
     return _set_state(name, answer.get("state") or "stopped")
 
 
 def delete(name):
-    """Agent first (503 leaves everything as it was), then the reservation goes."""
-    vm = _lookup(name)
-    if vm.host_id is not None:
-        current().agent(_host(vm.host_id)).delete_vm(name)
-    db = current().db
-    with db.write() as session:
-        release_held(session, db, name)
-        row = session.get(Vm, name)
-        if row is not None:
-            session.delete(row)
+    """One delete wins (the row turns `deleting` under its lock); the agent is asked,
+    then the reservation goes. An agent that never got the request leaves the VM as it
+    was (503); one that may have acted without answering leaves it `deleting`, and the
+    poller finishes the delete when the agent answers."""
+    ctl = current()
+    stale_before = time.time() - ctl.agent_call_s()
+
+    def begin(session):
+        vm = locked_vm(session, ctl.db, name, tenant=_viewer())
+        previous = vm.state
+        vm_states.begin_delete(vm, (vm.op_since or 0) < stale_before)
+        vm.op_since = time.time()
+        return vm.host_id, vm.op_id, previous
+    host_id, op_id, previous = ctl.db.transaction(begin)
+    host = _host_or_none(host_id)
+    if host is not None:
+        try:
+            delete_on_agent(ctl.agent(host), name, op_id)
+        except ApiError as exc:
+            if maybe_done(exc):
+                raise pending_error(exc, name, "deleting", "delete") from None
+            undo_delete(ctl.db, name, previous)
+            raise
+    finish_delete(ctl.db, name, op_id)
 
 
 def add_devices(name, body):
     """Claim on the VM's host, then attach one by one; a stopped VM holding nothing may
     instead be moved to the host of the USB it asks for (controller.moves)."""
     ctl = current()
-    vm = _lookup(name)
+    vm = _lookup(name, "attach")
     request = PlacementRequest(name=name, vcpus=vm.vcpus, memory_mib=vm.memory_mib,
                                gpus=[gpu.ask() for gpu in body.gpus],
                                usb=[usb.id for usb in body.usb], tenant=tenant(),
@@ -108,7 +140,7 @@ def add_devices(name, body):
 
 def remove_device(name, host_id, device_id):
     """Detach the device and the other functions claimed with it (its IOMMU group)."""
-    vm = _lookup(name)
+    vm = _lookup(name, "detach")
     with current().db.read() as session:
         device = session.get(Device, (host_id, device_id))
         if device is None or device.vm != name:
@@ -128,13 +160,11 @@ def remove_device(name, host_id, device_id):
 
 
 # --- helpers ---------------------------------------------------------------------------
-def _lookup(name):
-    """The caller's VM; 409 while it moves to another host (controller.moves)."""
+def _lookup(name, doing):
+    """The caller's VM; 409 `vm_busy` while an operation is with an agent."""
     with current().db.read() as session:
         vm = _visible(session, name)
-    if vm.moving_to is not None:
-        raise Conflict(f"{name} is moving from {vm.host_id} to {vm.moving_to}; try again "
-                       "in a moment", code="vm_busy", details={"host": vm.moving_to})
+    vm_states.require_settled(vm, doing)
     return vm
 
 
@@ -145,30 +175,30 @@ def _visible(session, name):
     return vm
 
 
+def _viewer():
+    """Whose VMs the caller may see: a tenant's name, or ALL for the admin."""
+    who = tenant()
+    return ALL if who is None else who
+
+
 def _host(host_id):
-    with current().db.read() as session:
-        host = session.get(Host, host_id) if host_id else None
+    host = _host_or_none(host_id)
     if host is None:
         raise Conflict("the VM's host is no longer registered", code="host_gone")
     return host
 
 
-def _held(session, name):
-    return session.scalars(select(Device).where(Device.vm == name).order_by(Device.id)).all()
+def _host_or_none(host_id):
+    with current().db.read() as session:
+        return session.get(Host, host_id) if host_id else None
 
 
 def _set_state(name, state):
-    with current().db.write() as session:
-        vm = session.get(Vm, name)
-        vm.state = state
-        return _render(vm, _held(session, name))
+    """What the agent answered to a start or stop (a VM deleted meanwhile: 404)."""
+    db = current().db
 
-
-def _render(vm, devices):
-    return {"name": vm.name, "host": vm.host_id, "state": vm.state, "vcpus": vm.vcpus,
-            "memory_mib": vm.memory_mib, "tenant": vm.tenant,
-            "anti_affinity_group": vm.anti_affinity_group,
-            "networks": (vm.spec or {}).get("networks", []),
-            "devices": [{"host_id": d.host_id, "kind": d.kind, "id": d.id, "type": d.type,
-                         "status": d.status} for d in devices],
-            "created_at": vm.created_at.isoformat() if vm.created_at else None}
+    def record(session):
+        vm = locked_vm(session, db, name, tenant=_viewer())
+        vm_states.report(vm, state)
+        return render(vm, held(session, name))
+    return db.transaction(record)

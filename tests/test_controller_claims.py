@@ -6,13 +6,15 @@ and a lost race ends as 422 (nothing left) or 409 (still contended), never a dou
 Hosts and devices are written directly: this is about the database, not the agents.
 """
 
+import uuid
 import threading
 from collections import Counter
 
 from sqlalchemy import select
 
 from controller.db import Database, Device, Host, Vm, upgrade
-from controller.placement import place_and_claim, policy_from, release
+from controller.placement import place_and_claim, policy_from
+from controller.vm_records import forget_create
 from controller.config import DEFAULTS
 from hostplane.core.scheduler import GpuAsk, PlacementRequest
 from hostplane.errors import ApiError
@@ -43,7 +45,9 @@ def _ask(name):
 
 
 def _vm(name):
-    return {"name": name, "vcpus": 1, "memory_mib": 64, "state": "creating", "spec": {}}
+    """The row a create claims with (its operation id derived from the name, for the test)."""
+    return {"name": name, "vcpus": 1, "memory_mib": 64, "spec": {},
+            "op_id": uuid.uuid5(uuid.NAMESPACE_URL, name).hex, "op_since": 0.0}
 
 
 def test_concurrent_claims_for_8_gpus_give_exactly_8_and_no_device_twice(database_url):
@@ -86,8 +90,8 @@ def test_released_claim_is_free_for_the_next_request(database_url):
     db = Database(database_url)
     policy = policy_from(DEFAULTS)
     _cluster(db, hosts=1)
-    host_id, devices = place_and_claim(db, _ask("first"), policy, _vm("first"))
-    release(db, host_id, "first", devices, drop_vm=True)
+    place_and_claim(db, _ask("first"), policy, _vm("first"))
+    assert forget_create(db, "first", _vm("first")["op_id"])
     with db.read() as session:
         assert session.get(Vm, "first") is None
         assert {d.status for d in session.scalars(select(Device))} == {"ready"}

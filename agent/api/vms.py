@@ -8,8 +8,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from agent.services import current_agent
 from agent.virt import attach as attaching
 from hostplane.api import checked, describe, parse_body
-from hostplane.core.ids import (PCI_ADDRESS, check_name, normalize_pci_address,
-                                normalize_usb_id)
+from hostplane.core.ids import (OPERATION_ID, PCI_ADDRESS, check_name, check_operation_id,
+                                normalize_pci_address, normalize_usb_id)
 from hostplane.errors import DependencyDown
 
 bp = Blueprint("vms", __name__)
@@ -58,6 +58,8 @@ class VmCreate(_Body):
     devices: list[DeviceRef] = Field(default_factory=list, max_length=32)
     start: bool = False
     accel: Literal["auto", "kvm", "tcg"] = "auto"
+    # The controller's id of this create: a retry of it answers the VM it made (200).
+    op_id: str | None = Field(default=None, pattern=OPERATION_ID.pattern)
 
     _name = field_validator("name")(lambda v: check_name(v, "VM name"))   # InvalidId is a ValueError
 
@@ -81,13 +83,16 @@ def list_vms():
 
 
 @bp.post("/v1/vms")
-@describe("Define a VM (q35, SeaBIOS), with devices checked like attaches; optionally start it",
-          body=VmCreate, responses=(201, 409, 503), tags=["vms"])
+@describe("Define a VM (q35, SeaBIOS), with devices checked like attaches; optionally start "
+          "it. With op_id, a repeat of the same create answers 200 with the VM it made, and "
+          "a create the controller cancelled is refused (409 operation_cancelled)",
+          body=VmCreate, responses=(200, 201, 409, 503), tags=["vms"])
 def create_vm():
     body = parse_body(VmCreate)
     spec = body.model_dump()
     spec["devices"] = [{"type": d.type, "id": _device_id(d.type, d.id)} for d in body.devices]
-    return jsonify(_virt().create(spec)), 201
+    view, created = _virt().create(spec)
+    return jsonify(view), 201 if created else 200
 
 
 @bp.get("/v1/vms/<name>")
@@ -116,12 +121,18 @@ def stop_vm(name):
 @bp.delete("/v1/vms/<name>")
 @describe("Destroy and undefine a VM (with its snapshot/NVRAM/managed-save metadata); disk "
           "files in the storage directory are removed only with ?delete_storage=true",
-          responses=(204, 503), query={"delete_storage": "true to delete the VM's disk files"},
+          responses=(204, 409, 503),
+          query={"delete_storage": "true to delete the VM's disk files",
+                 "op_id": "the create operation that made the VM: cancels it for good, and "
+                          "a VM made by another operation is left alone (409 vm_changed)"},
           tags=["vms"])
 def delete_vm(name):
     name = _name(name)
     delete_storage = request.args.get("delete_storage", "false").lower() in ("1", "true", "yes")
-    _virt().delete_vm(name, delete_storage)
+    op_id = request.args.get("op_id")
+    if op_id is not None:
+        op_id = checked(check_operation_id, op_id)
+    _virt().delete_vm(name, delete_storage, op_id)
     return "", 204
 
 

@@ -18,6 +18,7 @@ import time
 from agent.atomic import write_json as _write_json
 log = logging.getLogger(__name__)
 KEEP_REPORTS = 50
+KEEP_CANCELLED = 4096
 
 
 class HostLock:
@@ -62,6 +63,30 @@ class Journal:
 
     def reports(self):
         return _read_json(self.reports_path) or []
+
+
+class CancelledOperations:
+    """Create operations the controller gave up on (only the lock holder writes).
+
+    The controller cancels a create it got no answer for before it frees the claim; a
+    request of that create still queued here is then refused instead of defining a VM
+    that holds devices nobody has any more. The newest KEEP_CANCELLED are kept: far
+    more than the requests one agent can have in flight.
+    """
+
+    def __init__(self, state_dir):
+        self.path = os.path.join(state_dir, "virt-cancelled.json")
+
+    def add(self, op_id):
+        cancelled = [op for op in self._read() if op != op_id] + [op_id]
+        _write_json(self.path, cancelled[-KEEP_CANCELLED:])
+
+    def __contains__(self, op_id):
+        return op_id in self._read()
+
+    def _read(self):
+        found = _read_json(self.path)
+        return [op for op in found if isinstance(op, str)] if isinstance(found, list) else []
 
 
 class ChangeMark:

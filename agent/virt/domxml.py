@@ -12,6 +12,10 @@ import defusedxml.ElementTree as SafeET
 USB_CONTROLLER = "qemu-xhci"
 USB_PORTS = "15"    # qemu-xhci's maximum; per-VM limits need 1 + 6 + 4 = 11
 XHCI_MODELS = ("qemu-xhci", "nec-xhci", "piix3-uhci+xhci")
+# The domain's own record of which controller operation made it (libvirt keeps
+# namespaced <metadata> elements as they are).
+METADATA_NS = "https://hostplane.invalid/xmlns/vm/1"
+ET.register_namespace("hostplane", METADATA_NS)
 
 
 def domain_xml(spec, domain_type, hostdevs):
@@ -20,6 +24,9 @@ def domain_xml(spec, domain_type, hostdevs):
     ET.SubElement(root, "name").text = spec["name"]
     ET.SubElement(root, "memory", unit="MiB").text = str(spec["memory_mib"])
     ET.SubElement(root, "vcpu").text = str(spec["vcpus"])
+    if spec.get("op_id"):
+        record = ET.SubElement(ET.SubElement(root, "metadata"), f"{{{METADATA_NS}}}vm")
+        ET.SubElement(record, f"{{{METADATA_NS}}}op").text = spec["op_id"]
     os_element = ET.SubElement(root, "os")
     os_type = ET.SubElement(os_element, "type")
     os_type.text = "hvm"
@@ -82,12 +89,14 @@ def parse(text):
 
 
 def read_domain(text):
-    """{"name", "uuid", "vcpus", "memory_mib", "hostdevs", "networks", "disks", "usb_controllers"}."""
+    """{"name", "uuid", "op_id", "vcpus", "memory_mib", "hostdevs", "networks", "disks",
+    "usb_controllers"}; `op_id` is None for a domain the controller did not make."""
     root = parse(text)
     memory = root.find("memory")
     return {
         "name": root.findtext("name"),
         "uuid": root.findtext("uuid"),
+        "op_id": root.findtext(f"metadata/{{{METADATA_NS}}}vm/{{{METADATA_NS}}}op"),
         "vcpus": int(root.findtext("vcpu") or 0),
         "memory_mib": _mib(memory) if memory is not None else 0,
         "hostdevs": hostdevs(root),

@@ -13,7 +13,7 @@ import time
 
 from agent.shared_histogram import SharedHistogram
 from agent.virt import domxml, rules
-from agent.virt.claims import ChangeMark, HostLock, Journal
+from agent.virt.claims import CancelledOperations, ChangeMark, HostLock, Journal
 from agent.virt.connection import Connection, libvirt
 from agent.virt.holders import conflicts as find_conflicts
 from agent.virt.holders import domain_hostdevs, ours
@@ -49,6 +49,7 @@ class Virt:
             "Time to attach or detach a passthrough device, across all workers",
             ["operation", "kind", "outcome"])
         self.journal = Journal(state_dir)
+        self.cancelled = CancelledOperations(state_dir)
         self.changes = ChangeMark(state_dir)
         self.connection = Connection(section["uri"], self.refresh, self._device_removed,
                                      self.changes.moved)
@@ -161,16 +162,28 @@ class Virt:
         return views
 
     def create(self, spec):
-        """Define (and optionally start) a VM with its devices checked under the host lock."""
+        """Define (and optionally start) a VM with its devices checked under the host lock.
+
+        Returns (view, created). With the controller's `op_id` the create is idempotent:
+        a retry of the same operation answers the VM it made (created False), and an
+        operation the controller cancelled is refused."""
         conn = self.connection.get()
         if not spec["name"].startswith(self.domain_prefix):
             raise BadRequest(f"VM names on this agent start with {self.domain_prefix!r}",
                              code="invalid_name", details={"prefix": self.domain_prefix})
+        op_id = spec.get("op_id")
         with self.lock.held():
             self.recover()
+            if op_id and op_id in self.cancelled:
+                raise Conflict(f"the controller cancelled this create of {spec['name']} "
+                               "(it gave up waiting for it)", code="operation_cancelled",
+                               details={"op_id": op_id})
             with self.connection.errors():
-                taken = {d.name() for d in conn.listAllDomains()}
+                taken = {d.name(): d for d in conn.listAllDomains()}
             if spec["name"] in taken:
+                existing = taken[spec["name"]]
+                if op_id and self._op_of(existing) == op_id:
+                    return self.vm_view(existing), False
                 raise Conflict(f"a VM named {spec['name']} already exists", code="vm_exists")
             devices = self.check_new_devices(spec["name"], spec["devices"])
             hostdevs = [domxml.hostdev_xml(item["type"], device)
@@ -191,7 +204,11 @@ class Virt:
                 self.storage.remove(made)
                 raise
             self.mutated()
-        return self.vm_view(dom)
+        return self.vm_view(dom), True
+
+    def _op_of(self, dom):
+        with self.connection.errors(dom.name()):
+            return domxml.read_domain(dom.XMLDesc(0))["op_id"]
 
     def check_new_devices(self, vm, wanted):
         """Inventory models for a new VM's devices, each checked like an attach."""
@@ -251,21 +268,32 @@ class Virt:
                                        details={"timeout_s": timeout_s})
         return self.vm_view(dom)
 
-    def delete_vm(self, name, delete_storage=False):
+    def delete_vm(self, name, delete_storage=False, op_id=None):
         """Destroy if running, undefine with its metadata; disk files go only when asked,
-        and only from the storage directory. Returns (removed, kept) disk paths."""
-        dom = self.domain(name)
-        with self.connection.errors(name):
-            disks = domxml.read_domain(dom.XMLDesc(0))["disks"]
-            freed = [e["id"] for e in self.hostdevs(dom) if e["type"] == "pci"]
-            if dom.isActive():
-                dom.destroy()
-            if dom.isPersistent():
-                undefine(dom)
-        for address in freed:      # managed: libvirt rebinds them to their host driver
-            self.inventory.refresh_pci(address)
-        self.mutated()
-        paths = [disk["path"] for disk in disks if disk["path"]]
+        and only from the storage directory. Returns (removed, kept) disk paths.
+
+        With `op_id` (the controller's create operation of this VM): that create is
+        cancelled first, so a late request of it can never define the VM again, and a
+        domain made by another operation (the name re-used since) is left alone (409)."""
+        with self.lock.held():
+            if op_id:
+                self.cancelled.add(op_id)
+            dom = self.domain(name)
+            with self.connection.errors(name):
+                facts = domxml.read_domain(dom.XMLDesc(0))
+                if op_id and facts["op_id"] != op_id:
+                    raise Conflict(f"{name} on this host was made by another operation; "
+                                   "it is not the VM the controller means", code="vm_changed",
+                                   details={"op_id": op_id, "found_op_id": facts["op_id"]})
+                freed = [e["id"] for e in self.hostdevs(dom) if e["type"] == "pci"]
+                if dom.isActive():
+                    dom.destroy()
+                if dom.isPersistent():
+                    undefine(dom)
+            for address in freed:      # managed: libvirt rebinds them to their host driver
+                self.inventory.refresh_pci(address)
+            self.mutated()
+        paths = [disk["path"] for disk in facts["disks"] if disk["path"]]
         if not delete_storage:
             return [], paths
         removed, kept = self.storage.remove(paths)

@@ -110,5 +110,8 @@ def render(device, visible_vms=None):
             "usb_version": facts.get("usb_version"),
             "manufacturer": facts.get("manufacturer"), "product": facts.get("product"),
             "reported_vm": device.reported_vm if visible_vms is None else None,
+            # held by a domain the controller has no record of (GET /v1/orphans)
+            "orphan": (device.reported_vm if visible_vms is None and device.vm is None
+                       and device.status == device_states.ATTACHED else None),
             "unavailable_reason": device.unavailable_reason,
             "created_at": _iso(device.created_at)}

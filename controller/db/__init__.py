@@ -12,14 +12,21 @@ argument (sqlite3 sets SQLite's busy handler with it), not a PRAGMA built from c
 """
 
 import contextlib
+import logging
 import os
+import random
+import time
 
-from sqlalchemy import create_engine, event
+from sqlalchemy import create_engine, event, select
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import sessionmaker
 
 from controller.db.models import Base, Device, Host, Vm  # noqa: F401 - re-exported
 from controller.db.network_models import Network, NetworkHost  # noqa: F401 - registered
 
+log = logging.getLogger(__name__)
+# PostgreSQL's "try the transaction again" answers: deadlock_detected, serialization_failure.
+RETRYABLE_SQLSTATES = frozenset({"40P01", "40001"})
 _MIGRATIONS = os.path.join(os.path.dirname(os.path.dirname(__file__)), "migrations")
 
 
@@ -55,6 +62,30 @@ class Database:
     def locked(self, statement):
         """`statement` with row locks where the database has them (PostgreSQL)."""
         return statement if self.is_sqlite else statement.with_for_update()
+
+    def lock_hosts(self, session, host_ids):
+        """Lock the rows of `host_ids` in id order: the first lock of every transaction
+        that changes hosts, devices or VMs (hosts before devices, each in id order), so
+        two writers never wait for each other in a circle."""
+        wanted = sorted(set(host_ids) - {None})
+        if wanted and not self.is_sqlite:   # SQLite: BEGIN IMMEDIATE holds the whole file
+            session.execute(select(Host.id).where(Host.id.in_(wanted)).order_by(Host.id)
+                            .with_for_update())
+
+    def transaction(self, work, attempts=4):
+        """`work(session)` in one write transaction, run again (a bounded number of times,
+        after a short random pause) when PostgreSQL answers deadlock or serialization
+        failure; `work` must therefore do nothing but database work."""
+        for attempt in range(1, attempts + 1):
+            try:
+                with self.write() as session:
+                    return work(session)
+            except DBAPIError as exc:
+                state = getattr(exc.orig, "sqlstate", None)
+                if state not in RETRYABLE_SQLSTATES or attempt == attempts:
+                    raise
+                log.info("transaction retried after %s (attempt %d)", state, attempt)
+                time.sleep(random.uniform(0.01, 0.05) * attempt)  # nosec B311 - backoff
 
     def upgrade(self):
         upgrade(self.url)

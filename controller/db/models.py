@@ -4,8 +4,8 @@ from datetime import datetime, timezone
 
 import secrets
 
-from sqlalchemy import (JSON, BigInteger, Boolean, DateTime, ForeignKey, Integer, String,
-                        Text)
+from sqlalchemy import (JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, Integer,
+                        String, Text)
 from sqlalchemy import event, update
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, attributes, mapped_column
 
@@ -94,6 +94,10 @@ class Vm(Base):
     # The host a stopped VM is being moved to: its room there is reserved until the move
     # ends (host_id becomes this) or is undone (this becomes None).
     moving_to: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    # The create operation that made its domain (recorded in the domain's metadata on
+    # the agent), and since when the operation under way has been with an agent.
+    op_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    op_since: Mapped[float | None] = mapped_column(Float, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 

@@ -37,6 +37,38 @@ def release(device, vm):
     device.status, device.vm = READY, None
 
 
+def hold(device, vm):
+    """ready → attached to `vm`, because its agent reports `vm`'s domain holds it (a fact
+    found, not a claim handed out: a disabled device can be held too)."""
+    _expect(device, (READY,))
+    device.status, device.vm = ATTACHED, vm
+
+
+def hold_outside(device):
+    """ready → attached to no VM the controller knows: a domain made behind its back (an
+    orphan, named by the agent's report) holds it. Never offered, never shown as free."""
+    _expect(device, (READY,))
+    device.status, device.vm = ATTACHED, None
+
+
+def adopt(device, vm):
+    """attached outside → attached to `vm`, once an admin adopted its domain as `vm`."""
+    _expect(device, (ATTACHED,))
+    if device.vm is not None:
+        raise IllegalTransition(device.id, device.status, (ATTACHED,),
+                                f"claimed by {device.vm}")
+    device.vm = vm
+
+
+def let_go(device):
+    """attached outside → ready, once its agent reports no domain holding it."""
+    _expect(device, (ATTACHED,))
+    if device.vm is not None:
+        raise IllegalTransition(device.id, device.status, (ATTACHED,),
+                                f"claimed by {device.vm}")
+    device.status = READY
+
+
 def mark_unavailable(device):
     """Gone or replaced on its host: the holder is kept so the operator sees the conflict."""
     device.status = UNAVAILABLE

@@ -72,3 +72,14 @@ def check_device_id(text):
             pass
     raise InvalidId(f"{str(text)[:80]!r} is neither a PCI address like 0000:01:00.0 nor a "
                     "USB id like 046d:c52b:SERIAL or 046d:c52b@1-1.2")
+
+
+# The controller's id for one create of a VM: recorded in the domain's metadata, so
+# that a create retried or answered late is recognised, and a cancelled one refused.
+OPERATION_ID = re.compile(r"^[0-9a-f]{32}$")
+
+
+def check_operation_id(text):
+    if not isinstance(text, str) or not OPERATION_ID.fullmatch(text):
+        raise InvalidId(f"operation id {str(text)[:80]!r} must be 32 lower-case hex digits")
+    return text

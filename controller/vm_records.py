@@ -1,0 +1,114 @@
+"""The VM rows' own transactions, shared by the API (controller.vms), moves and the
+poller's recovery: each locks its hosts, then the row, and checks the row is still the
+operation it was asked about before it changes anything (hostplane.core.vm_states).
+
+An operation is named by the create's `op_id`, which the agent records in the domain:
+the row's name alone may have been deleted and taken again while an agent was silent.
+"""
+
+from sqlalchemy import select
+
+from controller.db.models import Device, Vm
+from controller.placement import release_held
+from hostplane.core import vm_states
+from hostplane.errors import ApiError, Conflict, DependencyDown, NotFound
+
+ALL = object()   # a viewer who may see every tenant's VMs (the admin, the poller)
+
+
+def locked_vm(session, db, name, tenant=None):
+    """The VM row locked for writing, after its hosts (the lock order of every writer);
+    None when there is none. With `tenant` (a name or ALL), a VM that viewer may not see
+    is a 404 like a missing one."""
+    found = session.execute(select(Vm.host_id, Vm.moving_to).where(Vm.name == name)).first()
+    if found is not None:
+        db.lock_hosts(session, found)
+    vm = session.scalars(db.locked(select(Vm).where(Vm.name == name))).first()
+    if tenant is not None and (vm is None or (tenant is not ALL and vm.tenant != tenant)):
+        raise NotFound(f"no VM {name}", code="vm_not_found")
+    return vm
+
+
+def settle_create(db, name, op_id, agent_state):
+    """The agent made the VM of operation `op_id`: the row takes its state; its view."""
+    def record(session):
+        vm = locked_vm(session, db, name)
+        if vm is None or vm.op_id != op_id:
+            raise Conflict(f"{name} was deleted while its create was under way",
+                           code="vm_gone")
+        vm_states.created(vm, op_id, agent_state)
+        return render(vm, held(session, name))
+    return db.transaction(record)
+
+
+def forget_create(db, name, op_id):
+    """The create of `op_id` surely did not happen: its claim and row go (only if the row
+    is still that create's: the name may have been taken again since)."""
+    def undo(session):
+        vm = locked_vm(session, db, name)
+        if vm is None or vm.op_id != op_id or vm.state != vm_states.CREATING:
+            return False
+        release_held(session, db, name)
+        session.delete(vm)
+        return True
+    return db.transaction(undo)
+
+
+def delete_on_agent(agent, name, op_id):
+    """Delete the domain of operation `op_id` (cancelling that create for good); a domain
+    of that name made by another operation is not this VM's and stays (an orphan)."""
+    try:
+        agent.delete_vm(name, op_id)
+    except ApiError as exc:
+        if exc.code != "vm_changed":
+            raise
+
+
+def finish_delete(db, name, op_id):
+    """The agent has no domain of this VM any more: its claim and row go."""
+    def drop(session):
+        vm = locked_vm(session, db, name)
+        if vm is None or vm.op_id != op_id or vm.state != vm_states.DELETING:
+            return False
+        release_held(session, db, name)
+        session.delete(vm)
+        return True
+    return db.transaction(drop)
+
+
+def undo_delete(db, name, previous):
+    """The agent surely never got the delete: the VM is as it was."""
+    def undo(session):
+        vm = locked_vm(session, db, name)
+        if vm is not None and vm.state == vm_states.DELETING:
+            vm_states.undo_delete(vm, previous)
+    db.transaction(undo)
+
+
+def pending_error(exc, name, state, operation):
+    """The 503 of an operation the agent may have carried out without answering."""
+    return DependencyDown(
+        f"{exc.message}; it may still {operation} {name}, so {name} stays {state}, holding "
+        "its devices, until the agent answers (the controller asks it again by itself)",
+        code=exc.code, details={**exc.details, "vm": name, "state": state})
+
+
+def _visible(session, name):
+    vm = session.get(Vm, name)
+    if vm is None or (tenant() is not None and vm.tenant != tenant()):
+        raise NotFound(f"no VM {name}", code="vm_not_found")
+    return vm
+
+
+def held(session, name):
+    return session.scalars(select(Device).where(Device.vm == name).order_by(Device.id)).all()
+
+
+def render(vm, devices):
+    return {"name": vm.name, "host": vm.host_id, "state": vm.state, "vcpus": vm.vcpus,
+            "memory_mib": vm.memory_mib, "tenant": vm.tenant,
+            "anti_affinity_group": vm.anti_affinity_group,
+            "networks": (vm.spec or {}).get("networks", []),
+            "devices": [{"host_id": d.host_id, "kind": d.kind, "id": d.id, "type": d.type,
+                         "status": d.status} for d in devices],
+            "created_at": vm.created_at.isoformat() if vm.created_at else None}

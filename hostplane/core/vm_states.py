@@ -1,0 +1,108 @@
+"""The VM state machine as the controller keeps it: every VM state change goes through here.
+
+A VM row exists from the claim of its create until its delete is confirmed. While an
+operation is with an agent the row says so (`creating`, `deleting`, `moving`), and only
+an answer from that agent, or the poller asking it later, ends the operation. Nothing is
+freed on an agent's silence: a create whose answer never came stays `creating`, with
+its devices, until the agent says whether the VM exists.
+
+Like the device transitions, each function checks the state it may start from and
+raises `IllegalVmTransition` naming what was expected; the controller answers it as
+409 `vm_busy`. Functions take any object with `name`, `state` (and `op_id`,
+`op_since`) attributes — SQLAlchemy rows included — and change it in place.
+"""
+
+CREATING, DELETING, MOVING = "creating", "deleting", "moving"
+RUNNING, STOPPED = "running", "stopped"
+BUSY = frozenset({CREATING, DELETING, MOVING})
+# What an agent reports of a domain (libvirt's states); anything else is "unknown".
+SETTLED = frozenset({RUNNING, STOPPED, "paused", "stopping", "crashed", "suspended",
+                     "unknown"})
+
+
+class IllegalVmTransition(Exception):
+    def __init__(self, name, state, expected, why=None):
+        self.name, self.state, self.expected = name, state, tuple(sorted(expected))
+        message = f"VM {name} is {state}"
+        if why:
+            message += f"; {why}"
+        super().__init__(message)
+
+
+def observed(state):
+    """The settled state for what an agent reported (None or odd values: unknown)."""
+    return state if state in SETTLED else "unknown"
+
+
+def begin_create(vm, op_id, now):
+    """A new row, claimed and about to be asked of its agent."""
+    vm.state, vm.op_id, vm.op_since = CREATING, op_id, now
+
+
+def adopted(vm, op_id, agent_state):
+    """A new row for a domain an admin adopted: settled in what its agent reports."""
+    vm.state, vm.op_id, vm.op_since = observed(agent_state), op_id, None
+
+
+def created(vm, op_id, agent_state):
+    """creating → what the agent reports, only for the create that made this row."""
+    _expect(vm, {CREATING}, op_id)
+    vm.state, vm.op_since = observed(agent_state), None
+
+
+def report(vm, agent_state):
+    """A start, stop or poll answer of a settled VM (a busy VM is not overwritten)."""
+    _expect(vm, SETTLED)
+    vm.state = observed(agent_state)
+
+
+def begin_delete(vm, op_stale):
+    """settled → deleting. A create or delete that has been with its agent longer than
+    any answer may take (`op_stale`) may be taken over by a new delete: its caller has
+    given up, and the delete settles it either way."""
+    if vm.state in SETTLED or (vm.state in (CREATING, DELETING) and op_stale):
+        vm.state = DELETING
+        return
+    raise IllegalVmTransition(vm.name, vm.state, SETTLED | {CREATING, DELETING},
+                              _BUSY_WHY.get(vm.state))
+
+
+def undo_delete(vm, previous):
+    """deleting → the state before it, when the agent surely never got the request."""
+    _expect(vm, {DELETING})
+    vm.state = previous
+
+
+def begin_move(vm, target):
+    """stopped → moving to `target` (its room there is held meanwhile)."""
+    if vm.state != STOPPED or vm.moving_to is not None:
+        raise IllegalVmTransition(vm.name, vm.state, {STOPPED}, _BUSY_WHY.get(vm.state))
+    vm.moving_to, vm.state = target, MOVING
+
+
+def end_move(vm, agent_state):
+    """moving → what the agent reports, wherever the VM ended."""
+    _expect(vm, {MOVING})
+    vm.moving_to, vm.state = None, observed(agent_state)
+
+
+def require_settled(vm, doing):
+    """Refuse `doing` (start, stop, attach…) while an operation is with an agent."""
+    if vm.state in BUSY:
+        raise IllegalVmTransition(vm.name, vm.state, SETTLED,
+                                  f"{doing} waits until that settles")
+
+
+_BUSY_WHY = {
+    CREATING: "its create has not been answered by its agent yet",
+    DELETING: "it is being deleted",
+    MOVING: "it is moving to another host",
+}
+
+
+def _expect(vm, expected, op_id=None):
+    if vm.state not in expected:
+        raise IllegalVmTransition(vm.name, vm.state, expected, _BUSY_WHY.get(vm.state))
+    if op_id is not None and vm.op_id != op_id:
+        raise IllegalVmTransition(vm.name, vm.state, expected,
+                                  "it belongs to another operation now")
