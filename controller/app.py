@@ -18,6 +18,7 @@ from controller.config import check_serving_config, load_controller_config, prin
 from controller.db.models import Device, Host
 from controller.services import Controller, current
 from hostplane import auth
+from hostplane.core.ids import HOST_ID
 from hostplane.core.device_states import IllegalTransition
 from hostplane.core.vm_states import IllegalVmTransition
 from hostplane.errors import DatabaseUnavailable, envelope
@@ -77,8 +78,9 @@ def create_app(config=None, start=True):
 def _resolve(tokens, given):
     """Admin or tenant token; on a host's events endpoint, also that host's agent token."""
     principal = auth.find_principal(given, tokens)
-    if principal is None and request.endpoint == "events.event" and given:
-        host_id = (request.view_args or {}).get("host_id")
+    host_id = (request.view_args or {}).get("host_id")
+    if (principal is None and request.endpoint == "events.event" and given
+            and isinstance(host_id, str) and HOST_ID.fullmatch(host_id)):
         with current().db.read() as session:
             host = session.get(Host, host_id)
         if host is not None and auth.token_matches(given, host.token):

@@ -37,9 +37,14 @@ def check_serving_config(config):
         raise ConfigError("no admin token: set [server] admin_token in "
                           "/etc/hostplane/controller.toml or HOSTPLANE_SERVER_ADMIN_TOKEN "
                           "(or insecure = true for a lab)")
+    seen = {server["admin_token"]: "the admin token"} if server["admin_token"] else {}
     for name, token in config["tenants"].items():
         if not isinstance(token, str) or len(token) < 8:
             raise ConfigError(f"[tenants] {name}: token must be a string of 8+ characters")
+        if token in seen:   # one token, two principals: whoever holds it is both
+            raise ConfigError(f"[tenants] {name}: its token is the same as {seen[token]}; "
+                              "every tenant needs a token of its own")
+        seen[token] = f"tenant {name}'s"
     check_tls(server)
     check_ca_bundle(config["agents"]["ca"], "[agents] ca")
 

@@ -8,6 +8,8 @@ same scheduler on that host's rows as they are now, and flips the devices it pic
 capacity and devices are reserved before the agent is called and given back if it fails.
 """
 
+import re
+
 from flask import current_app, has_app_context
 from sqlalchemy import or_, select
 from sqlalchemy.exc import IntegrityError
@@ -136,6 +138,24 @@ def reason_kinds(reason_lists):
     return sorted(kinds)
 
 
+_HOLDER = re.compile(r"(attached to )([A-Za-z0-9][A-Za-z0-9_.-]{0,62})")
+
+
+def rejected_for(db, tenant, rejected):
+    """{host: [reasons]} as `tenant` may read them: a device held by a VM that is not the
+    tenant's own is "attached to another VM" (the admin reads every name)."""
+    hosts = {host_id: list(reasons) for host_id, reasons in sorted(rejected.items())}
+    if tenant is None or not hosts:
+        return hosts
+    with db.read() as session:
+        own = set(session.scalars(select(Vm.name).where(Vm.tenant == tenant)))
+
+    def hide(match):
+        return match.group(0) if match.group(2) in own else match.group(1) + "another VM"
+    return {host_id: [_HOLDER.sub(hide, reason) if "attached to" in reason else reason
+                      for reason in reasons] for host_id, reasons in hosts.items()}
+
+
 def place_and_claim(db, request, policy, new_vm, attempts=5):
     """Reserve devices and capacity for `request`; returns (host_id, [device rows' ids]).
 
@@ -147,7 +167,7 @@ def place_and_claim(db, request, policy, new_vm, attempts=5):
     for _ in range(attempts):
         if placement.chosen is None:
             _count(operation, placement)
-            raise unplaceable(request, placement)
+            raise unplaceable(request, placement, db)
         try:
             claimed = db.transaction(lambda session: _claim_on(
                 session, db, request, policy, placement.chosen.host_id, new_vm))
@@ -233,10 +253,10 @@ def release_held(session, db, name, host_id=None):
             device.vm = None
 
 
-def unplaceable(request, placement):
+def unplaceable(request, placement, db):
     """422 for a VM that fits nowhere; 409 when an existing VM cannot take the devices
     (they are elsewhere or held): the VM is placed, the request conflicts with it."""
-    hosts = {host_id: list(reasons) for host_id, reasons in sorted(placement.rejected.items())}
+    hosts = rejected_for(db, request.tenant, placement.rejected)
     if request.existing_vm is not None:
         vm_host = request.existing_vm.host_id
         why = "; ".join(hosts.get(vm_host, [])) or "no host can take these devices"

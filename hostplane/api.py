@@ -6,6 +6,7 @@ JSON against the model (400 with every problem listed, nothing changed); and
 from the code that serves it rather than maintained by hand.
 """
 
+import json
 import re
 
 from flask import current_app, request
@@ -35,17 +36,27 @@ _STATUS_TEXT = {200: "OK", 201: "Created", 202: "Accepted", 204: "No content",
                 503: "A dependency is down"}
 
 
+# No body of either API nests deeper than this; a deeper one is refused before it is
+# parsed, so it never reaches the parser's recursion limit.
+MAX_JSON_DEPTH = 32
+# C0 controls and DEL: never part of a name, id or sentence either API takes, and NUL
+# cannot even be stored by PostgreSQL.
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
+_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"', re.S)
+_JSON_BRACKETS = re.compile(r"[\[\]{}]")
+
+
 def parse_body(model, allow_empty=False):
-    """The request's JSON body validated as `model`, or a 400 naming every problem."""
+    """The request's JSON body validated as `model`, or a 400 naming every problem.
+
+    The body is read as JSON whatever its Content-Type (tokens are bearer headers, not
+    cookies, so no browser form can send one on another site's behalf)."""
     _refuse_cut_body()
-    data = request.get_json(silent=True)
-    if data is None:
-        if allow_empty and not request.get_data():
-            data = {}
-        else:
-            raise BadRequest("request body must be a JSON object", code="invalid_json")
-    if not isinstance(data, dict):
-        raise BadRequest("request body must be a JSON object", code="invalid_json")
+    raw = request.get_data(cache=True)
+    if not raw.strip() and allow_empty:
+        data = {}
+    else:
+        data = _json_object(raw)
     try:
         return model.model_validate(data)
     except ValidationError as exc:
@@ -54,6 +65,79 @@ def parse_body(model, allow_empty=False):
         first = problems[0]
         raise BadRequest(f"{first['field']}: {first['problem']}", code="invalid_request",
                          details={"errors": problems}) from None
+
+
+def _json_object(raw):
+    """The body as a JSON object, or a 400 that says what is wrong with it."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadRequest("request body must be UTF-8 JSON", code="invalid_json") from None
+    depth = _nesting(text)
+    if depth > MAX_JSON_DEPTH:
+        raise BadRequest(f"request body nests {depth} levels deep; at most {MAX_JSON_DEPTH}",
+                         code="invalid_json", details={"max_depth": MAX_JSON_DEPTH})
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        hint = "" if request.is_json else " (send Content-Type: application/json)"
+        raise BadRequest(f"request body is not valid JSON: {exc}{hint}",
+                         code="invalid_json") from None
+    if not isinstance(data, dict):
+        raise BadRequest(f"request body must be a JSON object, not {type(data).__name__}",
+                         code="invalid_json")
+    where = _control_character_at(data)
+    if where is not None:
+        raise BadRequest(f"{where}: control characters (NUL, newline, ...) are not allowed",
+                         code="invalid_request", details={"field": where})
+    return data
+
+
+def _nesting(text):
+    """How deep the arrays and objects of a JSON text nest (strings set aside)."""
+    depth = deepest = 0
+    for bracket in _JSON_BRACKETS.findall(_JSON_STRING.sub('""', text)):
+        depth += 1 if bracket in "[{" else -1
+        deepest = max(deepest, depth)
+    return deepest
+
+
+def _control_character_at(data):
+    """The dotted path of the first string (key or value) holding a control character."""
+    pending = [("", data)]
+    while pending:
+        path, value = pending.pop()
+        if isinstance(value, dict):
+            for key, item in value.items():
+                where = f"{path}.{key}" if path else str(key)
+                if CONTROL_CHARACTERS.search(key):
+                    return where[:100]
+                pending.append((where, item))
+        elif isinstance(value, list):
+            pending.extend((f"{path}.{i}", item) for i, item in enumerate(value))
+        elif isinstance(value, str) and CONTROL_CHARACTERS.search(value):
+            return path or "(body)"
+    return None
+
+
+def refuse_control_characters(app):
+    """400 for a path or query value with a control character, before authentication
+    and before anything is looked up (a NUL would reach the database otherwise)."""
+    def _check_request_strings():
+        for name, value in (request.view_args or {}).items():
+            if isinstance(value, str) and CONTROL_CHARACTERS.search(value):
+                raise BadRequest(f"{name}: control characters are not allowed in a path",
+                                 code="invalid_name" if name == "name" else "invalid_id",
+                                 details={"field": name})
+        for name, value in request.args.items(multi=True):
+            if CONTROL_CHARACTERS.search(value):
+                raise BadRequest(f"{name}: control characters are not allowed in query "
+                                 "values", code="invalid_request", details={"field": name})
+        for key in request.args:
+            if CONTROL_CHARACTERS.search(key):
+                raise BadRequest("control characters are not allowed in query names",
+                                 code="invalid_request")
+    app.before_request_funcs.setdefault(None, []).insert(0, _check_request_strings)
 
 
 def _refuse_cut_body():

@@ -11,7 +11,7 @@ import tempfile
 from flask import Blueprint, Flask, current_app, jsonify
 
 from hostplane import __version__, auth
-from hostplane.api import describe, openapi_document
+from hostplane.api import describe, openapi_document, refuse_control_characters
 from hostplane.config import ConfigError, load_config
 from hostplane.errors import register_error_handlers
 from hostplane.metrics import install_request_metrics, metrics_response
@@ -43,6 +43,7 @@ def base_app(name, config, resolve, public, metrics_prefix):
         public.discard("meta.metrics")
     app.extensions["public_endpoints"] = public
     auth.install(app, resolve, public=public)
+    refuse_control_characters(app)   # first: before the token is looked up
     if config["server"].get("require_tls"):
         auth.require_tls(app)
     registry = install_request_metrics(app, metrics_prefix)

@@ -13,7 +13,7 @@ from hostplane.core.ids import HOST_ID
 from controller.db.models import Host, Vm
 from controller.services import current, require_admin
 from hostplane.api import describe, parse_body
-from hostplane.errors import Conflict, NotFound
+from hostplane.errors import ApiError, BadRequest, Conflict, NotFound
 
 bp = Blueprint("hosts", __name__)
 check_path_ids(bp)
@@ -26,7 +26,15 @@ def register():
     require_admin("registering hosts")
     body = parse_body(HostCreate)
     ctl = current()
-    health = ctl.client_factory(body.url, body.token, timeout=ctl.poller.timeout).health()
+    client = ctl.client_factory(body.url, body.token, timeout=ctl.poller.timeout)
+    health = client.health()
+    try:   # health is open to all: an authenticated call proves the token, before it is kept
+        client.host()
+    except ApiError as exc:
+        if getattr(exc, "agent_status", None) == 401:
+            raise BadRequest("the agent refused this token; nothing was registered",
+                             code="agent_token_refused", details={"agent": body.url}) from None
+        raise
     host_id = str(health.get("host_id") or "")
     if not HOST_ID.fullmatch(host_id):
         raise Conflict(f"the agent did not say which host it is in a form the controller "

@@ -3,8 +3,8 @@
 from flask import Blueprint, jsonify
 
 from controller.api.schemas import VmCreate
-from controller.placement import explain as run_placement, install_metrics
-from controller.services import current, tenant
+from controller.placement import explain as run_placement, install_metrics, rejected_for
+from controller.services import current, require_admin, tenant
 from hostplane.api import describe, parse_body
 
 bp = Blueprint("schedule", __name__)
@@ -13,9 +13,12 @@ bp.record_once(lambda setup: install_metrics(setup.app))
 
 @bp.post("/v1/schedule/explain")
 @describe("Ranked candidate hosts and every rejected host with its reasons", body=VmCreate,
+          responses=(200, 403),
           tags=["schedule"])
 def explain():
     body = parse_body(VmCreate)
+    if body.usb:   # the same answer whether the USB device exists or not
+        require_admin("USB passthrough")
     ctl = current()
     placement = run_placement(ctl.db, body.placement(tenant()), ctl.policy)
     return jsonify({
@@ -24,6 +27,5 @@ def explain():
                         "devices": [{"type": kind, "id": device_id}
                                     for kind, device_id in c.devices]}
                        for c in placement.ranked],
-        "rejected": {host_id: list(reasons)
-                     for host_id, reasons in sorted(placement.rejected.items())},
+        "rejected": rejected_for(ctl.db, tenant(), placement.rejected),
     })

@@ -1,6 +1,7 @@
 """Request bodies, validated at the edge (400 naming every problem, nothing changed)."""
 
 from typing import Literal
+from urllib.parse import urlsplit
 
 from flask import request
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -35,6 +36,17 @@ class _Body(BaseModel):
 
 class HostCreate(_Body):
     url: str = Field(pattern=r"^https?://[A-Za-z0-9.\-\[\]:]+(:[0-9]{1,5})?/?$", max_length=512)
+
+    @field_validator("url")
+    @classmethod
+    def _port_in_range(cls, value):
+        try:
+            port = urlsplit(value).port   # ValueError past 65535
+        except ValueError:
+            port = -1
+        if port is not None and not 1 <= port <= 65535:
+            raise ValueError("the port must be 1-65535")
+        return value
     # Sent to the agent as an HTTP header: printable ASCII without spaces only.
     token: str = Field(min_length=1, max_length=512, pattern=r"^[!-~]+$")
     cluster: str = "default"
@@ -47,7 +59,7 @@ class HostPatch(_Body):
     iommu_enabled: bool | None = None
     cluster: str | None = None
 
-    _cluster = field_validator("cluster")(lambda v: v and check_name(v))
+    _cluster = field_validator("cluster")(lambda v: v if v is None else check_name(v))
 
 
 class DevicePatch(_Body):
@@ -110,7 +122,7 @@ class VmCreate(DeviceAsks):
 
     _name = field_validator("name")(lambda v: check_name(v))
     _names = field_validator("cluster", "anti_affinity_group")(
-        lambda v: v and check_name(v))
+        lambda v: v if v is None else check_name(v))
 
     def placement(self, tenant):
         return PlacementRequest(
