@@ -15,6 +15,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 
 import pytest
 import requests
@@ -170,3 +171,36 @@ def test_agent_says_libvirt_down_in_metrics(tmp_path):
         assert samples(scrape_text(agent.url))["hostplane_agent_libvirt_up"] == [({}, 1.0)]
     finally:
         agent.stop()
+
+
+def test_ansible_installs_the_rules_only_as_promtool_accepts_them(tmp_path):
+    """site.yml's optional play, run for real on this machine (local connection) into a
+    scratch rules directory; a rules file promtool refuses never replaces a working one."""
+    promtool("--version")
+    rules_dir = tmp_path / "rules"
+    broken = tmp_path / "broken.yml"
+    broken.write_text("groups:\n  - name: x\n    rules:\n      - alert: X\n        expr: up ==\n")
+
+    def run(**extra):
+        inventory = tmp_path / "inventory.ini"
+        settings = {"ansible_connection": "local",
+                    "ansible_python_interpreter": sys.executable,
+                    "hostplane_prometheus_rules_dir": str(rules_dir),
+                    "hostplane_prometheus_rules_reload": "false", **extra}
+        inventory.write_text("[hostplane_prometheus_servers]\nlocalhost "
+                             + " ".join(f"{k}={v}" for k, v in settings.items()) + "\n")
+        venv_bin = os.path.dirname(sys.executable)
+        return subprocess.run(
+            [os.path.join(venv_bin, "ansible-playbook"), "-i", str(inventory), "site.yml"],
+            cwd=os.path.join(ROOT, "ansible"), capture_output=True, text=True, timeout=300,
+            env={**os.environ, "PATH": venv_bin + os.pathsep + os.environ["PATH"]})
+
+    installed = rules_dir / "hostplane.yml"
+    first = run()
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-2000:]
+    with open(RULES) as shipped:
+        assert installed.read_text() == shipped.read()
+    refused = run(hostplane_prometheus_rules_file=str(broken))
+    assert refused.returncode != 0 and "could not parse expression" in refused.stdout, refused.stdout
+    with open(RULES) as shipped:
+        assert installed.read_text() == shipped.read()
