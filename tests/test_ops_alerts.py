@@ -22,9 +22,11 @@ import requests
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import AUTH as AGENT_AUTH, agent_config
+from tests.conftest import AUTH as AGENT_AUTH, TOKEN as AGENT_TOKEN, agent_config
+from controller.db import upgrade
 from tests.test_controller_support import (ADMIN, LoopbackAgent, Served, gpu_host, poller,
                                            two_host_world)
+from tests.test_faults_controller_support import ControllerProcess, wait_for
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RULES = os.path.join(ROOT, "deploy", "prometheus", "hostplane-rules.yml")
@@ -126,6 +128,32 @@ def test_promtool_accepts_the_real_metrics(world, role):
     text = scrape_text(agents["host-a"].url if role == "agent" else url)
     result = promtool("check", "metrics", stdin=text)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_promtool_accepts_the_metrics_of_a_controller_under_gunicorn(world, tmp_path):
+    """`hostplane-controller serve` with two workers, polling: /metrics merges every
+    worker's files (prometheus-client's multiprocess mode) and adds the database gauges."""
+    _app, _url, agents = world
+    database = f"sqlite:///{tmp_path}/served.db"
+    upgrade(database)
+    controller = ControllerProcess(tmp_path, database)
+    try:
+        requests.post(controller.url + "/v1/hosts", headers=ADMIN, timeout=30, json={
+            "url": agents["host-a"].url, "token": AGENT_TOKEN}).raise_for_status()
+
+        def polled():
+            text = scrape_text(controller.url)
+            return text if 'hostplane_controller_poll_seconds_count{host="host-a"}' in text \
+                else None
+
+        text = wait_for("a poll of host-a in /metrics", polled)
+    finally:
+        controller.stop()
+    result = promtool("check", "metrics", stdin=text)
+    assert result.returncode == 0, result.stdout + result.stderr
+    status = {labels["status"]: value for labels, value
+              in samples(text)["hostplane_controller_host_status"]}
+    assert status["connected"] == 1
 
 
 def test_gauges_follow_a_lost_agent_and_devices_gone_at_restart(tmp_path):
