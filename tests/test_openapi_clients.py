@@ -16,7 +16,7 @@ import pytest
 import requests
 from flask import Flask
 from openapi_spec_validator import validate
-from pydantic import RootModel
+from pydantic import RootModel, create_model
 
 from hostplane.api import describe, openapi_document
 from tests.conftest import AUTH as AGENT_AUTH, TOKEN as AGENT_TOKEN
@@ -111,6 +111,21 @@ def test_a_model_without_a_legal_component_name_is_refused_not_published():
         return {}
 
     with pytest.raises(ValueError, match="component name"):
+        openapi_document(app, "t", "1")
+
+
+def test_two_different_models_of_one_name_are_refused_not_merged():
+    def model_named_thing(field):
+        return create_model("Thing", **{field: (int, ...)})
+
+    app = Flask(__name__)
+    for field in ("a", "b"):
+        @app.post(f"/things-{field}", endpoint=f"things_{field}")
+        @describe("Make a thing", body=model_named_thing(field))
+        def things():
+            return {}
+
+    with pytest.raises(ValueError, match="two different models are named 'Thing'"):
         openapi_document(app, "t", "1")
 
 
