@@ -74,9 +74,10 @@ def world(tmp_path_factory):
         agent = agents["host-a"]
         requests.post(agent.url + "/v1/vms", headers=AGENT_AUTH, timeout=30, json={
             "name": "alerts-vm", "vcpus": 1, "memory_mib": 64}).raise_for_status()
-        for device in ("0000:3b:00.0", "0000:00:1f.0"):   # a GPU, then a host bridge
-            requests.post(agent.url + "/v1/vms/alerts-vm/devices", headers=AGENT_AUTH,
-                          timeout=30, json={"type": "pci", "id": device})
+        statuses = [requests.post(agent.url + "/v1/vms/alerts-vm/devices", headers=AGENT_AUTH,
+                                  timeout=30, json={"type": "pci", "id": device}).status_code
+                    for device in ("0000:3b:00.0", "0000:00:1f.0")]   # a GPU, a host bridge
+        assert statuses == [200, 409]
         client.post("/v1/schedule/explain", headers=ADMIN, json={
             "name": "too-big", "vcpus": 1, "memory_mib": 64,
             "gpus": [{"vendor_id": "10de", "device_id": "1eb8", "count": 9}]})
