@@ -40,12 +40,17 @@ def create_app(config=None, start=True):
 
 
 class _VirtCollector:
-    """Attach/detach latency, shared by the workers (the libvirt adapter may be absent)."""
+    """Attach/detach latency, shared by the workers (the libvirt adapter may be absent),
+    and whether libvirtd answers: 0 is what `/v1/health` reports as `degraded`."""
 
     def __init__(self, agent):
         self.agent = agent
 
     def collect(self):
+        up = GaugeMetricFamily("hostplane_agent_libvirt_up",
+                               "1 when libvirtd answers the agent (else /v1/health is degraded)")
+        up.add_metric([], 1 if self.agent.libvirt_status().get("ok") else 0)
+        yield up
         if self.agent.virt is not None:
             yield from self.agent.virt.latency.collect()
 

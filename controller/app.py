@@ -9,13 +9,12 @@ variables. The schema must be current (`hostplane-controller db upgrade`).
 import logging
 
 from flask import request
-from prometheus_client.core import GaugeMetricFamily
-from sqlalchemy import func, select
 from sqlalchemy.exc import InterfaceError, OperationalError, TimeoutError as PoolTimeout
 
 from controller.api import devices, events, hosts, meta, networks, orphans, schedule, vms
 from controller.config import check_serving_config, load_controller_config, principals
-from controller.db.models import Device, Host
+from controller.db.models import Host
+from controller.gauges import InventoryCollector
 from controller.services import Controller, current
 from hostplane import auth
 from hostplane.core.ids import HOST_ID
@@ -66,7 +65,7 @@ def create_app(config=None, start=True):
         response.headers["Retry-After"] = str(error.retry_after_s)
         return response
 
-    registry.register(_InventoryCollector(controller))
+    registry.register(InventoryCollector(controller))
     controller.poller.install_metrics(app)
     for module in modules:
         app.register_blueprint(module.bp)
@@ -87,24 +86,3 @@ def _resolve(tokens, given):
             principal = f"agent:{host_id}"
     return principal
 
-
-class _InventoryCollector:
-    """Hosts by status and devices by type/status, read from the database at scrape time."""
-
-    def __init__(self, controller):
-        self.controller = controller
-
-    def collect(self):
-        hosts = GaugeMetricFamily("hostplane_controller_hosts", "Hosts", labels=["status"])
-        devices = GaugeMetricFamily("hostplane_controller_devices", "Devices",
-                                    labels=["type", "status"])
-        with self.controller.db.read() as session:
-            for status, count in session.execute(
-                    select(Host.status, func.count()).group_by(Host.status)):
-                hosts.add_metric([status], count)
-            for kind, status, count in session.execute(
-                    select(Device.type, Device.status, func.count())
-                    .group_by(Device.type, Device.status)):
-                devices.add_metric([kind, status], count)
-        yield hosts
-        yield devices

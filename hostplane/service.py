@@ -100,7 +100,7 @@ def meta_blueprint(title):
     bp = Blueprint("meta", __name__)
 
     @bp.get("/metrics")
-    @describe("Prometheus metrics (text format)", tags=["meta"])
+    @describe("Prometheus metrics (text format)", tags=["meta"], media_type="text/plain")
     def metrics():
         registry = current_app.extensions["metrics_registry"]
         directory = os.environ.get(MULTIPROC_VARIABLE)

@@ -215,17 +215,22 @@ def test_postgresql_gone_answers_503_and_recovers_when_it_returns(tmp_path):
         device = "/v1/devices/hpf-pg-host/0000:3b:00.0"
         relay.kill()
         for method, path, body in (("get", "/v1/devices", None),
-                                   ("patch", device, {"name": "renamed"}),
-                                   ("get", "/metrics", None)):
+                                   ("patch", device, {"name": "renamed"})):
             answer = getattr(client, method)(path, headers=ADMIN, json=body)
             assert answer.status_code == 503, (path, answer.get_data(as_text=True)[:300])
             assert answer.get_json()["error"]["code"] == "database_unavailable"
             assert answer.headers["Retry-After"]
         health = client.get("/v1/health").get_json()
         assert health["status"] == "degraded" and health["database"]["ok"] is False
+        # the scrape still succeeds, saying so (the alert rules page on it)
+        metrics = client.get("/metrics").get_data(as_text=True)
+        assert "\nhostplane_controller_database_up 0.0\n" in metrics
+        assert "hostplane_controller_host_status{" not in metrics
         relay.start()
         assert client.get(device, headers=ADMIN).get_json()["name"] != "renamed"
         assert client.patch(device, headers=ADMIN, json={"name": "renamed"}).status_code == 200
+        assert "\nhostplane_controller_database_up 1.0\n" in client.get("/metrics").get_data(
+            as_text=True)
     finally:
         relay.kill()
         agent.stop()

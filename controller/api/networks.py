@@ -110,8 +110,11 @@ class VtepsPatch(BaseModel):
 
 KINDS = {"novlan": NovlanCreate, "vlan": VlanCreate, "vxlan-pool": PoolCreate,
          "vxlan": VxlanCreate}
-NetworkCreate = RootModel[Annotated[Union[tuple(KINDS.values())],
-                                    Field(discriminator="type")]]
+
+
+class NetworkCreate(RootModel[Annotated[Union[tuple(KINDS.values())],
+                                        Field(discriminator="type")]]):
+    """One of the kinds, chosen by `type` (named, so OpenAPI gets a legal component name)."""
 
 
 @bp.post("/v1/networks")
