@@ -60,6 +60,11 @@ class AgentClient:
         return self._call("DELETE", f"/v1/vms/{name}", ok=(200, 202, 204, 404),
                           params=params).status_code != 404
 
+    def claim_domain(self, name, op_id, expected):
+        """Record operation `op_id` in domain `name` if it still carries `expected`."""
+        return self._call("PUT", f"/v1/vms/{name}/operation",
+                          json={"op_id": op_id, "expected": expected}).json()
+
     def list_vms(self):
         return self._call("GET", "/v1/vms").json()["vms"]
 
@@ -117,8 +122,9 @@ def _agent_error(url, response):
 
 
 def maybe_done(error):
-    """Could the agent have carried out the request that ended in `error`?"""
-    return getattr(error, "maybe_done", True)
+    """Could the agent have carried out the request that ended in `error`? (An error
+    that did not come from an agent call: no.)"""
+    return getattr(error, "maybe_done", False)
 
 
 def _never_sent(exc):

@@ -8,14 +8,17 @@ so they are never offered; an admin either adopts the domain as a VM (its device
 then that VM's) or deletes it (its devices come back `ready` on the next fetch).
 """
 
+import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 
-from sqlalchemy import select
+from sqlalchemy import or_, select
 from sqlalchemy.exc import IntegrityError
 
 from controller.db.models import Device, Host, Vm
-from controller.moves import target_op
-from controller.vm_records import held, render
+from controller.vm_records import expected_domains
+from controller.agents import maybe_done
+from controller.vm_records import forget_create, pending_error, settle_create
 from hostplane.core import device_states, vm_states
 from hostplane.errors import ApiError, Conflict, NotFound
 
@@ -37,14 +40,22 @@ def listing(ctl):
             unreachable[host_id] = domains.message
             continue
         for domain in domains:
-            if _is_orphan(domain, expected.get((host_id, domain["name"]))):
+            if not vm_states.domain_is_ours(domain.get("op_id"),
+                                            expected.get((host_id, domain["name"]))):
                 orphans.append(_render(host_id, domain, (host_id, domain["name"]) in expected))
     return {"orphans": orphans, "unreachable": unreachable}
 
 
 def adopt(ctl, host_id, name, tenant=None):
-    """Make the orphan `name` on `host_id` a VM of the controller, holding its devices."""
+    """Make the orphan `name` on `host_id` a VM of the controller, holding its devices.
+
+    Like a create: the row is claimed first (`creating`, a new operation id), then the
+    agent records that id in the domain if it still carries the one seen — so an adopt
+    and an orphan delete (or a second adopt) racing for one domain never both win — and
+    the row settles in the domain's state; an agent that does not answer leaves the row
+    `creating` for the poller, as any create."""
     host, domain = _orphan(ctl, host_id, name)
+    op_id = uuid.uuid4().hex
 
     def record(session):
         ctl.db.lock_hosts(session, [host.id])
@@ -55,17 +66,22 @@ def adopt(ctl, host_id, name, tenant=None):
         for item in domain.get("devices", []):
             row = session.scalars(ctl.db.locked(select(Device).where(
                 Device.host_id == host.id, Device.id == item["id"]))).first()
-            if row is None or row.status == device_states.UNAVAILABLE or row.vm is not None:
+            outside = row is not None and row.status == device_states.ATTACHED and (
+                row.vm is None and row.reported_vm != name)
+            if (row is None or row.status == device_states.UNAVAILABLE or row.vm is not None
+                    or outside):
                 why = ("not known to the controller yet" if row is None else
-                       f"held by VM {row.vm}" if row.vm else "unavailable")
+                       f"held by VM {row.vm}" if row.vm else
+                       f"held by domain {row.reported_vm}" if outside else "unavailable")
                 raise Conflict(f"{name} holds {item['id']}, which is {why}",
                                code="device_busy", details={"device": item["id"]})
             rows.append(row)
+        _whole_groups(session, host.id, name, rows)
         vm = Vm(name=name, host_id=host.id, tenant=tenant, vcpus=domain.get("vcpus") or 1,
                 memory_mib=domain.get("memory_mib") or 0,
                 spec={"networks": [{"bridge": n["bridge"]} for n in domain.get("networks", [])
                                    if n.get("bridge")]})
-        vm_states.adopted(vm, domain.get("op_id"), domain.get("state"))
+        vm_states.begin_create(vm, op_id, time.time())
         session.add(vm)
         for row in rows:
             if row.status == device_states.READY:
@@ -73,41 +89,57 @@ def adopt(ctl, host_id, name, tenant=None):
             else:
                 device_states.adopt(row, name)
         session.flush()
-        return render(vm, held(session, name))
     try:
-        view = ctl.db.transaction(record)
+        ctl.db.transaction(record)
     except IntegrityError:   # PostgreSQL: a create of that name committed meanwhile
         raise Conflict(f"a VM named {name} already exists", code="name_taken") from None
+    try:
+        claimed = ctl.agent(host).claim_domain(name, op_id, domain.get("op_id"))
+    except ApiError as exc:
+        if maybe_done(exc):
+            raise pending_error(exc, name, vm_states.CREATING, "adopt") from None
+        forget_create(ctl.db, name, op_id)
+        raise
+    view = settle_create(ctl.db, name, op_id, claimed.get("state"))
     ctl.poller.fetch_now(host.id, background=False)
     return view
 
 
 def delete(ctl, host_id, name):
-    """Delete the orphan `name` on `host_id` (never a VM the controller knows)."""
+    """Delete the orphan `name` on `host_id` (never a VM the controller knows); the
+    domain is claimed for this delete first, so a racing adopt cannot also win."""
     host, domain = _orphan(ctl, host_id, name)
-    ctl.agent(host).delete_vm(name, domain.get("op_id"))
+    op_id, agent = uuid.uuid4().hex, ctl.agent(host)
+    agent.claim_domain(name, op_id, domain.get("op_id"))
+    agent.delete_vm(name, op_id)
     ctl.poller.fetch_now(host.id, background=False)
 
 
 # --- helpers ---------------------------------------------------------------------------
-def _expected_domains(session):
-    """{(host_id, name): operation ids a domain there may carry} for every VM row: its
-    own host with its own operation, and the target of a move with the move's."""
-    expected = {}
-    for vm in session.scalars(select(Vm)):
-        if vm.host_id is not None:
-            expected.setdefault((vm.host_id, vm.name), set()).add(vm.op_id)
-        if vm.moving_to is not None:
-            expected.setdefault((vm.moving_to, vm.name), set()).add(target_op(vm.spec))
-    return expected
+def _whole_groups(session, host_id, name, rows):
+    """409 unless the domain holds every endpoint of each IOMMU group it holds a member of:
+    a VM's claim is whole groups (VFIO hands a group to one VM), so the controller would
+    otherwise record what the domain does not hold, or offer what it cannot give."""
+    held = {row.id for row in rows}
+    groups = {row.iommu_group for row in rows if row.kind == "pci" and row.iommu_group is not None}
+    if not groups:
+        return
+    siblings = session.scalars(select(Device.id).where(
+        Device.host_id == host_id, Device.kind == "pci", Device.iommu_group.in_(groups),
+        Device.assignable.is_(True), Device.status != device_states.UNAVAILABLE)).all()
+    missing = sorted(set(siblings) - held)
+    if missing:
+        raise Conflict(f"{name} holds part of an IOMMU group without {', '.join(missing)}; "
+                       "attach them to it on the agent, or delete the orphan",
+                       code="group_split", details={"missing": missing})
 
 
-def _is_orphan(domain, ops):
-    """No row names it here, or the row's operation is another (None: any, from before
-    operation ids; a move not yet defined on its target expects any too)."""
-    if ops is None:
-        return True
-    return None not in ops and domain.get("op_id") not in ops
+def _expected_domains(session, host_id=None):
+    """{(host_id, name): operation ids a domain there may carry} for every VM row."""
+    query = select(Vm.name, Vm.host_id, Vm.moving_to, Vm.op_id, Vm.spec)
+    if host_id is not None:
+        query = query.where(or_(Vm.host_id == host_id, Vm.moving_to == host_id))
+    return expected_domains(session.execute(query))
 
 
 def _domains_of(ctl, host):
@@ -121,7 +153,7 @@ def _orphan(ctl, host_id, name):
     """(host row, the agent's view of the domain), or 404/409 when it is no orphan."""
     with ctl.db.read() as session:
         host = session.get(Host, host_id)
-        expected = _expected_domains(session).get((host_id, name)) if host else None
+        expected = _expected_domains(session, host_id).get((host_id, name)) if host else None
     if host is None:
         raise NotFound(f"no host {host_id}", code="host_not_found")
     try:
@@ -131,7 +163,7 @@ def _orphan(ctl, host_id, name):
             raise NotFound(f"host {host_id} has no domain {name}", code="orphan_not_found",
                            details={"host": host_id}) from None
         raise
-    if not _is_orphan(domain, expected):
+    if vm_states.domain_is_ours(domain.get("op_id"), expected):
         raise Conflict(f"{name} on {host_id} is a VM the controller knows; use /v1/vms",
                        code="not_an_orphan", details={"host": host_id})
     return host, domain

@@ -138,7 +138,9 @@ def reason_kinds(reason_lists):
     return sorted(kinds)
 
 
-_HOLDER = re.compile(r"(attached to )([A-Za-z0-9][A-Za-z0-9_.-]{0,62})")
+_HOLDER = re.compile(r"(attached to (?:VM )?|held by (?:VM )?|which VM )"
+                     r"([A-Za-z0-9][A-Za-z0-9_.-]{0,62})")
+_HOLDER_DETAILS = ("vm", "vms", "holder", "conflicts")
 
 
 def rejected_for(db, tenant, rejected):
@@ -147,13 +149,28 @@ def rejected_for(db, tenant, rejected):
     hosts = {host_id: list(reasons) for host_id, reasons in sorted(rejected.items())}
     if tenant is None or not hosts:
         return hosts
+    hide = _hider(db, tenant)
+    return {host_id: [hide(reason) for reason in reasons] for host_id, reasons in hosts.items()}
+
+
+def error_for(db, tenant, error):
+    """An agent's refusal as `tenant` may read it: holders' names that are not its own
+    VMs' are hidden in the message and dropped from the details."""
+    if tenant is None:
+        return error
+    error.message = _hider(db, tenant)(error.message)
+    error.details = {k: v for k, v in error.details.items() if k not in _HOLDER_DETAILS}
+    error.args = (error.message,)
+    return error
+
+
+def _hider(db, tenant):
     with db.read() as session:
         own = set(session.scalars(select(Vm.name).where(Vm.tenant == tenant)))
 
     def hide(match):
         return match.group(0) if match.group(2) in own else match.group(1) + "another VM"
-    return {host_id: [_HOLDER.sub(hide, reason) if "attached to" in reason else reason
-                      for reason in reasons] for host_id, reasons in hosts.items()}
+    return lambda text: _HOLDER.sub(hide, text)
 
 
 def place_and_claim(db, request, policy, new_vm, attempts=5):

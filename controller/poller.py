@@ -9,7 +9,8 @@ misses in a row mark a host `disconnected`; a new `boot_id` forces a full resync
 Agents' events call `fetch_now`, which bypasses the lease (a fetch is idempotent).
 Each poll is timed and each failure counted per host (`install_metrics`); under several
 gunicorn workers /metrics sums every worker's series (hostplane.service, multiprocess).
-After each cycle, VMs a dead controller left half-created are settled (controller.recovery).
+After each cycle, VM operations whose agent never answered (or whose controller process
+died) are settled by asking the agent again (controller.recovery).
 """
 
 import logging
@@ -79,10 +80,16 @@ class Poller:
             except Exception:  # noqa: BLE001 - a bad cycle must not end polling
                 log.exception("poll cycle failed")
             try:
-                settle_abandoned_creates(self.db, self._client, self.create_grace_s)
+                self.settle_operations()
             except Exception:  # noqa: BLE001 - nor a bad recovery (database down)
-                log.exception("settling abandoned creates failed")
+                log.exception("settling VM operations failed")
             self._stop.wait(max(0.0, self.interval - (time.monotonic() - started)))
+
+    def settle_operations(self, grace_s=None):
+        """Ask agents about VM operations older than `grace_s` (default: the longest a
+        create may wait for its agent, plus a cycle) and settle them; {name: outcome}."""
+        return settle_abandoned_creates(self.db, self._client,
+                                        self.create_grace_s if grace_s is None else grace_s)
 
     def poll_cycle(self, jitter=None):
         """Poll every host this process holds the lease of; returns {host_id: outcome}."""

@@ -131,9 +131,9 @@ def _settle_move(db, client_for, name, source, target_id, target, target_op):
                             state=on_target.get("state") or "stopped")
         log.warning("VM %s: move to %s finished after its controller died", name, target_id)
         return "moved" if done else "settled elsewhere"
-    if on_target is not None:
-        try:
-            client_for(target).delete_vm(name, target_op)   # never delete_storage
+    if target is not None and (on_target is not None or target_op is not None):
+        try:   # undefine it there, or cancel its define if that is still on its way
+            delete_on_agent(client_for(target), name, target_op)   # never delete_storage
         except ApiError as exc:
             log.info("VM %s: left moving, %s did not undefine it (%s)", name, target_id,
                      exc.message)
@@ -159,11 +159,11 @@ def _ask(client_for, host, name):
 
 
 def _on_agent(agent, name):
-    """The VM as its agent has it, or None once the agent has none (ApiError otherwise)."""
+    """The VM as its agent has it, or None when it has none (ApiError otherwise). Never
+    deletes anything: only a delete naming its operation may (the name may be re-used)."""
     try:
         return agent.vm(name)
     except ApiError as exc:
         if exc.status != 404:
             raise
-    agent.delete_vm(name)   # idempotent: nothing half-made may stay behind
     return None

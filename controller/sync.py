@@ -13,10 +13,11 @@ free, and never attached to a VM name the API cannot show.
 
 from sqlalchemy import or_, select
 
-from hostplane.core import device_states
+from hostplane.core import device_states, vm_states
 from hostplane.core.reconcile import reconcile
 
 from controller.db.models import Device, Vm
+from controller.vm_records import expected_domains
 
 
 def reported_devices(body):
@@ -35,8 +36,10 @@ def apply_report(session, host_id, body):
     rows = {row.id: row for row in session.query(Device).filter_by(host_id=host_id)}
     reported = reported_devices(body)
     verdict = reconcile(rows, reported)
-    known = set(session.scalars(select(Vm.name).where(
-        or_(Vm.host_id == host_id, Vm.moving_to == host_id))))
+    known = expected_domains(session.execute(
+        select(Vm.name, Vm.host_id, Vm.moving_to, Vm.op_id, Vm.spec)
+        .where(or_(Vm.host_id == host_id, Vm.moving_to == host_id))))
+    known = {name: ops for (host, name), ops in known.items() if host == host_id}
     for device_id in verdict.added:
         row = _new_row(host_id, reported[device_id])
         _follow_holder(row, known)
@@ -75,18 +78,21 @@ def _refresh(row, device):
 
 
 def _follow_holder(row, known_vms):
-    """Held by a domain the agent reports: by its VM, or by an orphan; freed only when it
-    was held outside the controller and no domain holds it any more."""
+    """Held by a domain the agent reports: by its VM (same name and operation), or by an
+    orphan; freed only when it was held outside the controller and no domain holds it
+    any more. `known_vms`: {name: operation ids} of this host's VMs."""
     holder = row.reported_vm
+    ours = holder and vm_states.domain_is_ours((row.facts or {}).get("attached_op"),
+                                               known_vms.get(holder))
     if row.status == "ready" and holder:
-        if holder in known_vms:
+        if ours:
             device_states.hold(row, holder)
         else:
             device_states.hold_outside(row)
     elif row.status == "attached" and row.vm is None:
         if not holder:
             device_states.let_go(row)
-        elif holder in known_vms:   # adopted since
+        elif ours:   # adopted since
             device_states.adopt(row, holder)
 
 

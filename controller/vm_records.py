@@ -64,11 +64,13 @@ def delete_on_agent(agent, name, op_id):
             raise
 
 
-def finish_delete(db, name, op_id):
-    """The agent has no domain of this VM any more: its claim and row go."""
+def finish_delete(db, name, op_id, mark=None):
+    """The agent has no domain of this VM any more: its claim and row go. With `mark`
+    (the delete request's own), only if no other delete has taken it over since."""
     def drop(session):
         vm = locked_vm(session, db, name)
-        if vm is None or vm.op_id != op_id or vm.state != vm_states.DELETING:
+        if (vm is None or vm.op_id != op_id or vm.state != vm_states.DELETING
+                or (mark is not None and vm.op_since != mark)):
             return False
         release_held(session, db, name)
         session.delete(vm)
@@ -76,11 +78,11 @@ def finish_delete(db, name, op_id):
     return db.transaction(drop)
 
 
-def undo_delete(db, name, previous):
-    """The agent surely never got the delete: the VM is as it was."""
+def undo_delete(db, name, previous, mark):
+    """The agent surely never got the delete of `mark`: the VM is as it was."""
     def undo(session):
         vm = locked_vm(session, db, name)
-        if vm is not None and vm.state == vm_states.DELETING:
+        if vm is not None and vm.state == vm_states.DELETING and vm.op_since == mark:
             vm_states.undo_delete(vm, previous)
     db.transaction(undo)
 
@@ -98,6 +100,19 @@ def _visible(session, name):
     if vm is None or (tenant() is not None and vm.tenant != tenant()):
         raise NotFound(f"no VM {name}", code="vm_not_found")
     return vm
+
+
+def expected_domains(rows):
+    """{(host_id, name): operation ids a domain there may carry} for VM rows (name,
+    host_id, moving_to, op_id, spec): its own host with its own operation, and the target
+    of a move with the move's (None: any, from before operation ids or not yet known)."""
+    expected = {}
+    for name, host_id, moving_to, op_id, spec in rows:
+        if host_id is not None:
+            expected.setdefault((host_id, name), set()).add(op_id)
+        if moving_to is not None:
+            expected.setdefault((moving_to, name), set()).add((spec or {}).get("moving_op"))
+    return expected
 
 
 def held(session, name):

@@ -20,7 +20,7 @@ from sqlalchemy import select
 from controller.agents import maybe_done
 from controller.db.models import Device, Host, Vm
 from controller.moves import move_and_attach
-from controller.placement import place_and_claim, release, vm_view
+from controller.placement import error_for, place_and_claim, release, vm_view
 from controller.vm_records import (ALL, delete_on_agent, finish_delete, forget_create, held,
                                    locked_vm, pending_error, render, settle_create,
                                    undo_delete)
@@ -44,11 +44,16 @@ def create(body):
                   "networks": spec["networks"], "start": body.start, "op_id": op_id,
                   "devices": [{"type": kind, "id": device_id} for kind, device_id in devices]}
     try:
-        answer = ctl.agent(_host(host_id)).create_vm(agent_spec)
+        host = _host(host_id)
+    except ApiError:   # deleted meanwhile: nothing was sent
+        forget_create(ctl.db, body.name, op_id)
+        raise
+    try:
+        answer = ctl.agent(host).create_vm(agent_spec)
     except ApiError as exc:
         if not maybe_done(exc):
             forget_create(ctl.db, body.name, op_id)
-            raise
+            raise error_for(ctl.db, request.tenant, exc) from None
         raise pending_error(exc, body.name, "creating", "create") from None
     return settle_create(ctl.db, body.name, op_id, answer.get("state"))
 
@@ -95,9 +100,9 @@ def delete(name):
         vm = locked_vm(session, ctl.db, name, tenant=_viewer())
         previous = vm.state
         vm_states.begin_delete(vm, (vm.op_since or 0) < stale_before)
-        vm.op_since = time.time()
-        return vm.host_id, vm.op_id, previous
-    host_id, op_id, previous = ctl.db.transaction(begin)
+        vm.op_since = time.time()   # this delete's own mark: a takeover replaces it
+        return vm.host_id, vm.op_id, previous, vm.op_since
+    host_id, op_id, previous, mine = ctl.db.transaction(begin)
     host = _host_or_none(host_id)
     if host is not None:
         try:
@@ -105,9 +110,11 @@ def delete(name):
         except ApiError as exc:
             if maybe_done(exc):
                 raise pending_error(exc, name, "deleting", "delete") from None
-            undo_delete(ctl.db, name, previous)
+            undo_delete(ctl.db, name, previous, mine)
             raise
-    finish_delete(ctl.db, name, op_id)
+    if not finish_delete(ctl.db, name, op_id, mine):
+        raise NotFound(f"no VM {name}: another delete took this one over and finished it",
+                       code="vm_not_found")
 
 
 def add_devices(name, body):
@@ -130,11 +137,11 @@ def add_devices(name, body):
         for kind, device_id in devices:
             agent.attach(name, kind, device_id)
             done.append((kind, device_id))
-    except ApiError:
+    except ApiError as exc:
         for kind, device_id in done:
             agent.detach(name, device_id)
         release(ctl.db, host_id, name, devices)
-        raise
+        raise error_for(ctl.db, request.tenant, exc) from None
     return get(name)
 
 

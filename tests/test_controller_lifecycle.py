@@ -129,11 +129,13 @@ def test_a_delete_the_agent_never_answered_is_finished_by_the_controller(world):
 
 def test_a_domain_made_behind_the_controllers_back_is_an_orphan_to_adopt_or_delete(world):
     api, agent, _ = world
-    for name, gpu in (("hpl-virsh", GPUS[0]), ("hpl-stray", GPUS[1])):
+    # hpl-virsh holds a whole GPU (with its audio function), hpl-stray only a GPU function
+    for name, functions in (("hpl-virsh", (GPUS[0], GPUS[0][:-1] + "1")),
+                            ("hpl-stray", (GPUS[1],))):
         made = requests.post(agent.url + "/v1/vms", timeout=30,
                              headers={"Authorization": f"Bearer {AGENT_TOKEN}"},
                              json={"name": name, "vcpus": 1, "memory_mib": 64,
-                                   "devices": [{"type": "pci", "id": gpu}]})
+                                   "devices": [{"type": "pci", "id": f} for f in functions]})
         assert made.status_code == 201, made.text
     wait_for("the controller to see both domains' GPUs held", lambda: {
         api("GET", f"/v1/devices/hpl-host/{gpu}")[1]["status"] for gpu in GPUS} == {"attached"})
@@ -144,8 +146,11 @@ def test_a_domain_made_behind_the_controllers_back_is_an_orphan_to_adopt_or_dele
     assert sorted(o["name"] for o in listed["orphans"]) == ["hpl-stray", "hpl-virsh"]
     assert api("POST", "/v1/vms", vm_body("hpl-new"))[0] == 422   # neither GPU is offered
 
+    status, body = api("POST", "/v1/orphans/hpl-host/hpl-stray/adopt", {})
+    assert (status, body["error"]["code"]) == (409, "group_split"), body   # half a group
     status, adopted = api("POST", "/v1/orphans/hpl-host/hpl-virsh/adopt", {})
-    assert status == 201 and adopted["devices"][0]["id"] == GPUS[0], adopted
+    assert status == 201 and adopted["state"] == "stopped", adopted
+    assert [d["id"] for d in adopted["devices"]] == [GPUS[0], GPUS[0][:-1] + "1"]
     assert api("GET", f"/v1/devices/hpl-host/{GPUS[0]}")[1]["vm"] == "hpl-virsh"
     assert api("DELETE", "/v1/orphans/hpl-host/hpl-virsh")[1]["error"]["code"] == "not_an_orphan"
     assert api("DELETE", "/v1/orphans/hpl-host/hpl-stray")[0] == 204

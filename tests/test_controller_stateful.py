@@ -6,13 +6,19 @@ host-b with two A10s, a USB stick and a keyboard each; libvirt's test driver, on
 instance per agent). Hypothesis drives creates (GPUs by model and count or by address,
 USB, a host asked or not, started or not), deletes, starts, stops, attaches and detaches
 of GPUs and USB devices, device enable/disable and host maintenance/IOMMU switches, in
-any order. Every answer must be 2xx or a 4xx in the error envelope (a refusal), never a
-5xx. After every step, what an operator reads must agree:
+any order; and the hostile ones: a create and a delete of one name racing (threads), a
+create whose agent answers only after the controller's timeout (the agent's host lock
+held meanwhile), the poller settling what is left, and domains made on an agent behind
+the controller's back (orphans), adopted or deleted by the admin. Every answer must be
+2xx or a 4xx in the error envelope (a refusal), never a 5xx except the 503 of an agent
+that did not answer in time. After every step, what an operator reads must agree:
 
 - every device the controller calls attached belongs to exactly one VM that lists it,
-  and every device a VM lists is on that VM's host;
-- each VM's domain on its host's agent holds exactly the devices the controller records
-  (and no agent has a domain the controller does not know);
+  or to no VM and to an orphan domain that GET /v1/orphans lists; every device a VM
+  lists is on that VM's host;
+- each settled VM's domain on its host's agent holds exactly the devices the controller
+  records, and every domain an agent has is a VM the controller lists there or an
+  orphan (a VM still `creating` or `deleting` may or may not have its domain yet);
 - no VM holds more USB devices than the per-VM limits, and a GPU's audio function is
   never split from its GPU.
 
@@ -25,6 +31,8 @@ Hypothesis prints shrunk to its shortest:
 
 import collections
 import os
+import threading
+import time
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -35,7 +43,9 @@ from hypothesis.stateful import (RuleBasedStateMachine, invariant, precondition,
 from tests.test_controller_support import ADMIN, needs_agent_vm_api, two_host_world
 from tests.test_faults_controller_support import agent_domains
 
-NAMES = ("sm-1", "sm-2", "sm-3")
+NAMES = ("sm-1", "sm-2", "sm-3", "orph-1", "orph-2")
+ORPHANS = ("orph-1", "orph-2", "sm-3")   # one of them clashes with a controller VM's name
+BUSY = ("creating", "deleting", "moving")
 MODELS = ({"vendor_id": "10de", "device_id": "1eb8"}, {"vendor_id": "10de", "device_id": "2236"})
 HOSTS = ("host-a", "host-b")
 USB_LIMITS = {"1": 1, "2": 6, "3": 4}
@@ -51,17 +61,18 @@ class _Answers:
         self.client = client
         self.counting = True
 
-    def __call__(self, method, path, body=None, allowed=(200, 201, 204)):
-        answer = self.client.open(path, method=method, headers=ADMIN, json=body)
+    def __call__(self, method, path, body=None, allowed=(200, 201, 204), client=None):
+        answer = (client or self.client).open(path, method=method, headers=ADMIN, json=body)
         status = answer.status_code
         if method != "GET" and self.counting:
             error = (answer.get_json() or {}).get("error", {}) if status >= 400 else {}
             self.seen[(method, _route(path), status, error.get("code"))] += 1
-        assert status < 500, (method, path, body, status, answer.get_json())
+        late = status == 503 and answer.get_json()["error"]["details"].get("state") in BUSY
+        assert status < 500 or late, (method, path, body, status, answer.get_json())
         if status >= 400:
             error = (answer.get_json() or {}).get("error", {})
             assert error.get("code") and error.get("message"), (method, path, answer.data)
-        assert status in allowed or 400 <= status < 500, (method, path, status)
+        assert status in allowed or 400 <= status < 500 or late, (method, path, status)
         return status, answer.get_json()
 
 
@@ -76,10 +87,13 @@ class ClaimsAgree(RuleBasedStateMachine):
         self._reset()
 
     def _reset(self):
-        """Every sequence starts from the same world: no VM, everything enabled."""
+        """Every sequence starts from the same world: no VM, no orphan, all enabled."""
         self.api.counting = False
+        self._controller().poller.settle_operations(grace_s=0)
         for vm in self.api("GET", "/v1/vms")[1]["vms"]:
             self.api("DELETE", f"/v1/vms/{vm['name']}")
+        for orphan in self.api("GET", "/v1/orphans")[1]["orphans"]:
+            self.api("DELETE", f"/v1/orphans/{orphan['host_id']}/{orphan['name']}")
         for host_id in HOSTS:
             self.api("PATCH", f"/v1/hosts/{host_id}", {"state": "enabled",
                                                         "iommu_enabled": True})
@@ -136,6 +150,70 @@ class ClaimsAgree(RuleBasedStateMachine):
             held or [(host_id, device_id) for host_id, device_id, _ in self.devices]))
         self.api("DELETE", f"/v1/vms/{name}/devices/{host_id}/{device_id}")
 
+    # --- what a hostile world does -----------------------------------------------------
+    @rule(data=st.data(), host=st.sampled_from(HOSTS), pause=st.sampled_from((0, 0.005, 0.02)))
+    def create_racing_delete(self, data, host, pause):
+        """A create and a delete of one name at once, from two callers."""
+        name = self._name(data, existing=False)
+        body = {"name": name, "vcpus": 1, "memory_mib": 128, "host": host, "start": False,
+                "gpus": [dict(MODELS[HOSTS.index(host)], count=1)]}
+        app = self.client.application
+        create = threading.Thread(target=self.api, args=("POST", "/v1/vms", body),
+                                  kwargs={"client": app.test_client()})
+        create.start()
+        time.sleep(pause)
+        self.api("DELETE", f"/v1/vms/{name}", client=app.test_client())
+        create.join(timeout=60)
+
+    @rule(data=st.data(), host=st.sampled_from(HOSTS))
+    def create_answered_late(self, data, host):
+        """The agent carries out the create only after the controller gave up waiting."""
+        name = self._name(data, existing=False)
+        config = self._controller().config["poll"]
+        saved, config["timeout_s"] = config["timeout_s"], 0.05   # agent calls wait 0.3 s
+        held = threading.Event()
+
+        def hold_the_agent():
+            with self.agents[host].agent.virt.lock.held():
+                held.set()
+                time.sleep(0.6)
+        holder = threading.Thread(target=hold_the_agent)
+        holder.start()
+        held.wait(10)
+        try:
+            self.api("POST", "/v1/vms", {"name": name, "vcpus": 1, "memory_mib": 128,
+                                         "host": host, "start": False,
+                                         "gpus": [dict(MODELS[HOSTS.index(host)], count=1)]})
+        finally:
+            config["timeout_s"] = saved
+            holder.join(timeout=60)
+
+    @rule()
+    def poller_settles(self):
+        self._controller().poller.settle_operations(grace_s=0)
+
+    @rule(name=st.sampled_from(ORPHANS), host=st.sampled_from(HOSTS), data=st.data())
+    def domain_behind_the_controllers_back(self, name, host, data):
+        gpus = [device_id for host_id, device_id, kind in self.devices
+                if host_id == host and kind == "gpu"]
+        from tests.conftest import AUTH
+        self.agents[host].app.test_client().post("/v1/vms", headers=AUTH, json={
+            "name": name, "vcpus": 1, "memory_mib": 64,
+            "devices": [{"type": "pci", "id": data.draw(st.sampled_from(gpus))}]})
+        self._controller().poller.fetch_now(host, background=False)
+
+    @rule(data=st.data(), action=st.sampled_from(("adopt", "delete")))
+    def orphan_adopted_or_deleted(self, data, action):
+        orphans = self.api("GET", "/v1/orphans")[1]["orphans"]
+        if not orphans:
+            return
+        orphan = data.draw(st.sampled_from(orphans))
+        path = f"/v1/orphans/{orphan['host_id']}/{orphan['name']}"
+        if action == "adopt":
+            self.api("POST", path + "/adopt", {})
+        else:
+            self.api("DELETE", path)
+
     @rule(data=st.data(), action=st.sampled_from(("DELETE", "start", "stop", "devices")))
     def missing_vm(self, data, action):
         missing = [name for name in NAMES if name not in self.vms]
@@ -170,9 +248,12 @@ class ClaimsAgree(RuleBasedStateMachine):
         self.vms = vms
         devices = {(d["host_id"], d["id"]): d for d in
                    self.api("GET", "/v1/devices")[1]["devices"]}
+        orphans = self.api("GET", "/v1/orphans")[1]
+        assert not orphans["unreachable"], orphans
+        orphaned = {(o["host_id"], o["name"]) for o in orphans["orphans"]}
         listed = {}
         for name, vm in vms.items():
-            assert vm["state"] not in ("creating", "moving"), vm
+            assert vm["state"] != "moving", vm
             for device in vm["devices"]:
                 key = (device["host_id"], device["id"])
                 assert key not in listed, f"{key} held by {listed.get(key)} and {name}"
@@ -182,21 +263,32 @@ class ClaimsAgree(RuleBasedStateMachine):
             _within_usb_limits(vm, devices)
             _audio_with_its_gpu(vm, devices)
         for key, device in devices.items():
-            if device["status"] == "attached":
+            if device["status"] == "attached" and device["vm"] is not None:
                 assert listed.get(key) == device["vm"], (key, device)
+            elif device["status"] == "attached":   # never a VM name the API cannot show
+                assert (key[0], device["orphan"]) in orphaned, (key, device, orphaned)
         for host_id, agent in self.agents.items():
             domains = agent_domains(_Local(agent))
             on_host = {name: vm for name, vm in vms.items() if vm["host"] == host_id}
-            assert set(domains) == set(on_host), (host_id, domains, sorted(on_host))
             for name, (_, held) in domains.items():
+                if (host_id, name) in orphaned:
+                    continue
+                assert name in on_host, (host_id, name, "neither a VM nor an orphan")
+                if on_host[name]["state"] in BUSY:
+                    continue
                 assert held == sorted(d["id"] for d in on_host[name]["devices"]), (
                     host_id, name, held, on_host[name]["devices"])
+            for name, vm in on_host.items():
+                assert name in domains or vm["state"] in BUSY, (host_id, name, "no domain")
 
     def _name(self, data, existing=True):
         """A VM that exists (as read after the last step), or for a create one that does
         not (`missing_vm` covers unknown names)."""
         pool = sorted(name for name in NAMES if (name in self.vms) == existing)
         return data.draw(st.sampled_from(pool or NAMES))
+
+    def _controller(self):
+        return self.client.application.extensions["hostplane_controller"]
 
     def _ids(self, kind):
         return [device_id for _, device_id, device_kind in self.devices if device_kind == kind]

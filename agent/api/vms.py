@@ -69,6 +69,11 @@ class StopBody(_Body):
     timeout_s: float | None = Field(default=None, ge=0, le=3600)
 
 
+class OperationBody(_Body):
+    op_id: str = Field(pattern=OPERATION_ID.pattern)
+    expected: str | None = Field(default=None, pattern=OPERATION_ID.pattern)
+
+
 class AttachBody(DeviceRef):
     live: bool | None = None
     persistent: bool = True
@@ -134,6 +139,16 @@ def delete_vm(name):
         op_id = checked(check_operation_id, op_id)
     _virt().delete_vm(name, delete_storage, op_id)
     return "", 204
+
+
+@bp.put("/v1/vms/<name>/operation")
+@describe("Record the controller's operation id in a domain it did not make, if the domain "
+          "still carries `expected` (null: none); 409 vm_changed otherwise",
+          body=OperationBody, responses=(200, 409, 503), tags=["vms"])
+def claim_domain(name):
+    name = _name(name)
+    body = parse_body(OperationBody)
+    return jsonify(_virt().claim_domain(name, body.op_id, body.expected))
 
 
 @bp.post("/v1/vms/<name>/devices")

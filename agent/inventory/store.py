@@ -27,6 +27,7 @@ class Inventory:
         self._usb = {}
         self._attachments = {}
         self._conflicts = {}
+        self._operations = {}
         self._body = None
         self._listeners = []
 
@@ -62,15 +63,21 @@ class Inventory:
             self._usb = _unique_usb_ids(list(current.values()))
             self._changed(f"usb {sys_name}")
 
-    def set_attachments(self, attachments, conflicts=None):
-        """{"pci:<id>" | "usb:<id>": vm name} as libvirt's domain XML says, and
-        {key: [vm, ...]} for devices found in several domains."""
+    def set_attachments(self, attachments, conflicts=None, operations=None):
+        """{"pci:<id>" | "usb:<id>": vm name} as libvirt's domain XML says,
+        {key: [vm, ...]} for devices found in several domains, and {vm: operation id}
+        (the controller's, from each domain's metadata) so a holder is told from another
+        domain of the same name."""
         conflicts = dict(conflicts or {})
+        operations = {vm: op for vm, op in (operations or {}).items()
+                      if vm in attachments.values()}
         with self._lock:
-            if (attachments, conflicts) == (self._attachments, self._conflicts):
+            if (attachments, conflicts, operations) == (
+                    self._attachments, self._conflicts, self._operations):
                 return
             self._attachments = dict(attachments)
             self._conflicts = conflicts
+            self._operations = operations
             self._body = None
             self._changed("attachments")
 
@@ -142,6 +149,7 @@ class Inventory:
         device = dict(device)
         key = f"{kind}:{device['id']}"
         device["attached_to"] = self._attachments.get(key)
+        device["attached_op"] = self._operations.get(device["attached_to"])
         if key in self._conflicts:
             device["conflicts"] = list(self._conflicts[key])
         return device

@@ -25,8 +25,7 @@ def domain_xml(spec, domain_type, hostdevs):
     ET.SubElement(root, "memory", unit="MiB").text = str(spec["memory_mib"])
     ET.SubElement(root, "vcpu").text = str(spec["vcpus"])
     if spec.get("op_id"):
-        record = ET.SubElement(ET.SubElement(root, "metadata"), f"{{{METADATA_NS}}}vm")
-        ET.SubElement(record, f"{{{METADATA_NS}}}op").text = spec["op_id"]
+        ET.SubElement(root, "metadata").append(_operation_element(spec["op_id"]))
     os_element = ET.SubElement(root, "os")
     os_type = ET.SubElement(os_element, "type")
     os_type.text = "hvm"
@@ -96,7 +95,7 @@ def read_domain(text):
     return {
         "name": root.findtext("name"),
         "uuid": root.findtext("uuid"),
-        "op_id": root.findtext(f"metadata/{{{METADATA_NS}}}vm/{{{METADATA_NS}}}op"),
+        "op_id": operation_of(root),
         "vcpus": int(root.findtext("vcpu") or 0),
         "memory_mib": _mib(memory) if memory is not None else 0,
         "hostdevs": hostdevs(root),
@@ -108,6 +107,24 @@ def read_domain(text):
         "usb_controllers": [{"index": int(c.get("index", "0")), "model": c.get("model")}
                             for c in root.iterfind("devices/controller[@type='usb']")],
     }
+
+
+def _operation_element(op_id):
+    record = ET.Element(f"{{{METADATA_NS}}}vm")
+    ET.SubElement(record, f"{{{METADATA_NS}}}op").text = op_id
+    return record
+
+
+def operation_metadata(op_id):
+    """The metadata element for libvirt's setMetadata (it adds the namespace itself)."""
+    record = ET.Element("vm")
+    ET.SubElement(record, "op").text = op_id
+    return ET.tostring(record, encoding="unicode")
+
+
+def operation_of(root):
+    """The controller's operation id recorded in a parsed domain's metadata, or None."""
+    return root.findtext(f"metadata/{{{METADATA_NS}}}vm/{{{METADATA_NS}}}op")
 
 
 def hostdevs(root):

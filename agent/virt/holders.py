@@ -9,8 +9,9 @@ from agent.virt import domxml
 from agent.virt.connection import libvirt
 
 
-def scan(conn, prefix="", usb_id=None):
-    """{"pci:<id>" | "usb:<id>": [vm, ...]} over the domains named with `prefix`."""
+def scan(conn, prefix="", usb_id=None, operations=None):
+    """{"pci:<id>" | "usb:<id>": [vm, ...]} over the domains named with `prefix`; with
+    `operations` (a dict), also {vm: the controller's operation id in its metadata}."""
     usb_id = usb_id or raw_usb_id
     found = {}
     domains = ours(conn.listAllDomains(), prefix)
@@ -19,8 +20,12 @@ def scan(conn, prefix="", usb_id=None):
     for dom in sorted(domains, key=lambda d: d.name()):
         uuid = dom.UUIDString()
         try:
-            for entry in domain_hostdevs(dom, usb_id, uuid in active, uuid not in transient):
+            facts = {}
+            for entry in domain_hostdevs(dom, usb_id, uuid in active, uuid not in transient,
+                                         facts):
                 found.setdefault(entry["key"], []).append(dom.name())
+            if operations is not None:
+                operations[dom.name()] = facts.get("op_id")
         except libvirt.libvirtError as exc:
             if exc.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:   # undefined meanwhile
                 raise
@@ -38,8 +43,9 @@ def conflicts(found):
     return {key: vms for key, vms in found.items() if len(vms) > 1}
 
 
-def domain_hostdevs(dom, usb_id, active=None, persistent=None):
-    """The domain's passthrough devices with ids, each marked live and/or persistent."""
+def domain_hostdevs(dom, usb_id, active=None, persistent=None, facts=None):
+    """The domain's passthrough devices with ids, each marked live and/or persistent;
+    `facts` (a dict), if given, gets the domain's `op_id` from the same XML."""
     active = dom.isActive() if active is None else active
     persistent = dom.isPersistent() if persistent is None else persistent
     sources = [("live" if active else "persistent", dom.XMLDesc(0))]
@@ -47,7 +53,10 @@ def domain_hostdevs(dom, usb_id, active=None, persistent=None):
         sources.append(("persistent", dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)))
     merged = {}
     for where, text in sources:
-        for entry in domxml.hostdevs(domxml.parse(text)):
+        root = domxml.parse(text)
+        if facts is not None and where == sources[0][0]:
+            facts["op_id"] = domxml.operation_of(root)
+        for entry in domxml.hostdevs(root):
             entry["id"] = entry["id"] if entry["type"] == "pci" else usb_id(entry)
             entry["key"] = f"{entry['type']}:{entry['id']}"
             kept = merged.setdefault(entry["key"], {**entry, "live": False, "persistent": False})

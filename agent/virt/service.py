@@ -40,6 +40,7 @@ class Virt:
         self.storage = Storage(section["storage_dir"])
         self.domain_prefix = section["domain_prefix"]
         self.conflicts = {}
+        self.operations = {}   # {vm: operation id} as of the last holder scan
         state_dir = config["host"]["state_dir"] or os.path.join(tempfile.gettempdir(),
                                                                 "hostplane-agent")
         self.state_dir = state_dir
@@ -75,13 +76,13 @@ class Virt:
     # --- who holds what -----------------------------------------------------------------
     def refresh(self):
         """Push holders (and devices found in several domains) into the inventory."""
-        self.inventory.set_attachments(self.holders(), self.conflicts)
+        self.inventory.set_attachments(self.holders(), self.conflicts, self.operations)
 
     def mutated(self, holders=None):
         """After our own change: publish `holders` (or rescan), and tell the other workers."""
         self.changes.touch()
         holders = self.holders() if holders is None else holders
-        self.inventory.set_attachments(holders, self.conflicts)
+        self.inventory.set_attachments(holders, self.conflicts, self.operations)
 
     def holders(self):
         """{"pci:<id>" | "usb:<id>": vm} over this agent's domains, live and persistent XML.
@@ -91,9 +92,10 @@ class Virt:
         `check`, and every attach of it is refused until an operator picks one.
         """
         conn = self.connection.get()
+        operations = {}
         with self.connection.errors():
-            found = scan_holders(conn, self.domain_prefix, self.usb_id)
-        self.conflicts = find_conflicts(found)
+            found = scan_holders(conn, self.domain_prefix, self.usb_id, operations)
+        self.conflicts, self.operations = find_conflicts(found), operations
         for key, vms in self.conflicts.items():
             log.error("%s is in the XML of several VMs: %s", key, ", ".join(vms))
         return {key: vms[0] for key, vms in found.items()}
@@ -205,6 +207,29 @@ class Virt:
                 raise
             self.mutated()
         return self.vm_view(dom), True
+
+    def claim_domain(self, name, op_id, expected):
+        """Record the controller's operation `op_id` in the domain, if it still carries
+        `expected` (None: no operation); the controller adopts or deletes a domain it did
+        not make only through this, so two such requests never both win."""
+        with self.lock.held():
+            if op_id in self.cancelled:
+                raise Conflict(f"the controller cancelled operation {op_id}",
+                               code="operation_cancelled", details={"op_id": op_id})
+            dom = self.domain(name)
+            with self.connection.errors(name):
+                found = self._op_of(dom)
+                if found != expected:
+                    raise Conflict(f"{name} changed meanwhile (another operation took it)",
+                                   code="vm_changed",
+                                   details={"op_id": expected, "found_op_id": found})
+                flags = ((libvirt.VIR_DOMAIN_AFFECT_LIVE if dom.isActive() else 0)
+                         | (libvirt.VIR_DOMAIN_AFFECT_CONFIG if dom.isPersistent() else 0))
+                dom.setMetadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT,
+                                domxml.operation_metadata(op_id), "hostplane",
+                                domxml.METADATA_NS, flags)
+            self.mutated()
+        return self.vm_view(dom)
 
     def _op_of(self, dom):
         with self.connection.errors(dom.name()):

@@ -93,6 +93,7 @@ def delete(host_id):
     require_admin("removing hosts")
     ctl = current()
     with ctl.db.write() as session:
+        ctl.db.lock_hosts(session, [host_id])   # a claim on it commits first, or waits
         host = _get(host_id, session)
         vms = session.scalars(select(Vm.name).where(
             or_(Vm.host_id == host_id, Vm.moving_to == host_id))).all()

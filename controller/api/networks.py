@@ -14,7 +14,7 @@ from pydantic import (BaseModel, ConfigDict, Field, RootModel, StrictInt, Valida
 from controller import networks
 from controller.api.schemas import check_path_ids
 from controller.services import current, require_admin
-from hostplane.api import describe, parse_body
+from hostplane.api import describe, json_object, parse_body
 from hostplane.core.ids import check_name
 from hostplane.core.networks import VXLAN_PORT, NovlanSpec, VlanSpec, VxlanSpec
 from hostplane.errors import BadRequest
@@ -177,12 +177,13 @@ def delete(name):
 # --- helpers ---------------------------------------------------------------------------
 
 def _kind_model():
-    data = request.get_json(silent=True)
-    kind = data.get("type") if isinstance(data, dict) else None
-    if isinstance(data, dict) and kind not in KINDS:
+    """The body's model by its `type`; the body is checked (depth, characters) first."""
+    data = json_object(request.get_data(cache=True))
+    kind = data.get("type")
+    if not isinstance(kind, str) or kind not in KINDS:
         raise BadRequest(f"type: must be one of {', '.join(KINDS)}", code="invalid_request",
                          details={"errors": [{"field": "type", "problem": "unknown kind"}]})
-    return KINDS.get(kind, NovlanCreate)   # a non-object body gets parse_body's own 400
+    return KINDS[kind]
 
 
 def _show(name):

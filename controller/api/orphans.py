@@ -8,6 +8,7 @@ from controller.api.schemas import _Body, check_path_ids
 from controller.services import current, require_admin
 from hostplane.api import describe, parse_body
 from hostplane.core.ids import check_name
+from hostplane.errors import BadRequest
 
 bp = Blueprint("orphans", __name__)
 check_path_ids(bp, "domain name")
@@ -34,7 +35,11 @@ def listing():
 def adopt(host_id, name):
     require_admin("orphans")
     body = parse_body(OrphanAdopt, allow_empty=True)
-    return jsonify(orphans.adopt(current(), host_id, name, body.tenant)), 201
+    ctl = current()
+    if body.tenant is not None and body.tenant not in ctl.config["tenants"]:
+        raise BadRequest(f"tenant: no tenant {body.tenant} is configured", code="invalid_request",
+                         details={"tenants": sorted(ctl.config["tenants"])})
+    return jsonify(orphans.adopt(ctl, host_id, name, body.tenant)), 201
 
 
 @bp.delete("/v1/orphans/<host_id>/<name>")

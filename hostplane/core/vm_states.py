@@ -39,11 +39,6 @@ def begin_create(vm, op_id, now):
     vm.state, vm.op_id, vm.op_since = CREATING, op_id, now
 
 
-def adopted(vm, op_id, agent_state):
-    """A new row for a domain an admin adopted: settled in what its agent reports."""
-    vm.state, vm.op_id, vm.op_since = observed(agent_state), op_id, None
-
-
 def created(vm, op_id, agent_state):
     """creating → what the agent reports, only for the create that made this row."""
     _expect(vm, {CREATING}, op_id)
@@ -84,6 +79,15 @@ def end_move(vm, agent_state):
     """moving → what the agent reports, wherever the VM ended."""
     _expect(vm, {MOVING})
     vm.moving_to, vm.state = None, observed(agent_state)
+
+
+def domain_is_ours(domain_op, expected_ops):
+    """Is a domain carrying `domain_op` (from its metadata) the VM whose rows expect one of
+    `expected_ops`? None among them: a VM from before operation ids, any domain of its
+    name is it; no rows at all (None): an orphan."""
+    if expected_ops is None:
+        return False
+    return None in expected_ops or domain_op in expected_ops
 
 
 def require_settled(vm, doing):
