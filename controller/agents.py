@@ -6,6 +6,8 @@ code and message, tagged with the host it came from. The status the agent really
 stays on the error as `agent_status` (a 501 is still answered as 503 dependency down).
 """
 
+import ssl
+
 import requests
 
 from hostplane.errors import ApiError, DependencyDown
@@ -74,12 +76,32 @@ class AgentClient:
         try:
             response = self.session.request(method, self.url + path, headers=headers,
                                             timeout=self.timeout, **kwargs)
+        except requests.exceptions.SSLError as exc:
+            raise DependencyDown(f"agent at {self.url} failed TLS verification: "
+                                 f"{tls_reason(exc)}", code="agent_tls_failed",
+                                 details={"agent": self.url}) from None
         except requests.RequestException as exc:
             raise DependencyDown(f"agent at {self.url} unreachable: {type(exc).__name__}",
                                  code="agent_unreachable", details={"agent": self.url}) from None
         if response.status_code in ok:
             return response
         raise _agent_error(self.url, response)
+
+
+def tls_reason(exc):
+    """The TLS library's own words (e.g. "IP address mismatch, certificate is not valid
+    for '10.0.0.5'") from under requests' and urllib3's wrappers."""
+    seen, todo = set(), [exc]
+    while todo:
+        error = todo.pop(0)
+        if error is None or id(error) in seen:
+            continue
+        seen.add(id(error))
+        if isinstance(error, ssl.SSLError):
+            return getattr(error, "verify_message", None) or error.reason or str(error)
+        todo += [getattr(error, "reason", None), error.__cause__, error.__context__,
+                 *(arg for arg in getattr(error, "args", ()) if isinstance(arg, BaseException))]
+    return str(exc)
 
 
 def _agent_error(url, response):
