@@ -335,9 +335,12 @@ def _agent_check(tmp_path, cert):
 
 
 def _controller_check(tmp_path, paths):
+    """`hostplane-controller check` with a database in place: only TLS can fail it."""
+    from controller.db import upgrade
+    upgrade(f"sqlite:///{tmp_path}/controller.db")
     env = {**os.environ, "HOSTPLANE_CONTROLLER_CONFIG": str(tmp_path / "absent.toml"),
            "HOSTPLANE_SERVER_ADMIN_TOKEN": "admin-token-0123456789",
-           "HOSTPLANE_DATABASE_URL": f"sqlite:///{tmp_path}/absent.db",
+           "HOSTPLANE_DATABASE_URL": f"sqlite:///{tmp_path}/controller.db",
            "HOSTPLANE_SERVER_TLS_CERT": paths["cert"], "HOSTPLANE_SERVER_TLS_KEY": paths["key"],
            "HOSTPLANE_AGENTS_CA": paths["ca"]}
     return subprocess.run([sys.executable, "-m", "controller.cli", "check"], env=env,
@@ -349,37 +352,22 @@ def _not_after(path):
         return x509.load_pem_x509_certificate(handle.read()).not_valid_after_utc
 
 
-def test_check_fails_on_an_expired_certificate_with_its_date(tmp_path):
-    paths = make_ca(tmp_path, "expired", days=-3)
-    day = _not_after(paths["cert"]).strftime("%Y-%m-%d")
+@pytest.mark.parametrize("days, status, column, sentence", [
+    (-3, 1, "NO", "expired on {day}"),            # fails, with the date
+    (20, 0, "warn", "expires in 19 days, on {day}"),   # within 30 days: warns
+    (365, 0, "yes", "valid until {day}"),          # says how long it lasts
+])
+def test_check_judges_certificate_expiry(tmp_path, days, status, column, sentence):
+    paths = make_ca(tmp_path, "cluster", days=days)
+    sentence = sentence.format(day=_not_after(paths["cert"]).strftime("%Y-%m-%d"))
     agent = _agent_check(tmp_path, paths["cert"])
-    assert agent.returncode == 1, agent.stdout
+    assert agent.returncode == status, agent.stdout
     row = next(line for line in agent.stdout.splitlines() if line.startswith("TLS certificate"))
-    assert " NO " in row and f"expired on {day}" in row, agent.stdout
-    assert "Not ready to serve" in agent.stdout and "rerun the playbook" in agent.stdout
+    assert f" {column} " in row and sentence in row, agent.stdout
     controller = _controller_check(tmp_path, paths)
-    assert controller.returncode == 1
-    assert any(line.startswith("FAIL  tls expiry") and f"expired on {day}" in line
+    assert controller.returncode == status, controller.stdout
+    shown = {"NO": "FAIL", "warn": "warn", "yes": "ok  "}[column]
+    assert any(line.startswith(f"{shown}  tls expiry") and sentence in line
                for line in controller.stdout.splitlines()), controller.stdout
-
-
-def test_check_warns_about_a_certificate_expiring_within_30_days(tmp_path):
-    paths = make_ca(tmp_path, "soon", days=20)
-    agent = _agent_check(tmp_path, paths["cert"])
-    assert agent.returncode == 0, agent.stdout
-    row = next(line for line in agent.stdout.splitlines() if line.startswith("TLS certificate"))
-    assert " warn " in row and "expires in 19 days" in row, agent.stdout
-    controller = _controller_check(tmp_path, paths)
-    lines = controller.stdout.splitlines()
-    assert any(line.startswith("warn  tls expiry") and "expires in 19 days" in line
-               for line in lines), controller.stdout
-    # the CA itself runs 20 days too (make_ca): warned, not failed
-    assert any(line.startswith("warn  ca expiry") for line in lines), controller.stdout
-
-
-def test_check_says_how_long_a_healthy_certificate_lasts(tmp_path):
-    paths = make_ca(tmp_path, "fresh", days=365)
-    agent = _agent_check(tmp_path, paths["cert"])
-    assert agent.returncode == 0, agent.stdout
-    row = next(line for line in agent.stdout.splitlines() if line.startswith("TLS certificate"))
-    assert " yes " in row and "(364 days)" in row, agent.stdout
+    if status:
+        assert "Not ready to serve" in agent.stdout and "rerun the playbook" in agent.stdout
