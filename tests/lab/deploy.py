@@ -112,7 +112,9 @@ class Controller:
                         HOSTPLANE_POLL_JITTER_S="0.2", PYTHONPATH=REPO)
         self.session = requests.Session()
         self.session.headers["Authorization"] = f"Bearer {self.token}"
-        self.session.verify = ca_path(credentials)
+        # the cluster CA only: REQUESTS_CA_BUNDLE in the environment would win
+        # over a session's `verify` otherwise (as the controller itself does)
+        self.session.verify, self.session.trust_env = ca_path(credentials), False
 
     def issue_certificate(self):
         """The roles' CA tasks on localhost: the cluster CA (made once) signs ours."""
