@@ -13,7 +13,6 @@ from agent.virt.holders import conflicts, scan
 from hostplane.service import RENEW_HINT, certificate_checks
 
 
-
 def readiness_rows(config, libvirt_status=None):
     """[(check, ok, observed, what to change)] for the readiness table."""
     sysfs = SysfsTree(config["host"]["sysfs_root"])
