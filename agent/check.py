@@ -1,4 +1,8 @@
-"""`hostplane-agent check`: could this host pass a GPU through, and if not, what to change."""
+"""`hostplane-agent check`: could this host pass a GPU through, and if not, what to change.
+
+Also its TLS files: a certificate that expired fails (with the date), one that expires
+within 30 days warns; clients that verify the agent would refuse it otherwise.
+"""
 
 import os
 
@@ -6,6 +10,7 @@ from agent.hostinfo import host_facts, vfio_module_state
 from agent.inventory.sysfs import SysfsTree
 from agent.virt.connection import libvirt, libvirt_probe
 from agent.virt.holders import conflicts, scan
+from hostplane.service import RENEW_HINT, certificate_checks
 
 
 def readiness_rows(config, libvirt_status=None):
@@ -52,18 +57,30 @@ def device_conflict_row(config, reachable=True):
             "detach each listed device from all but one VM (virsh detach-device --config)")
 
 
+def tls_rows(config):
+    """The agent's own certificate and the CA it verifies the controller with."""
+    files = [("TLS certificate", config["server"]["tls_cert"]),
+             ("controller CA", config["host"]["controller_ca"])]
+    return [(label, {"ok": True, "warn": "warn"}.get(status, False), sentence, RENEW_HINT)
+            for label, status, sentence in certificate_checks(files)]
+
+
 def run_check(config, out=print):
-    """Print the table; exit status 1 when a GPU could not be passed through."""
-    rows = readiness_rows(config)
+    """Print the table; exit status 1 when a GPU could not be passed through or a
+    certificate has expired."""
+    gpu_rows = readiness_rows(config)
+    rows = gpu_rows + tls_rows(config)
     width = max(len(row[0]) for row in rows)
     out(f"{'CHECK':<{width}}  {'OK':<3}  OBSERVED")
     for name, ok, observed, _ in rows:
-        out(f"{name:<{width}}  {'yes' if ok else 'NO':<3}  {observed}")
+        shown = "warn" if ok == "warn" else "yes" if ok else "NO"
+        out(f"{name:<{width}}  {shown:<3}  {observed}")
     kvm_note(out)
     failed = [row for row in rows if not row[1]]
     if failed:
         out("")
-        out("A GPU could not be passed through on this host. To change:")
+        out("A GPU could not be passed through on this host. To change:"
+            if any(not row[1] for row in gpu_rows) else "Not ready to serve. To change:")
         for name, _, _, fix in failed:
             out(f"- {name}: {fix}")
         return 1

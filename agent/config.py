@@ -1,9 +1,13 @@
-"""Agent configuration: defaults, file, environment (see INTERFACE.md)."""
+"""Agent configuration: defaults, file, environment (see INTERFACE.md).
+
+`[host] controller_ca` is the CA bundle an https `controller_url` is verified against
+when events are pushed (empty: the system's trust store).
+"""
 
 from hostplane.config import ConfigError
 from hostplane.core.ids import InvalidId, check_host_id
 from hostplane.core.pci import DEFAULT_CRITICAL_DRIVERS
-from hostplane.service import check_tls, load_service_config
+from hostplane.service import check_ca_bundle, check_tls, load_service_config
 
 DEFAULT_PATH = "/etc/hostplane/agent.toml"
 DEFAULTS = {
@@ -12,8 +16,8 @@ DEFAULTS = {
                "metrics_token": False},
     "libvirt": {"uri": "qemu:///system", "detach_timeout_s": 10.0, "stop_timeout_s": 60.0,
                 "storage_dir": "/var/lib/hostplane/images", "domain_prefix": ""},
-    "host": {"id": "", "controller_url": "", "sysfs_root": "/sys", "proc_root": "/proc",
-             "state_dir": "/var/lib/hostplane", "watch_udev": True,
+    "host": {"id": "", "controller_url": "", "controller_ca": "", "sysfs_root": "/sys",
+             "proc_root": "/proc", "state_dir": "/var/lib/hostplane", "watch_udev": True,
              "critical_drivers": list(DEFAULT_CRITICAL_DRIVERS), "pci_ids": ""},
     "network": {"netns": ""},
 }
@@ -31,6 +35,7 @@ def check_serving_config(config):
         raise ConfigError("no API token: set [server] token in /etc/hostplane/agent.toml or "
                           "HOSTPLANE_SERVER_TOKEN (or insecure = true for a lab)")
     check_tls(server)
+    check_ca_bundle(config["host"]["controller_ca"], "[host] controller_ca")
 
 
 def host_id(config):

@@ -49,7 +49,7 @@ class Agent:
             from agent.notify import ControllerNotifier
             self.inventory.add_listener(ControllerNotifier(
                 self.config["host"]["controller_url"], self.host_id, self.boot_id,
-                self.config["server"]["token"]))
+                self.config["server"]["token"], ca=self.config["host"]["controller_ca"]))
         if self.live_host and self.config["host"]["watch_udev"]:
             self._start_monitor()
         self._start_virt()

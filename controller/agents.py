@@ -9,6 +9,8 @@ refused the connection, or answered 4xx, surely did not; a timeout, a reset or a
 leaves it unknown, and the caller must ask again rather than assume.
 """
 
+import ssl
+
 import requests
 from urllib3.exceptions import NewConnectionError
 
@@ -91,6 +93,10 @@ class AgentClient:
         try:
             response = self.session.request(method, self.url + path, headers=headers,
                                             timeout=self.timeout, **kwargs)
+        except requests.exceptions.SSLError as exc:
+            raise DependencyDown(f"agent at {self.url} failed TLS verification: "
+                                 f"{tls_reason(exc)}", code="agent_tls_failed",
+                                 details={"agent": self.url}) from None
         except requests.RequestException as exc:
             error = DependencyDown(f"agent at {self.url} unreachable: {type(exc).__name__}",
                                    code="agent_unreachable", details={"agent": self.url})
@@ -99,6 +105,22 @@ class AgentClient:
         if response.status_code in ok:
             return response
         raise _agent_error(self.url, response)
+
+
+def tls_reason(exc):
+    """The TLS library's own words (e.g. "IP address mismatch, certificate is not valid
+    for '10.0.0.5'") from under requests' and urllib3's wrappers."""
+    seen, todo = set(), [exc]
+    while todo:
+        error = todo.pop(0)
+        if error is None or id(error) in seen:
+            continue
+        seen.add(id(error))
+        if isinstance(error, ssl.SSLError):
+            return getattr(error, "verify_message", None) or error.reason or str(error)
+        todo += [getattr(error, "reason", None), error.__cause__, error.__context__,
+                 *(arg for arg in getattr(error, "args", ()) if isinstance(arg, BaseException))]
+    return str(exc)
 
 
 def _agent_error(url, response):

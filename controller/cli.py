@@ -2,6 +2,7 @@
 
 `check` says, one line each, whether the configuration can be served (tokens, TLS
 cert/key, the agents' CA bundle) and whether the database answers; exit 1 if not.
+Certificates that expire within 30 days warn; expired ones fail, with the date.
 """
 
 import argparse
@@ -10,7 +11,8 @@ import sys
 
 from controller.config import check_serving_config, load_controller_config
 from hostplane.config import ConfigError
-from hostplane.service import check_ca_bundle, check_tls, exec_gunicorn
+from hostplane.service import (RENEW_HINT, certificate_checks, check_ca_bundle, check_tls,
+                               exec_gunicorn)
 
 
 def main(argv=None):
@@ -64,6 +66,12 @@ def check(config):
         problem = _problem(action)
         failed += bool(problem)
         print(f"{'FAIL' if problem else 'ok':4}  {name:13}  {problem or fine}")
+    for name, status, sentence in certificate_checks(
+            [("tls expiry", server["tls_cert"]), ("ca expiry", config["agents"]["ca"])]):
+        failed += status == "fail"
+        shown = status if status in ("ok", "warn") else "FAIL"
+        hint = f" ({RENEW_HINT})" if status != "ok" else ""
+        print(f"{shown:4}  {name:13}  {sentence}{hint}")
     return 1 if failed else 0
 
 

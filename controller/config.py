@@ -2,7 +2,8 @@
 
 TLS as on the agent: `[server] tls_cert`/`tls_key` make gunicorn serve HTTPS,
 `require_tls` refuses clear text; `[agents] ca` is the CA bundle https agents are
-verified against (empty: the system's trust store).
+verified against (empty: the system's trust store); `require_agent_tls` refuses to
+register an agent by an http:// URL (its token would cross the network in clear).
 """
 
 from hostplane.config import ConfigError
@@ -13,7 +14,7 @@ DEFAULTS = {
     "server": {"bind": "0.0.0.0:7080", "insecure": False, "workers": 2, "max_body_kb": 256,
                "admin_token": "",  # nosec B105 - empty: serving without one is refused
                "metrics_token": False,  # nosec B105 - a switch, not a token
-               "tls_cert": "", "tls_key": "", "require_tls": False},
+               "tls_cert": "", "tls_key": "", "require_tls": False, "require_agent_tls": False},
     "tenants": {},
     "agents": {"ca": ""},
     "database": {"url": "sqlite:////var/lib/hostplane/controller.db", "pool_size": 5,

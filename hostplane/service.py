@@ -3,6 +3,7 @@ skeleton (errors, auth, TLS requirement, metrics, body limit), publish /metrics 
 OpenAPI description, and hand themselves to gunicorn (HTTPS when `[server] tls_cert`).
 """
 
+import datetime
 import os
 import ssl
 import sys
@@ -13,6 +14,7 @@ from flask import Blueprint, Flask, current_app, jsonify
 from hostplane import __version__, auth
 from hostplane.api import describe, openapi_document, refuse_control_characters
 from hostplane.config import ConfigError, load_config
+from hostplane.core.certificates import expiry_verdict, worst
 from hostplane.errors import register_error_handlers
 from hostplane.metrics import install_request_metrics, metrics_response
 
@@ -74,6 +76,30 @@ def check_ca_bundle(path, what):
         ssl.create_default_context(cafile=path)
     except (OSError, ssl.SSLError) as exc:
         raise ConfigError(f"{what} {path} cannot be loaded: {exc}") from None
+
+
+def certificate_expiry(path, now=None):
+    """(status, sentence) for the certificate(s) in a PEM file, the soonest to expire
+    deciding: a CA bundle is only as good as the certificate that runs out first."""
+    from cryptography import x509
+    now = now or datetime.datetime.now(datetime.timezone.utc)
+    try:
+        with open(path, "rb") as handle:
+            certificates = x509.load_pem_x509_certificates(handle.read())
+    except (OSError, ValueError) as exc:
+        return "fail", f"{path} cannot be read as PEM certificates: {exc}"
+    status, sentence = worst([expiry_verdict(certificate.not_valid_after_utc, now)
+                              for certificate in certificates])
+    return status, f"{path} {sentence}"
+
+
+def certificate_checks(files, now=None):
+    """[(label, status, sentence)] for each configured (label, path); unset paths skipped."""
+    return [(label, *certificate_expiry(path, now)) for label, path in files if path]
+
+
+RENEW_HINT = ("rerun the playbook (it renews certificates inside hostplane_tls_renew_days) "
+              "or install a new certificate")
 
 
 def optional_modules(*modules):

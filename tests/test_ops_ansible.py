@@ -19,6 +19,8 @@ import time
 import pytest
 import requests
 import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from tests.test_ops_systemd import ensure_systemd_analyze
 from tests.test_ops_helpers import free_port, wait_for
@@ -168,8 +170,8 @@ def test_site_yml_deploys_an_all_in_one_node_that_systemd_then_runs(tmp_path, no
     root = node["root"]
     agent_port, controller_port = free_port(), free_port()
     host_id = f"ops-node-{os.getpid()}"
-    controller = f"http://127.0.0.1:{controller_port}"
-    agent = f"http://127.0.0.1:{agent_port}"
+    controller = f"https://127.0.0.1:{controller_port}"
+    agent = f"https://127.0.0.1:{agent_port}"
     settings = dict(hostplane_wheelhouse=wheelhouse, hostplane_agent_iommu="intel",
                     hostplane_agent_host_id=host_id, hostplane_agent_bind=f"127.0.0.1:{agent_port}",
                     hostplane_agent_url=agent, hostplane_agent_cluster="gpu-a",
@@ -203,11 +205,13 @@ def test_site_yml_deploys_an_all_in_one_node_that_systemd_then_runs(tmp_path, no
     subprocess.run(["chroot", str(root), "/opt/hostplane/bin/python", "-c", "import psycopg"],
                    check=True, timeout=60)   # hostplane[postgres] for a PostgreSQL URL
 
-    # 2: boot it. systemd starts libvirtd, the controller (schema first) and the agent.
+    # 2: boot it. systemd starts libvirtd, the controller (schema first) and the agent,
+    # both over HTTPS with certificates from the cluster CA the role made.
+    ca = str(tmp_path / "credentials/ca/ca.crt")
     container = boot(node)
-    wait_for(controller + "/v1/health", timeout=180)
-    wait_for(agent + "/v1/health", timeout=180)
-    health = healthy_agent(agent)   # libvirtd may still be coming up for a moment
+    wait_for(controller + "/v1/health", timeout=180, verify=ca)
+    wait_for(agent + "/v1/health", timeout=180, verify=ca)
+    health = healthy_agent(agent, ca)   # libvirtd may still be coming up for a moment
     assert health["host_id"] == host_id and health["libvirt"]["ok"] is True, health
     for unit in ("hostplane-controller.service", "hostplane-agent.service"):
         assert unit_state(container, unit) == {"ActiveState": "active", "NRestarts": "0"}
@@ -217,14 +221,18 @@ def test_site_yml_deploys_an_all_in_one_node_that_systemd_then_runs(tmp_path, no
     output, recap = playbook(inv)
     assert recap["changed"] == 1, output[-3000:]
     auth = {"Authorization": f"Bearer {admin_token}"}
-    hosts = requests.get(controller + "/v1/hosts", headers=auth, timeout=10).json()["hosts"]
+    hosts = requests.get(controller + "/v1/hosts", headers=auth, timeout=10,
+                         verify=ca).json()["hosts"]
     assert [(h["id"], h["cluster"], h["status"]) for h in hosts] == \
         [(host_id, "gpu-a", "connected")]
     devices = requests.get(controller + f"/v1/devices?host={host_id}&kind=pci", headers=auth,
-                           timeout=10).json()["devices"]
+                           timeout=10, verify=ca).json()["devices"]
     assert sorted(d["id"] for d in devices) == sorted(os.listdir("/sys/bus/pci/devices"))
     # The dashboard's files made it into the wheel.
-    assert requests.get(controller + "/ui/dashboard.js", headers=auth, timeout=10).ok
+    assert requests.get(controller + "/ui/dashboard.js", headers=auth, timeout=10,
+                        verify=ca).ok
+    with pytest.raises(requests.ConnectionError):   # clear text gets no answer at all
+        requests.get(agent.replace("https:", "http:") + "/v1/devices", timeout=10)
 
     # 4: Restart=on-failure: a killed agent comes back with a new boot id.
     nsenter(container, "systemctl", "kill", "--signal=KILL", "hostplane-agent.service")
@@ -232,19 +240,131 @@ def test_site_yml_deploys_an_all_in_one_node_that_systemd_then_runs(tmp_path, no
     while unit_state(container, "hostplane-agent.service")["NRestarts"] == "0":
         assert time.monotonic() < deadline, "systemd did not restart the killed agent"
         time.sleep(0.5)
-    wait_for(agent + "/v1/health", timeout=120)
-    assert requests.get(agent + "/v1/health", timeout=10).json()["boot_id"] != health["boot_id"]
+    wait_for(agent + "/v1/health", timeout=120, verify=ca)
+    assert requests.get(agent + "/v1/health", timeout=10,
+                        verify=ca).json()["boot_id"] != health["boot_id"]
 
     # 5: a rerun changes nothing; the controller already knows the host (409 host_exists).
     output, recap = playbook(inv)
     assert recap["changed"] == 0, output[-3000:]
 
 
-def healthy_agent(url, timeout=60):
+@pytest.mark.timeout(1200)
+def test_tls_files_are_tight_the_ca_key_stays_home_reruns_change_nothing_and_renew(
+        tmp_path, node, wheelhouse):
+    """Both roles on one node in the chroot: the PKI they make and what reaches the node."""
+    root, credentials = node["root"], tmp_path / "credentials"
+    settings = dict(hostplane_wheelhouse=wheelhouse, hostplane_agent_register="false",
+                    hostplane_agent_url="https://10.9.8.7:7070",
+                    hostplane_controller_url="https://ops-ctl.example.net:7080")
+    inv = inventory(tmp_path, node, ("hostplane_controllers", "hostplane_agents"), **settings)
+    playbook(inv)
+
+    # On the machine running Ansible: the CA key, private to its owner.
+    assert _mode(credentials / "ca") == (0o700, os.getuid(), os.getgid())
+    assert _mode(credentials / "ca/ca.key")[0] == 0o600
+    assert _mode(credentials / "ops-node-1/agent.key")[0] == 0o600
+    # On the node: root's, keys readable by root alone.
+    tls = root / "etc/hostplane/tls"
+    for name, mode in {".": 0o750, "ca.pem": 0o644, "agent.crt": 0o644, "agent.key": 0o600,
+                       "controller.crt": 0o644, "controller.key": 0o600}.items():
+        assert _mode(tls / name) == (mode, 0, 0), name
+    assert (tls / "ca.pem").read_bytes() == (credentials / "ca/ca.crt").read_bytes()
+    assert not _files_holding(node["upper"], _key_fingerprints(credentials / "ca/ca.key"))
+    # ...where the same search does find the agent's own key, which belongs there
+    assert _files_holding(node["upper"], _key_fingerprints(credentials / "ops-node-1/agent.key"))
+
+    ca = x509.load_pem_x509_certificate((credentials / "ca/ca.crt").read_bytes())
+    agent_cert = _certificate(tls / "agent.crt", ca)
+    assert {"10.9.8.7", "ops-node-1"} <= _names(agent_cert)
+    assert {"ops-ctl.example.net", "127.0.0.1", "localhost"} <= \
+        _names(_certificate(tls / "controller.crt", ca))
+    agent_toml = (root / "etc/hostplane/agent.toml").read_text()
+    assert 'require_tls = true' in agent_toml and \
+        'controller_ca = "/etc/hostplane/tls/ca.pem"' in agent_toml
+    assert 'controller_url = "https://ops-ctl.example.net:7080"' in agent_toml
+    controller_toml = (root / "etc/hostplane/controller.toml").read_text()
+    assert "require_agent_tls = true" in controller_toml
+    assert '[agents]\nca = "/etc/hostplane/tls/ca.pem"' in controller_toml
+    # The installed controller finds its files servable, and how long they last.
+    check = subprocess.run(["chroot", str(root), "/opt/hostplane/bin/hostplane-controller",
+                            "--config", "/etc/hostplane/controller.toml", "check"],
+                           capture_output=True, text=True, timeout=120)
+    lines = check.stdout.splitlines()
+    assert any(line.startswith("ok    tls ") for line in lines), check.stdout
+    assert any(line.startswith("ok    tls expiry") and "(364 days)" in line
+               for line in lines), check.stdout
+
+    # A second run changes nothing: no new key, certificate or restart.
+    output, recap = playbook(inv)
+    assert recap["changed"] == 0, output[-3000:]
+    assert _certificate(tls / "agent.crt", ca).serial_number == agent_cert.serial_number
+
+    # Inside the renewal window (400 days > the 365 issued): new certificates, same keys,
+    # and the services' restart handlers are called.
+    agent_key = (tls / "agent.key").read_bytes()
+    output, recap = playbook(inventory(tmp_path, node,
+                                       ("hostplane_controllers", "hostplane_agents"),
+                                       **settings, hostplane_tls_renew_days="400"))
+    assert recap["changed"] >= 2, output[-3000:]
+    renewed = _certificate(tls / "agent.crt", ca)
+    assert renewed.serial_number != agent_cert.serial_number
+    assert renewed.not_valid_after_utc > agent_cert.not_valid_after_utc
+    assert (tls / "agent.key").read_bytes() == agent_key
+    assert "RUNNING HANDLER [hostplane_agent : Restart hostplane-agent]" in output
+    assert "RUNNING HANDLER [hostplane_controller : Restart hostplane-controller]" in output
+
+
+def _mode(path):
+    status = os.stat(path)
+    return status.st_mode & 0o777, status.st_uid, status.st_gid
+
+
+def _certificate(path, ca):
+    """The certificate at `path`, checked to be signed by `ca`."""
+    certificate = x509.load_pem_x509_certificate(path.read_bytes())
+    certificate.verify_directly_issued_by(ca)
+    return certificate
+
+
+def _names(certificate):
+    names = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    return {str(name.value) for name in names}
+
+
+def _key_fingerprints(path):
+    """Byte strings any copy of the key would contain: its PEM body and its DER form."""
+    pem = path.read_bytes()
+    key = serialization.load_pem_private_key(pem, password=None)
+    body = b"".join(pem.split(b"\n")[1:-2])[:48]
+    return [body, key.private_bytes(serialization.Encoding.DER,
+                                    serialization.PrivateFormat.PKCS8,
+                                    serialization.NoEncryption())[-48:],
+            key.private_bytes(serialization.Encoding.DER,
+                              serialization.PrivateFormat.TraditionalOpenSSL,
+                              serialization.NoEncryption())[7:39]]
+
+
+def _files_holding(top, needles):
+    """Files under `top` (what the runs wrote into the node) containing any of `needles`."""
+    found = []
+    for directory, _, files in os.walk(top):
+        for name in files:
+            path = os.path.join(directory, name)
+            if os.path.islink(path) or not os.path.isfile(path):
+                continue
+            with open(path, "rb") as handle:
+                data = handle.read()
+            if name == "ca.key" or any(needle in data for needle in needles):
+                found.append(path)
+    return found
+
+
+def healthy_agent(url, ca, timeout=60):
     """The agent's health once libvirt answers it (or the last answer after `timeout`)."""
     deadline = time.monotonic() + timeout
     while True:
-        health = requests.get(url + "/v1/health", timeout=10).json()
+        health = requests.get(url + "/v1/health", timeout=10, verify=ca).json()
         if health["libvirt"]["ok"] or time.monotonic() > deadline:
             return health
         time.sleep(1)

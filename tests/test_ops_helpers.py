@@ -16,12 +16,12 @@ def free_port():
         return probe.getsockname()[1]
 
 
-def wait_for(url, timeout=60, process=None):
-    """Poll `url` until it answers 200 (or `process` dies)."""
+def wait_for(url, timeout=60, process=None, verify=True):
+    """Poll `url` until it answers 200 (or `process` dies); `verify`: CA bundle for https."""
     deadline = time.monotonic() + timeout
     while True:
         try:
-            if requests.get(url, timeout=5).status_code == 200:
+            if requests.get(url, timeout=5, verify=verify).status_code == 200:
                 return
         except requests.RequestException:   # not listening yet, or still booting
             pass

@@ -1,6 +1,10 @@
 """Host registry. Maintenance stops new placements only: running VMs keep running and keep
 their devices (drain them by stopping/deleting); `disabled` is the same for the scheduler.
-Switching `iommu_enabled` off blocks new GPU claims and leaves attached GPUs alone."""
+Switching `iommu_enabled` off blocks new GPU claims and leaves attached GPUs alone.
+
+Registration sends the agent's token to its URL: under `[server] require_agent_tls` only
+https:// URLs are taken, and an agent whose certificate does not verify (wrong CA, a name
+that is not its address) is refused with the TLS library's reason, not retried later."""
 
 from flask import Blueprint, jsonify
 from sqlalchemy import func, or_, select
@@ -13,7 +17,7 @@ from hostplane.core.ids import HOST_ID
 from controller.db.models import Host, Vm
 from controller.services import current, require_admin
 from hostplane.api import describe, parse_body
-from hostplane.errors import ApiError, BadRequest, Conflict, NotFound
+from hostplane.errors import ApiError, BadRequest, Conflict, DependencyDown, NotFound
 
 bp = Blueprint("hosts", __name__)
 check_path_ids(bp)
@@ -21,20 +25,12 @@ check_path_ids(bp)
 
 @bp.post("/v1/hosts")
 @describe("Register an agent by URL and token; the controller asks it who it is",
-          body=HostCreate, responses=(201, 409, 503), tags=["hosts"])
+          body=HostCreate, responses=(201, 400, 409, 503), tags=["hosts"])
 def register():
     require_admin("registering hosts")
     body = parse_body(HostCreate)
     ctl = current()
-    client = ctl.client_factory(body.url, body.token, timeout=ctl.poller.timeout)
-    health = client.health()
-    try:   # health is open to all: an authenticated call proves the token, before it is kept
-        client.host()
-    except ApiError as exc:
-        if getattr(exc, "agent_status", None) == 401:
-            raise BadRequest("the agent refused this token; nothing was registered",
-                             code="agent_token_refused", details={"agent": body.url}) from None
-        raise
+    health = _verified_health(ctl, body)
     host_id = str(health.get("host_id") or "")
     if not HOST_ID.fullmatch(host_id):
         raise Conflict(f"the agent did not say which host it is in a form the controller "
@@ -49,6 +45,32 @@ def register():
         raise Conflict(f"host {host_id} is already registered", code="host_exists") from None
     ctl.poller.fetch_now(host_id, background=False)
     return jsonify(render(_get(host_id))), 201
+
+
+def _verified_health(ctl, body):
+    """The agent's /v1/health, asked only over a channel the configuration accepts."""
+    if ctl.config["server"]["require_agent_tls"] and not body.url.lower().startswith("https://"):
+        raise BadRequest("the agent's URL must be https:// while [server] require_agent_tls "
+                         "is set (its token would cross the network in clear)",
+                         code="agent_tls_required",
+                         details={"url": body.url, "setting": "[server] require_agent_tls"})
+    client = ctl.client_factory(body.url, body.token, timeout=ctl.poller.timeout)
+    try:
+        health = client.health()
+    except DependencyDown as exc:
+        if exc.code != "agent_tls_failed":
+            raise
+        raise BadRequest(f"registration refused: {exc.message}", code="agent_tls_failed",
+                         details={**exc.details, "ca": ctl.config["agents"]["ca"] or
+                                  "system trust store"}) from None
+    try:   # health is open to all: an authenticated call proves the token, before it is kept
+        client.host()
+    except ApiError as exc:
+        if getattr(exc, "agent_status", None) == 401:
+            raise BadRequest("the agent refused this token; nothing was registered",
+                             code="agent_token_refused", details={"agent": body.url}) from None
+        raise
+    return health
 
 
 @bp.get("/v1/hosts")

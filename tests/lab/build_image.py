@@ -36,6 +36,7 @@ PACKAGES = [
     "python3-apt", "libvirt-daemon-system",
     "dbus", "libpam-systemd",  # virtual deps debootstrap does not resolve
     "iputils-ping",  # the e2e test pings across VLAN and VXLAN bridges
+    "tcpdump",  # the e2e test captures the management network (no token in clear)
 ]
 # Host tools the build and the nodes need: name of binary -> Debian package.
 HOST_TOOLS = {

@@ -7,8 +7,13 @@ to 127.0.0.1; a node reaches it as 10.0.2.2 through QEMU user networking.
 The controller reaches each agent through one extra hostfwd per node, added
 at run time over QMP so nodes.py's command line stays as it is.  The agent
 listens inside the node on the same port number as the forward, so one URL
-(http://127.0.0.1:<port>) works from the node (the role's health check) and
+(https://127.0.0.1:<port>) works from the node (the role's health check) and
 from the machine (the controller).
+
+TLS is on, as the roles deploy by default: the agents get certificates from the
+cluster CA the roles make in the credentials directory, and so does the
+controller here (controller_tls.yml runs the roles' CA tasks on localhost for
+127.0.0.1 and 10.0.2.2), which serves HTTPS only and registers https agents only.
 
 Lab-only role settings are extra vars (see `lab_vars`): the wheelhouse and
 credentials in the lab cache, readable host ids (hplab-node<n>).  The roles'
@@ -75,28 +80,56 @@ def build_wheelhouse(out):
     return out
 
 
-class Controller:
-    """The controller on this machine: SQLite in `state`, gunicorn on loopback."""
+def ca_path(credentials):
+    """The cluster CA certificate the roles keep beside the tokens."""
+    return os.path.join(credentials, "ca", "ca.crt")
 
-    def __init__(self, state, poll_interval_s=2, max_failures=2):
-        self.state = state
+
+class Controller:
+    """The controller on this machine: SQLite in `state`, HTTPS on loopback with a
+    certificate from the cluster CA in `credentials`."""
+
+    def __init__(self, state, credentials, poll_interval_s=2, max_failures=2):
+        self.state, self.credentials = state, credentials
         self.port = nodes.free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.node_url = f"http://{SLIRP_GATEWAY}:{self.port}"
+        self.url = f"https://127.0.0.1:{self.port}"
+        self.node_url = f"https://{SLIRP_GATEWAY}:{self.port}"
         self.token = secrets.token_urlsafe(32)
         self.proc = None
         db = os.path.join(state, "controller.db")
+        tls = os.path.join(credentials, "lab-controller", "controller")
         self.env = dict(os.environ, HOSTPLANE_CONTROLLER_CONFIG="/nonexistent",
                         HOSTPLANE_DATABASE_URL=f"sqlite:///{db}",
                         HOSTPLANE_SERVER_ADMIN_TOKEN=self.token,
+                        HOSTPLANE_SERVER_WORKERS="1",
+                        HOSTPLANE_SERVER_TLS_CERT=tls + ".crt",
+                        HOSTPLANE_SERVER_TLS_KEY=tls + ".key",
+                        HOSTPLANE_SERVER_REQUIRE_TLS="true",
+                        HOSTPLANE_SERVER_REQUIRE_AGENT_TLS="true",
+                        HOSTPLANE_AGENTS_CA=ca_path(credentials),
                         HOSTPLANE_POLL_INTERVAL_S=str(poll_interval_s),
                         HOSTPLANE_POLL_MAX_FAILURES=str(max_failures),
                         HOSTPLANE_POLL_JITTER_S="0.2", PYTHONPATH=REPO)
         self.session = requests.Session()
         self.session.headers["Authorization"] = f"Bearer {self.token}"
+        # the cluster CA only: REQUESTS_CA_BUNDLE in the environment would win
+        # over a session's `verify` otherwise (as the controller itself does)
+        self.session.verify, self.session.trust_env = ca_path(credentials), False
+
+    def issue_certificate(self):
+        """The roles' CA tasks on localhost: the cluster CA (made once) signs ours."""
+        extra = os.path.join(self.state, "controller-tls-vars.json")
+        with open(extra, "w") as f:
+            json.dump({"hostplane_credentials_dir": self.credentials,
+                       "lab_controller_tls_names": ["127.0.0.1", SLIRP_GATEWAY,
+                                                    "localhost"]}, f)
+        run_playbook("localhost,", extra, os.path.join(self.state, "controller-tls.log"),
+                     os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                  "controller_tls.yml"))
 
     def start(self):
         os.makedirs(self.state, exist_ok=True)
+        self.issue_certificate()
         if os.path.exists(os.path.join(self.state, "controller.db")):
             os.unlink(os.path.join(self.state, "controller.db"))
         subprocess.run([venv_tool("python"), "-m", "controller.cli", "db",
@@ -104,10 +137,11 @@ class Controller:
                        check=True, env=self.env, cwd=REPO,
                        stdout=subprocess.DEVNULL)
         logf = open(os.path.join(self.state, "controller.log"), "wb")
+        # `serve` checks the TLS settings, then execs gunicorn with them
+        # (one worker, eight threads, as a controller unit runs it).
         self.proc = subprocess.Popen(
-            [venv_tool("python"), "-m", "gunicorn", "--workers", "1",
-             "--threads", "8", "--bind", f"127.0.0.1:{self.port}",
-             "controller.app:create_app()"],
+            [venv_tool("python"), "-m", "controller.cli", "serve", "--bind",
+             f"127.0.0.1:{self.port}"],
             env=self.env, cwd=REPO, stdin=subprocess.DEVNULL, stdout=logf,
             stderr=subprocess.STDOUT, start_new_session=True)
         logf.close()
@@ -116,7 +150,7 @@ class Controller:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"controller exited; see {self.state}")
             try:
-                if requests.get(self.url + "/v1/health", timeout=2).ok:
+                if self.session.get(self.url + "/v1/health", timeout=2).ok:
                     log(f"controller on {self.url} (pid {self.proc.pid})")
                     return self
             except requests.RequestException:
@@ -167,7 +201,7 @@ def write_inventory(lab, agent_ports, path):
             "ansible_user=root", f"ansible_ssh_private_key_file={nd['key']}",
             f"hostplane_agent_host_id={host_id(n)}",
             f"hostplane_agent_bind=0.0.0.0:{port}",
-            f"hostplane_agent_url=http://127.0.0.1:{port}"]))
+            f"hostplane_agent_url=https://127.0.0.1:{port}"]))
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")
     return path
@@ -184,7 +218,8 @@ def lab_vars(controller, wheelhouse, credentials):
     }
 
 
-def run_playbook(inventory, extra_vars, logfile):
+def run_playbook(inventory, extra_vars, logfile,
+                 playbook=os.path.join(REPO, "ansible", "site.yml")):
     env = dict(os.environ,
                ANSIBLE_CONFIG=os.path.join(REPO, "ansible", "ansible.cfg"),
                ANSIBLE_HOST_KEY_CHECKING="False", ANSIBLE_PIPELINING="True",
@@ -197,7 +232,7 @@ def run_playbook(inventory, extra_vars, logfile):
     with open(logfile, "w") as f:
         result = subprocess.run(
             [venv_tool("ansible-playbook"), "-i", inventory,
-             "-e", "@" + extra_vars, os.path.join(REPO, "ansible", "site.yml")],
+             "-e", "@" + extra_vars, playbook],
             env=env, cwd=os.path.join(REPO, "ansible"), stdout=f,
             stderr=subprocess.STDOUT)
     if result.returncode != 0:
@@ -233,6 +268,7 @@ def state_path(lab):
 def save_state(lab, controller, ports):
     with open(state_path(lab), "w") as f:
         json.dump({"controller": {"state": controller.state,
+                                  "credentials": controller.credentials,
                                   "port": controller.port,
                                   "token": controller.token,
                                   "pid": controller.proc.pid},
@@ -244,9 +280,9 @@ def load_state(lab):
     with open(state_path(lab)) as f:
         saved = json.load(f)
     c = saved["controller"]
-    controller = Controller(c["state"])
+    controller = Controller(c["state"], c["credentials"])
     controller.port, controller.token = c["port"], c["token"]
-    controller.url = f"http://127.0.0.1:{c['port']}"
+    controller.url = f"https://127.0.0.1:{c['port']}"
     controller.session.headers["Authorization"] = f"Bearer {c['token']}"
     controller.pid = c["pid"]
     return controller, saved["agent_ports"]
@@ -258,7 +294,8 @@ def main(argv):
     if argv[1:] == ["up"]:
         lab.down()
         workdir = os.path.join(lab.rundir, "e2e")
-        controller = Controller(os.path.join(workdir, "controller"))
+        controller = Controller(os.path.join(workdir, "controller"),
+                                os.path.join(workdir, "credentials"))
         timings = Timings()
         timings.measure("boot", lab.up)
         timings.measure("controller", controller.start)

@@ -60,12 +60,14 @@ def agent_token(workdir, host):
 
 
 class AgentClient:
-    """An agent's API as the controller reaches it (hostfwd on 127.0.0.1)."""
+    """An agent's API as the controller reaches it (hostfwd on 127.0.0.1, HTTPS
+    verified against the cluster CA)."""
 
-    def __init__(self, url, token):
+    def __init__(self, url, token, ca):
         self.url = url
         self.session = requests.Session()
         self.session.headers["Authorization"] = f"Bearer {token}"
+        self.session.verify, self.session.trust_env = ca, False   # CA only
 
     def call(self, method, path, **kw):
         kw.setdefault("timeout", 60)

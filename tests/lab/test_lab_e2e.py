@@ -3,8 +3,9 @@
 Why: IOMMU groups, vfio-pci, USB hot-plug and 802.1Q exist only inside the lab
 nodes; this checks what an operator would check after deploying hostplane with
 its own roles: hosts connected, real groups listed, a GPU passed through and
-given back, USB hot-plug seen and guarded, L2 networks that carry traffic, and
-an agent that survives SIGKILL.  Issue 7's "node 1" is hplab-node0 (index 0),
+given back, USB hot-plug seen and guarded, L2 networks that carry traffic, an
+agent that survives SIGKILL, and, all along, a management network on which no
+token crosses in clear (everything is HTTPS, as the roles deploy by default).  Issue 7's "node 1" is hplab-node0 (index 0),
 "node 2" is hplab-node1.  Slow (~10 min); run: pytest -m lab tests/lab -s
 """
 import os
@@ -12,8 +13,10 @@ import subprocess
 import time
 
 import pytest
+import requests
 
 import build_image
+import capture
 import deploy
 import nodes
 from lab_checks import (AgentClient, agent_token, assert_attached_kept,
@@ -29,13 +32,15 @@ HOT_USB = f"HPLABHOT{os.getpid()}"   # fresh per run (attach mode reruns)
 
 
 class Env:
-    def __init__(self, lab, controller, ports, timings, workdir):
+    def __init__(self, lab, controller, ports, timings, workdir, capturing=False):
         self.lab, self.ctl, self.ports = lab, controller, ports
         self.timings, self.workdir = timings, workdir
+        self.capturing = capturing   # tcpdump on the nodes since before the deploy
 
     def agent(self, n):
-        return AgentClient(f"http://127.0.0.1:{self.ports[n]}",
-                           agent_token(self.workdir, deploy.host_id(n)))
+        return AgentClient(f"https://127.0.0.1:{self.ports[n]}",
+                           agent_token(self.workdir, deploy.host_id(n)),
+                           deploy.ca_path(self.ctl.credentials))
 
     def vm_on(self, name, n, **body):
         """Create (once) a device-less VM on node n through the controller."""
@@ -62,15 +67,18 @@ def env():
     lab = nodes.Lab(count=2)
     lab.down()  # leftovers of an interrupted run
     workdir = os.path.join(lab.rundir, "e2e")
-    controller = deploy.Controller(os.path.join(workdir, "controller"))
+    controller = deploy.Controller(os.path.join(workdir, "controller"),
+                                   os.path.join(workdir, "credentials"))
     try:
         timings.measure("image build (content-cached)", build_image.build,
                         lab.cache)
         timings.measure("boot 2 nodes to SSH", lab.up)
-        timings.measure("controller start (gunicorn, SQLite)",
+        for n in (0, 1):   # before anything crosses: the deploy's calls too
+            capture.start(lab, n)
+        timings.measure("controller start (certificate, gunicorn, SQLite)",
                         controller.start)
         ports = deploy.deploy(lab, controller, timings, workdir)
-        yield Env(lab, controller, ports, timings, workdir)
+        yield Env(lab, controller, ports, timings, workdir, capturing=True)
     finally:
         controller.stop()
         lab.down()
@@ -265,3 +273,38 @@ def test_2_gpu_by_vendor_device_passthrough_and_back(env):
     assert env.ctl.get(f"/v1/devices/{N1}/{GPU_ADDR}")["status"] == "ready"
     live = env.lab.ssh(1, "virsh -c qemu:///system dumpxml e2e-gpu").stdout
     assert "<hostdev" not in live
+
+
+def test_6_no_token_crosses_the_management_network_in_clear(env):
+    """tcpdump on both nodes' management NIC from before the deploy until now:
+    no agent token and no admin token in any TCP stream; a plain-HTTP request
+    to an agent gets no answer (and its made-up token is the one the capture
+    does find, so the capture sees clear text where there is some)."""
+    canary = f"hplab-canary-{os.getpid()}"
+    with step(env, "step 6: plain HTTP to an agent"):
+        with pytest.raises(requests.ConnectionError):
+            requests.get(f"http://127.0.0.1:{env.ports[0]}/v1/devices",
+                         headers={"Authorization": f"Bearer {canary}"},
+                         timeout=30)
+    if not env.capturing:
+        pytest.skip("attached to a running lab: no capture since its deploy")
+    secrets = {"admin token": env.ctl.token}
+    for n in (0, 1):
+        secrets[f"agent token of {deploy.host_id(n)}"] = agent_token(
+            env.workdir, deploy.host_id(n))
+    with step(env, "step 6: stop the captures, read them"):
+        streams = {n: capture.stop(env.lab, n,
+                                   capture.local_path(env.workdir, n))
+                   for n in (0, 1)}
+    for n in (0, 1):
+        agent = capture.bytes_on_port(streams[n], env.ports[n])
+        events = capture.bytes_on_port(streams[n], env.ctl.port)
+        print(f"\n[capture] node{n}: {agent} bytes to/from the agent, "
+              f"{events} to/from the controller, "
+              f"{capture.local_path(env.workdir, n)}")
+        assert agent > 20_000 and events > 1_000, (n, agent, events)
+        for name, secret in secrets.items():
+            assert capture.holding(streams[n], secret) == [], \
+                f"{name} in clear on node{n}'s management network"
+    assert capture.holding(streams[0], canary), \
+        "the capture did not see the plain-HTTP request sent to node0"
