@@ -16,6 +16,7 @@ Real parts: gunicorn controllers (SQLite and PostgreSQL) and gunicorn agents (li
 """
 
 import threading
+import time
 from collections import Counter
 
 import pytest
@@ -179,6 +180,54 @@ def test_concurrent_creates_of_one_name_make_one_vm_and_never_a_500(world):
     counts = Counter(statuses)
     assert counts[(201, None)] == 1 and counts[(409, "name_taken")] == 11, counts
     assert list(agent_domains(agent)) == ["hpl-same"]
+
+
+def test_an_adopt_and_a_delete_racing_for_one_orphan_never_both_win(world):
+    api, agent, _ = world
+    for offset in (0, 0.002, 0.005, 0.01, 0.02, 0.0):
+        made = requests.post(agent.url + "/v1/vms", timeout=30,
+                             headers={"Authorization": f"Bearer {AGENT_TOKEN}"},
+                             json={"name": "hpl-contested", "vcpus": 1, "memory_mib": 64,
+                                   "devices": [{"type": "pci", "id": GPUS[0]},
+                                               {"type": "pci", "id": GPUS[0][:-1] + "1"}]})
+        assert made.status_code == 201, made.text
+        wait_for("the orphan's GPU held", lambda: api(
+            "GET", f"/v1/devices/hpl-host/{GPUS[0]}")[1]["orphan"] == "hpl-contested")
+        answers = {}
+        adopt = threading.Thread(target=lambda: answers.update(
+            adopt=api("POST", "/v1/orphans/hpl-host/hpl-contested/adopt", {})[0]))
+        adopt.start()
+        time.sleep(offset)
+        answers["delete"] = api("DELETE", "/v1/orphans/hpl-host/hpl-contested")[0]
+        adopt.join(timeout=60)
+        assert not (answers["adopt"] == 201 and answers["delete"] == 204), answers
+        assert answers["adopt"] == 201 or answers["delete"] == 204, answers
+        assert_claims_match_domains(api, agent)
+        if answers["adopt"] == 201:
+            assert api("DELETE", "/v1/vms/hpl-contested")[0] == 204
+        wait_for("the GPU free again", lambda: api(
+            "GET", f"/v1/devices/hpl-host/{GPUS[0]}")[1]["status"] == "ready")
+
+
+def test_a_host_deleted_while_a_vm_is_placed_on_it_leaves_no_vm_without_a_host(world):
+    api, agent, _ = world
+    for offset in (0, 0.002, 0.005, 0.01, 0.0, 0.003):
+        answers = {}
+        create = threading.Thread(target=lambda: answers.update(
+            create=api("POST", "/v1/vms", vm_body("hpl-homeless"))[0]))
+        create.start()
+        time.sleep(offset)
+        answers["host"] = api("DELETE", "/v1/hosts/hpl-host")[0]
+        create.join(timeout=60)
+        assert not (answers["create"] == 201 and answers["host"] == 204), answers
+        vms = api("GET", "/v1/vms")[1]["vms"]
+        assert all(vm["host"] is not None for vm in vms), vms
+        if answers["host"] == 204:
+            assert "hpl-homeless" not in agent_domains(agent)
+            assert api("POST", "/v1/hosts", {"url": agent.url, "token": AGENT_TOKEN})[0] == 201
+        else:
+            assert api("DELETE", "/v1/vms/hpl-homeless")[0] == 204
+        assert_claims_match_domains(api, agent)
 
 
 # --- what every test above checks at its end --------------------------------------------

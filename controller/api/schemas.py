@@ -35,7 +35,8 @@ class _Body(BaseModel):
 
 
 class HostCreate(_Body):
-    url: str = Field(pattern=r"^https?://[A-Za-z0-9.\-\[\]:]+(:[0-9]{1,5})?/?$", max_length=512)
+    url: str = Field(pattern=r"^https?://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.\-]+)(:[0-9]{1,5})?/?$",
+                     max_length=512)
 
     @field_validator("url")
     @classmethod
