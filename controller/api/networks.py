@@ -174,7 +174,7 @@ def delete(name):
 # --- helpers ---------------------------------------------------------------------------
 
 def _kind_model():
-    data = request.get_json(silent=True)
+    data = request.get_json(force=True, silent=True)   # any Content-Type, as parse_body
     kind = data.get("type") if isinstance(data, dict) else None
     if isinstance(data, dict) and kind not in KINDS:
         raise BadRequest(f"type: must be one of {', '.join(KINDS)}", code="invalid_request",
