@@ -20,7 +20,7 @@ from sqlalchemy.orm import sessionmaker
 from controller.db.models import Base, Device, Host, Vm  # noqa: F401 - re-exported
 from controller.db.network_models import Network, NetworkHost  # noqa: F401 - registered
 
-_MIGRATIONS = os.path.join(os.path.dirname(os.path.dirname(__file__)), "migrations")
+MIGRATIONS = os.path.join(os.path.dirname(os.path.dirname(__file__)), "migrations")
 
 
 class Database:
@@ -68,7 +68,7 @@ def upgrade(url, revision="head"):
     from alembic import command
     from alembic.config import Config
     config = Config()
-    config.set_main_option("script_location", _MIGRATIONS)
+    config.set_main_option("script_location", MIGRATIONS)
     config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
     command.upgrade(config, revision)
 
