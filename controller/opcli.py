@@ -8,7 +8,8 @@
     hostplane schedule --name train-1 --vcpus 8 --memory-mib 32768 --gpu 10de:2236
 
 Tables by default, `--json` for scripts (the API's own JSON). `--url`/HOSTPLANE_URL and
-`--token`/HOSTPLANE_TOKEN say where and who. Exit status: 0 done, 1 the API refused (its
+`--token`/HOSTPLANE_TOKEN say where and who; after `scripts/run-local` neither is needed
+(its controller URL and admin token are read from its state dir). Exit status: 0 done, 1 the API refused (its
 error printed) or `schedule --explain` found no host, 2 usage or an unreachable controller.
 """
 
@@ -25,6 +26,7 @@ from urllib.parse import urlencode
 import requests
 
 DEFAULT_URL = "http://127.0.0.1:7080"
+LOCAL_STATE = "/var/lib/hostplane/local"   # scripts/run-local's HOSTPLANE_LOCAL_STATE
 PCI_ADDRESS = re.compile(r"^([0-9a-fA-F]{4}:)?[0-9a-fA-F]{2}:[0-9a-fA-F]{2}\.[0-7]$")
 GPU_MODEL = re.compile(r"^([0-9a-fA-F]{4}):([0-9a-fA-F]{4})(?:x([0-9]+))?$")
 
@@ -52,10 +54,12 @@ def main(argv=None):
 def parser():
     top = argparse.ArgumentParser(prog="hostplane", description=__doc__.split("\n\n")[0],
                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-    top.add_argument("--url", default=os.environ.get("HOSTPLANE_URL", DEFAULT_URL),
-                     help="controller URL (HOSTPLANE_URL, default %(default)s)")
-    top.add_argument("--token", default=os.environ.get("HOSTPLANE_TOKEN", ""),
-                     help="admin or tenant token (HOSTPLANE_TOKEN)")
+    top.add_argument("--url", default=os.environ.get("HOSTPLANE_URL") or local("controller.url")
+                     or DEFAULT_URL, help="controller URL (HOSTPLANE_URL, else run-local's, "
+                     "else %s)" % DEFAULT_URL)
+    top.add_argument("--token", default=os.environ.get("HOSTPLANE_TOKEN") or local("admin.token"),
+                     help="admin or tenant token (HOSTPLANE_TOKEN, else run-local's admin "
+                     "token when readable)")
     top.add_argument("--timeout", type=float, default=600.0,
                      help="seconds to wait for one answer (default %(default)s)")
     top.add_argument("--json", action="store_true", help="print the API's JSON")
@@ -94,6 +98,16 @@ def parser():
     schedule.add_argument("--no-start", action="store_true", help="define, do not start")
     schedule.set_defaults(run=schedule_vm)
     return top
+
+
+def local(name):
+    """What `scripts/run-local` left in its state dir (a URL, a token), or ""."""
+    state = os.environ.get("HOSTPLANE_LOCAL_STATE", LOCAL_STATE)
+    try:
+        with open(os.path.join(state, name), encoding="utf-8") as handle:
+            return handle.read().strip()
+    except OSError:
+        return ""
 
 
 # --- commands ------------------------------------------------------------------------------
@@ -236,7 +250,8 @@ class Client:
     def call(self, method, path, body=None, progress=None):
         """The answer's JSON; an API error or a transport failure becomes CliError."""
         if not self.token:
-            raise CliError("no token: pass --token or set HOSTPLANE_TOKEN", status=2)
+            raise CliError("no token: pass --token or set HOSTPLANE_TOKEN (run-local keeps its "
+                           f"admin token in {LOCAL_STATE}/admin.token)", status=2)
         headers = {"Authorization": f"Bearer {self.token}"}
 
         def send():
