@@ -5,7 +5,6 @@ OpenAPI description, and hand themselves to gunicorn (HTTPS when `[server] tls_c
 
 import os
 import sys
-import tempfile
 
 from hostplane import __version__
 from hostplane.config import ConfigError, load_config
@@ -161,6 +160,7 @@ def exec_gunicorn(server, app_spec, config_variable, config_path=None, bind=None
         command += ["--certfile", server["tls_cert"], "--keyfile", server["tls_key"]]
     command.append(app_spec)
     if int(server["workers"]) > 1 and not os.environ.get(MULTIPROC_VARIABLE):
+        import tempfile
         os.environ[MULTIPROC_VARIABLE] = tempfile.mkdtemp(prefix="hostplane-metrics-")
     if config_path:
         os.environ[config_variable] = os.path.abspath(config_path)
