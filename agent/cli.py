@@ -1,4 +1,8 @@
-"""`hostplane-agent`: serve (default), inventory, check."""
+"""`hostplane-agent`: serve (default), inventory, check.
+
+Only `serve` needs the web stack; `inventory` and `check` are commands an operator waits
+for, so nothing here (nor in what they import) loads Flask, werkzeug or pydantic.
+"""
 
 import argparse
 import json
@@ -48,9 +52,14 @@ def print_inventory(config, compact=False):
     config["host"]["state_dir"] = ""
     agent = Agent(config)
     agent.inventory.scan()
-    body = json.loads(agent.inventory.body()[0])
-    body["host_id"] = agent.host_id
-    print(json.dumps(body, indent=None if compact else 2))
+    body = agent.inventory.body()[0]
+    if compact:   # the API's own bytes with host_id spliced in: no second encoding
+        sys.stdout.buffer.write(b'{"host_id":%s,%s\n' % (json.dumps(agent.host_id).encode(),
+                                                          body[1:]))
+        return 0
+    document = json.loads(body)
+    document["host_id"] = agent.host_id
+    print(json.dumps(document, indent=2))
     return 0
 
 

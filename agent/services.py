@@ -9,8 +9,6 @@ import logging
 import os
 import uuid
 
-from flask import current_app
-
 from agent.config import host_id as configured_host_id
 from agent.hostinfo import host_facts, host_iommu
 from agent.inventory.generation import SharedGeneration
@@ -127,4 +125,5 @@ def start_id(environ=None, proc_root="/proc"):
 
 
 def current_agent():
+    from flask import current_app   # only a serving process has an app (see agent.cli)
     return current_app.extensions["hostplane_agent"]

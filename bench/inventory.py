@@ -7,6 +7,8 @@ Prints (all medians of repeated runs):
 - `lspci -Dmmnnv -A linux-sysfs -O sysfs.path=DIR/bus/pci` over the same tree, as a
   process (it is a C program; its run includes loading pci.ids, as ours does once);
 - the ratio (goal: ≤ 1.0);
+- `hostplane-agent inventory` as a whole process (interpreter start, imports, scan,
+  JSON printed) against lspci, run alternately so both see the same load (goal ≤ 1.5);
 - one hot-plug update (re-read of the changed function only) against a full scan;
 - with --http: GET /v1/devices requests/s under gunicorn with 2 workers, via wrk
   (Debian package `wrk`), for the full body and for the 304 path.
@@ -82,6 +84,38 @@ def bench_lspci(root, runs):
     return statistics.median(samples)
 
 
+def bench_command(root, runs):
+    """Whole processes, side by side: what an operator waits for at the prompt."""
+    if shutil.which("lspci") is None:
+        return
+    script = os.path.join(os.path.dirname(sys.executable), "hostplane-agent")
+    ours = [script] if os.access(script, os.X_OK) else [sys.executable, "-m", "agent.cli"]
+    ours += ["inventory", "--compact", "--sysfs-root", root]
+    theirs = ["lspci", "-Dmmnnv", "-A", "linux-sysfs", "-O", f"sysfs.path={root}/bus/pci"]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [
+        os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+        os.environ.get("PYTHONPATH")])))
+    wall, cpu = {"ours": [], "lspci": []}, {"ours": [], "lspci": []}
+    for _ in range(runs + 1):   # the first round warms the page cache, not counted
+        for name, command in (("ours", ours), ("lspci", theirs)):
+            before = _children_cpu()
+            started = time.perf_counter()
+            subprocess.run(command, capture_output=True, check=True, env=env)
+            wall[name].append(time.perf_counter() - started)
+            cpu[name].append(_children_cpu() - before)
+    for label, samples in (("wall", wall), ("CPU (user+sys, steadier on a busy machine)", cpu)):
+        ours_ms, lspci_ms = (median_ms(samples[name][1:]) for name in ("ours", "lspci"))
+        print(f"whole process, {label}: hostplane-agent inventory {ours_ms:.1f} ms, "
+              f"lspci -Dmmnnv {lspci_ms:.1f} ms, ratio {ours_ms / lspci_ms:.2f} "
+              f"(goal <= 1.5; medians of {runs} alternating runs)")
+
+
+def _children_cpu():
+    import resource
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def bench_hotplug(inventory, runs):
     address = next(d["id"] for d in inventory.pci_devices() if d["type"] == "gpu")
     reads = []
@@ -155,6 +189,7 @@ def main():
         theirs = bench_lspci(root, args.runs)
         if theirs:
             print(f"ratio hostplane / lspci: {ours / theirs:.2f} (goal <= 1.0)")
+        bench_command(root, args.runs)
         bench_hotplug(inventory, args.runs)
     if args.http:
         bench_http(small_gpu_host, "16-function host")

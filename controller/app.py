@@ -3,17 +3,21 @@
     gunicorn 'controller.app:create_app()'
 
 reads /etc/hostplane/controller.toml (or HOSTPLANE_CONTROLLER_CONFIG) plus HOSTPLANE_*
-variables. The schema must be current (`hostplane-controller db upgrade`).
+variables. A SQLite schema is brought up to date here; a PostgreSQL one must already be
+current (`hostplane-controller db upgrade`), or the app refuses to start.
 """
 
 import logging
 
 from flask import request
-from sqlalchemy.exc import InterfaceError, OperationalError, TimeoutError as PoolTimeout
+from sqlalchemy.exc import (InterfaceError, OperationalError, ProgrammingError,
+                            TimeoutError as PoolTimeout)
 
 from controller.api import devices, events, hosts, meta, networks, orphans, schedule, vms
 from controller.config import check_serving_config, load_controller_config, principals
+from controller.db import upgrade
 from controller.db.models import Host
+from controller.db.schema import ensure_schema
 from controller.gauges import InventoryCollector
 from controller.services import Controller, current
 from hostplane import auth
@@ -32,6 +36,7 @@ def create_app(config=None, start=True):
     if config is None:
         config = load_controller_config()
     check_serving_config(config)
+    ensure_schema(config["database"]["url"], upgrade)
     insecure = config["server"]["insecure"] and not config["server"]["admin_token"]
     tokens = principals(config)
     modules = MODULES + optional_modules("controller.api.dashboard")
@@ -57,6 +62,8 @@ def create_app(config=None, start=True):
     def _database_down(exc):
         """Locked past the busy timeout, refused, gone: the caller may retry, so 503.
         (Integrity and programming errors are bugs and stay a logged 500.)"""
+        if _schema_missing(exc):
+            return _schema_missing_answer()
         log.warning("database unavailable: %s", getattr(exc, "orig", None) or exc)
         error = DatabaseUnavailable("the controller's database is unavailable (locked or "
                                     "unreachable); retry shortly",
@@ -65,6 +72,13 @@ def create_app(config=None, start=True):
         response.headers["Retry-After"] = str(error.retry_after_s)
         return response
 
+    @app.errorhandler(ProgrammingError)
+    def _programming_error(exc):
+        if _schema_missing(exc):
+            return _schema_missing_answer()
+        log.exception("database programming error")   # a bug: the ordinary 500
+        return envelope(500, "internal_error", "internal error; see the service log")
+
     registry.register(InventoryCollector(controller))
     controller.poller.install_metrics(app)
     for module in modules:
@@ -72,6 +86,18 @@ def create_app(config=None, start=True):
     if start and config["poll"]["enabled"]:
         controller.poller.start()
     return app
+
+
+def _schema_missing(exc):
+    """A table this code reads is not there (dropped, or an old database behind it)."""
+    text = str(getattr(exc, "orig", None) or exc)
+    return "no such table" in text or ("relation" in text and "does not exist" in text)
+
+
+def _schema_missing_answer():
+    log.error("the database has no schema (or an old one)")
+    return envelope(503, "schema_missing", "the controller's database has no schema (or an "
+                    "old one): run 'hostplane-controller db upgrade'", {})
 
 
 def _resolve(tokens, given):

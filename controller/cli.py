@@ -43,7 +43,10 @@ def main(argv=None):
 
 
 def serve_forever(config, args):
+    from controller.db import upgrade
+    from controller.db.schema import ensure_schema
     check_serving_config(config)
+    ensure_schema(config["database"]["url"], upgrade)   # refused here in one line
     exec_gunicorn(config["server"], "controller.app:create_app()", "HOSTPLANE_CONTROLLER_CONFIG",
                   args.config, bind=getattr(args, "bind", None), threads=8)
     return 0  # not reached
@@ -104,10 +107,8 @@ def _database_answers(config):
 
 def _safe(config):
     """The database URL without its password, for the one line printed."""
-    url = config["database"]["url"]
-    head, at, tail = url.rpartition("@")
-    return f"{head.split(':', 2)[0]}:{head.split(':', 2)[1]}:***@{tail}" if at and \
-        head.count(":") >= 2 else url
+    from controller.db.schema import safe_url
+    return safe_url(config["database"]["url"])
 
 
 if __name__ == "__main__":

@@ -73,6 +73,8 @@ def parse_body(model, allow_empty=False):
 
 def json_object(raw):
     """The body as a JSON object, or a 400 that says what is wrong with it."""
+    if not raw.strip():
+        raise BadRequest("request body is empty; send a JSON object", code="invalid_json")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:

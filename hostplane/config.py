@@ -9,7 +9,6 @@ Sections whose default is an empty dict (such as `[tenants]`) are free-form maps
 import copy
 import json
 import os
-import tomllib
 
 ENV_PREFIX = "HOSTPLANE_"
 _TRUE = {"1", "true", "yes", "on"}
@@ -25,6 +24,7 @@ def load_config(defaults, path=None, environ=None):
     environ = os.environ if environ is None else environ
     config = copy.deepcopy(defaults)
     if path and os.path.exists(path):
+        import tomllib   # only with a file: commands run from the environment skip it
         try:
             with open(path, "rb") as handle:
                 _merge_file(config, tomllib.load(handle), path)

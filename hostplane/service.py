@@ -5,18 +5,15 @@ OpenAPI description, and hand themselves to gunicorn (HTTPS when `[server] tls_c
 
 import datetime
 import os
-import ssl
 import sys
-import tempfile
 
-from flask import Blueprint, Flask, current_app, jsonify
-
-from hostplane import __version__, auth
-from hostplane.api import describe, openapi_document, refuse_control_characters
+from hostplane import __version__
 from hostplane.config import ConfigError, load_config
 from hostplane.core.certificates import expiry_verdict, worst
-from hostplane.errors import register_error_handlers
-from hostplane.metrics import install_request_metrics, metrics_response
+
+# The web stack (Flask, werkzeug, pydantic, jinja2: most of a command's start-up time)
+# is imported by the functions that build an app, so commands that only load the
+# configuration (`hostplane-agent inventory`, `check`) start without it.
 
 
 def load_service_config(defaults, default_path, path_variable, path=None, environ=None,
@@ -36,6 +33,12 @@ def base_app(name, config, resolve, public, metrics_prefix):
     `public` names endpoints open without a token; metrics joins them unless
     `[server] metrics_token` asks for protection.
     """
+    from flask import Flask
+
+    from hostplane import auth
+    from hostplane.api import refuse_control_characters
+    from hostplane.errors import register_error_handlers
+    from hostplane.metrics import install_request_metrics
     app = Flask(name)
     app.config["MAX_CONTENT_LENGTH"] = config["server"]["max_body_kb"] * 1024
     app.json.sort_keys = False
@@ -61,6 +64,7 @@ def check_tls(server):
     if server.get("require_tls") and not cert:
         raise ConfigError("[server] require_tls is set but no tls_cert/tls_key is configured")
     if cert:
+        import ssl
         try:
             ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, key)
         except (OSError, ssl.SSLError) as exc:
@@ -72,6 +76,7 @@ def check_ca_bundle(path, what):
     """Raise ConfigError unless `path` (if set) holds CA certificates ssl can load."""
     if not path:
         return
+    import ssl
     try:
         ssl.create_default_context(cafile=path)
     except (OSError, ssl.SSLError) as exc:
@@ -123,6 +128,10 @@ def public_endpoints(modules):
 
 def meta_blueprint(title):
     """`/metrics` and `/v1/openapi.json`, as blueprint "meta" (services add their health)."""
+    from flask import Blueprint, current_app, jsonify
+
+    from hostplane.api import describe, openapi_document
+    from hostplane.metrics import metrics_response
     bp = Blueprint("meta", __name__)
 
     @bp.get("/metrics")
@@ -179,6 +188,7 @@ def exec_gunicorn(server, app_spec, config_variable, config_path=None, bind=None
         command += ["--certfile", server["tls_cert"], "--keyfile", server["tls_key"]]
     command.append(app_spec)
     if int(server["workers"]) > 1 and not os.environ.get(MULTIPROC_VARIABLE):
+        import tempfile
         os.environ[MULTIPROC_VARIABLE] = tempfile.mkdtemp(prefix="hostplane-metrics-")
     if config_path:
         os.environ[config_variable] = os.path.abspath(config_path)

@@ -30,3 +30,45 @@ def test_serve_refuses_without_admin_token_in_one_line():
     done = run("serve", HOSTPLANE_SERVER_ADMIN_TOKEN="")
     assert done.returncode == 2
     assert done.stderr.count("\n") == 1 and "admin token" in done.stderr
+
+
+def test_app_on_a_fresh_sqlite_file_applies_the_schema_and_answers(tmp_path):
+    """No `db upgrade` first: the embedded database gets its schema at start, and the
+    controller answers 200, not 503 database_unavailable."""
+    from controller.app import create_app
+    from tests.test_controller_support import ADMIN, controller_config
+    app = create_app(controller_config(tmp_path, f"sqlite:///{tmp_path}/fresh.db"), start=False)
+    answer = app.test_client().get("/v1/hosts", headers=ADMIN)
+    assert answer.status_code == 200, answer.get_json()
+    assert answer.get_json() == {"hosts": []}
+    app.extensions["hostplane_controller"].close()
+
+
+def test_serve_on_an_empty_postgresql_refuses_with_the_command():
+    from tests.test_controller_support import drop_postgres_database, postgres_database
+    name, url = postgres_database()
+    try:
+        done = run("serve", HOSTPLANE_SERVER_ADMIN_TOKEN="x" * 24, HOSTPLANE_DATABASE_URL=url)
+    finally:
+        drop_postgres_database(name)
+    assert done.returncode == 2
+    assert done.stderr.count("\n") == 1, done.stderr
+    assert "empty (no schema)" in done.stderr
+    assert "run 'hostplane-controller db upgrade'" in done.stderr
+    assert "x" * 24 not in done.stderr
+
+
+def test_app_on_a_database_without_tables_says_schema_missing(tmp_path):
+    """The schema dropped behind a running controller: 503 schema_missing, not an outage."""
+    from controller.app import create_app
+    from tests.test_controller_support import ADMIN, controller_config
+    url = f"sqlite:///{tmp_path}/c.db"
+    app = create_app(controller_config(tmp_path, url), start=False)
+    engine = create_engine(url)
+    with engine.begin() as connection:
+        connection.exec_driver_sql("DROP TABLE devices")
+    engine.dispose()
+    answer = app.test_client().get("/v1/devices", headers=ADMIN)
+    assert answer.status_code == 503
+    assert answer.get_json()["error"]["code"] == "schema_missing"
+    app.extensions["hostplane_controller"].close()

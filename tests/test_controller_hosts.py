@@ -34,11 +34,15 @@ def test_inventory_lists_every_hosts_devices_with_cluster_fields(world):
     assert set(found) == {(h, a) for h in ("host-a", "host-b")
                           for a in ("0000:3b:00.0", "0000:af:00.0")}
     gpu = found[("host-b", "0000:3b:00.0")]
-    assert (gpu["vendor_id"], gpu["product_id"]) == NVIDIA_A10
+    # the agent's names: device_id for a PCI function, product_id for USB only
+    assert (gpu["vendor_id"], gpu["device_id"]) == NVIDIA_A10 and "product_id" not in gpu
     assert gpu["state"] == "enabled" and gpu["status"] == "ready" and gpu["vm"] is None
     assert gpu["shared"] is False and gpu["created_at"]
     usb = devices(client, host="host-a", kind="usb")
     assert set(usb) == {("host-a", "0781:5567:4C530001"), ("host-a", "046d:c31c@1-1.2")}
+    stick = usb[("host-a", "0781:5567:4C530001")]
+    assert (stick["vendor_id"], stick["product_id"]) == ("0781", "5567")
+    assert "device_id" not in stick
 
 
 def test_device_rename_disable_and_share_are_kept(world):
@@ -109,7 +113,7 @@ def test_new_boot_id_resyncs_and_marks_vanished_and_moved_devices_unavailable(wo
     assert client.delete("/v1/devices/host-a/0000:3b:00.1", headers=ADMIN).status_code == 409
     assert client.delete("/v1/devices/host-a/0000:3b:00.0", headers=ADMIN).status_code == 204
     poller(app).fetch_now("host-a", background=False)
-    assert devices(client, host="host-a")[("host-a", "0000:3b:00.0")]["product_id"] == "2236"
+    assert devices(client, host="host-a")[("host-a", "0000:3b:00.0")]["device_id"] == "2236"
 
 
 def test_agent_event_with_its_own_token_triggers_a_fetch(world):

@@ -164,6 +164,21 @@ def test_invalid_json_is_400(world):
     assert answer.get_json()["error"]["code"] == "invalid_json"
 
 
+def test_a_json_body_is_taken_whatever_its_content_type(world):
+    """curl -d sends application/x-www-form-urlencoded: the body is still a JSON object."""
+    _, client, _ = world
+    body = '{"name": "vm1", "vcpus": 1, "memory_mib": 512}'
+    for content_type in ("application/x-www-form-urlencoded", "text/plain", None):
+        headers = {**ADMIN, **({"Content-Type": content_type} if content_type else {})}
+        answer = client.post("/v1/schedule/explain", headers=headers, data=body)
+        assert answer.status_code == 200, (content_type, answer.get_json())
+        assert answer.get_json()["chosen"] in ("host-a", "host-b")
+    answer = client.post("/v1/networks", headers={**ADMIN, "Content-Type": "text/plain"},
+                         data='{"name": "pool-a", "type": "vxlan-pool", "vni_range": [100, 200],'
+                         ' "local_cidr": "10.0.0.0/8"}')
+    assert answer.status_code == 201, answer.get_json()
+
+
 def test_unknown_vm_is_404(world):
     _, client, _ = world
     for method, path in (("get", "/v1/vms/nope"), ("delete", "/v1/vms/nope"),

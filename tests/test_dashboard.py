@@ -176,3 +176,58 @@ def test_a_tenant_token_sees_the_apis_refusal_on_admin_actions(world, browser):
     message = eventually(lambda: browser.find_element("id", "message").text)
     assert "admin" in message
     assert api(url, "/v1/devices/host-a/0000:3b:00.0")["state"] == "enabled"
+
+
+@pytest.fixture
+def demo_world(tmp_path):
+    """The controller with the agent `run-local --demo` serves (tests.demo_host), and no
+    other: what a newcomer without a GPU sees."""
+    from tests.demo_host import HOST_ID, demo_host
+    from tests.test_controller_support import LoopbackAgent, controller_app, \
+        controller_config, register
+    agent = LoopbackAgent(tmp_path, HOST_ID, demo_host())
+    app = controller_app(controller_config(tmp_path))
+    register(app.test_client(), agent, cluster="demo")
+    served = Served(app)
+    try:
+        yield served.url
+    finally:
+        served.stop()
+        agent.stop()
+        app.extensions["hostplane_controller"].close()
+
+
+@pytest.mark.parametrize("width", [1280, 1920])
+def test_demo_tables_fit_the_screen_and_say_what_cannot_be_assigned(demo_world, browser,
+                                                                    width):
+    url = demo_world
+    browser.set_window_size(width, 1400)
+    open_dashboard(browser, url)
+    gpus = eventually(lambda: len(rows(browser, "gpus")) == 5 and rows(browser, "gpus"))
+    usb = eventually(lambda: rows(browser, "usb"))
+    # the token was taken: its prompt is gone
+    eventually(lambda: "Enter an API token" not in browser.find_element("id", "message").text)
+
+    refused = gpus["demo-gpu-server/0000:d8:00.0"]
+    assert refused[5] == "not assignable" and "attach" not in refused[9]
+    title = browser.find_element(
+        "css selector", '#gpus tr[data-device="demo-gpu-server/0000:d8:00.0"]'
+    ).get_attribute("title")
+    assert title.startswith("no IOMMU group")
+    assert gpus["demo-gpu-server/0000:3b:00.0"][5] == "ready"
+    assert "attach" in gpus["demo-gpu-server/0000:3b:00.0"][9]
+    stick = usb["demo-gpu-server/0781:5567:4C530001"]
+    assert stick[4:7] == ["enabled", "2.10", "ready"]   # state, USB version, status
+
+    # Every Actions cell inside the viewport, and no horizontal scrollbar.
+    fit = browser.execute_script(
+        "const view = document.documentElement.clientWidth;"
+        "const cells = Array.from(document.querySelectorAll('td.actions'));"
+        "return {view, scroll: document.documentElement.scrollWidth, cells: cells.length,"
+        " right: Math.max(...cells.map(c => c.getBoundingClientRect().right))};")
+    assert fit["cells"] >= 7
+    assert fit["right"] <= fit["view"], fit
+    assert fit["scroll"] <= fit["view"], fit
+
+    os.makedirs(ARTIFACTS, exist_ok=True)
+    browser.save_screenshot(os.path.join(ARTIFACTS, f"dashboard-demo-{width}.png"))

@@ -102,11 +102,16 @@ def _own_vms(session):
 def render(device, visible_vms=None):
     facts = device.facts or {}
     vm = device.vm if visible_vms is None or device.vm in visible_vms else None
+    # A PCI function's model is its device_id, a USB device's its product_id, as the
+    # agent says them (the database keeps both in one column).
+    model_key = "device_id" if device.kind == "pci" else "product_id"
     return {"host_id": device.host_id, "id": device.id, "kind": device.kind,
             "type": device.type, "vendor_id": device.vendor_id,
-            "product_id": device.product_id, "name": device.name, "state": device.state,
+            model_key: device.product_id, "name": device.name, "state": device.state,
             "status": device.status, "vm": vm, "shared": device.shared,
-            "assignable": device.assignable, "iommu_group": device.iommu_group,
+            "assignable": device.assignable,
+            "not_assignable_reason": facts.get("not_assignable_reason"),
+            "iommu_group": device.iommu_group,
             "usb_version": facts.get("usb_version"),
             "manufacturer": facts.get("manufacturer"), "product": facts.get("product"),
             "reported_vm": device.reported_vm if visible_vms is None else None,

@@ -27,7 +27,7 @@ from controller.db.network_models import Network, NetworkHost  # noqa: F401 - re
 log = logging.getLogger(__name__)
 # PostgreSQL's "try the transaction again" answers: deadlock_detected, serialization_failure.
 RETRYABLE_SQLSTATES = frozenset({"40P01", "40001"})
-_MIGRATIONS = os.path.join(os.path.dirname(os.path.dirname(__file__)), "migrations")
+MIGRATIONS = os.path.join(os.path.dirname(os.path.dirname(__file__)), "migrations")
 
 
 class Database:
@@ -99,7 +99,7 @@ def upgrade(url, revision="head"):
     from alembic import command
     from alembic.config import Config
     config = Config()
-    config.set_main_option("script_location", _MIGRATIONS)
+    config.set_main_option("script_location", MIGRATIONS)
     config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
     command.upgrade(config, revision)
 

@@ -7,7 +7,8 @@
 const REFRESH_MS = 5000;
 const TOKEN_KEY = "hostplane.token";
 const GPU_TYPES = new Set(["gpu", "gpu-audio"]);
-const ui = { editing: false, refreshFailed: false, hosts: [] };
+const ui = { editing: false, refreshFailed: false, prompted: false, hosts: [] };
+const WRAP = "wrap";   // cells of free text: they wrap instead of widening the table
 const $ = (id) => document.getElementById(id);
 
 function token() { return localStorage.getItem(TOKEN_KEY) || ""; }
@@ -62,7 +63,11 @@ function statusClass(value) {
 // --- reading ---------------------------------------------------------------------------
 async function refresh() {
   if (ui.editing) return;
-  if (!token()) { say("Enter an API token (admin or tenant) to see the cluster."); return; }
+  if (!token()) {
+    say("Enter an API token (admin or tenant) to see the cluster.");
+    ui.prompted = true;
+    return;
+  }
   try {
     const [hosts, devices] = await Promise.all([
       api("GET", "/v1/hosts"), api("GET", "/v1/devices" + deviceQuery())]);
@@ -72,8 +77,8 @@ async function refresh() {
     drawHosts(hosts.hosts.filter(inScope));
     drawDevices(devices.devices);
     $("updated").textContent = "updated " + new Date().toLocaleTimeString();
-    if (ui.refreshFailed) say("");
-    ui.refreshFailed = false;
+    if (ui.refreshFailed || ui.prompted) say("");   // the token works: no stale prompt
+    ui.refreshFailed = ui.prompted = false;
   } catch (error) {
     ui.refreshFailed = true;
     say(error.status === 401 ? "That token was refused." : "Refresh failed: " + error.message,
@@ -123,19 +128,25 @@ function drawHosts(hosts) {
     cell(row, `${h.used_vcpus} / ${h.cpu_threads ?? "?"}`);
     cell(row, `${h.used_memory_mib} / ${h.memory_mib ?? "?"}`);
     cell(row, when(h.last_seen));
-    cell(row, h.last_error, h.last_error ? "bad" : "");
+    cell(row, h.last_error, h.last_error ? "bad " + WRAP : WRAP);
   }
 }
 
 // Each device table's columns: [text of the cell, class of the cell].
 const USB_COLUMNS = [
-  (d) => [d.name], (d) => [d.manufacturer], (d) => [d.product], (d) => [d.host_id],
-  (d) => [d.state, statusClass(d.state)], (d) => [d.usb_version], (d) => [d.vm],
-  (d) => [when(d.created_at)]];
+  (d) => [d.name, WRAP], (d) => [d.manufacturer, WRAP], (d) => [d.product, WRAP],
+  (d) => [d.host_id], (d) => [d.state, statusClass(d.state)], (d) => [d.usb_version],
+  (d) => deviceStatus(d), (d) => [d.vm], (d) => [when(d.created_at)]];
 const GPU_COLUMNS = [
-  (d) => [d.name], (d) => [d.id], (d) => [d.type], (d) => [d.host_id],
-  (d) => [d.state, statusClass(d.state)], (d) => [d.status, statusClass(d.status)],
+  (d) => [d.name, WRAP], (d) => [d.id], (d) => [d.type], (d) => [d.host_id],
+  (d) => [d.state, statusClass(d.state)], (d) => deviceStatus(d),
   (d) => [d.vm], (d) => [d.shared ? "yes" : "no"], (d) => [when(d.created_at)]];
+
+// A device nobody can take is not "ready", whatever its claim status says.
+function deviceStatus(d) {
+  if (d.status === "ready" && d.assignable === false) return ["not assignable", "warn"];
+  return [d.status, statusClass(d.status)];
+}
 
 function drawDevices(devices) {
   const tables = { usb: [$("usb").tBodies[0], USB_COLUMNS],
@@ -146,7 +157,8 @@ function drawDevices(devices) {
     if (!table) continue;
     const row = deviceRow(table[0], d);
     for (const column of table[1]) cell(row, ...column(d));
-    if (d.unavailable_reason) row.title = d.unavailable_reason;
+    const why = d.unavailable_reason || (d.assignable === false && d.not_assignable_reason);
+    if (why) row.title = why;
     actions(row, d);
   }
 }
@@ -180,7 +192,7 @@ function actions(row, d) {
     button(td, "detach", () => act(`${label} detached from ${d.vm}`, "DELETE",
       `/v1/vms/${encodeURIComponent(d.vm)}/devices/${encodeURIComponent(d.host_id)}/`
       + encodeURIComponent(d.id)));
-  } else if (d.status === "ready" && d.state === "enabled") {
+  } else if (d.status === "ready" && d.state === "enabled" && d.assignable !== false) {
     button(td, "attach", () => ask(td, "", (vm) => act(`${label} attached to ${vm}`, "POST",
       `/v1/vms/${encodeURIComponent(vm)}/devices`, { type: d.kind, id: d.id }), "VM name"));
   }

@@ -229,17 +229,36 @@ def run_playbook(inventory, extra_vars, logfile,
                ANSIBLE_FORCE_COLOR="0", ANSIBLE_NOCOLOR="1",
                # Per-task times at the end of the log: where a slow deploy goes.
                ANSIBLE_CALLBACKS_ENABLED="ansible.posix.profile_tasks")
-    with open(logfile, "w") as f:
-        result = subprocess.run(
-            [venv_tool("ansible-playbook"), "-i", inventory,
-             "-e", "@" + extra_vars, playbook],
-            env=env, cwd=os.path.join(REPO, "ansible"), stdout=f,
-            stderr=subprocess.STDOUT)
-    if result.returncode != 0:
+    log(f"ansible-playbook {os.path.basename(playbook)} (full log {logfile})")
+    returncode = stream_progress(
+        [venv_tool("ansible-playbook"), "-i", inventory,
+         "-e", "@" + extra_vars, playbook],
+        logfile, env=env, cwd=os.path.join(REPO, "ansible"))
+    if returncode != 0:
         with open(logfile) as f:
             tail = f.read()[-4000:]
-        raise RuntimeError(f"ansible-playbook failed ({result.returncode}); "
+        raise RuntimeError(f"ansible-playbook failed ({returncode}); "
                            f"log {logfile}:\n{tail}")
+
+
+# The playbook's lines worth seeing while it runs (the rest goes to the log only).
+PROGRESS_PREFIXES = ("PLAY ", "TASK [", "RUNNING HANDLER [", "fatal:", "failed:",
+                     "ERROR!", "PLAY RECAP")
+
+
+def stream_progress(command, logfile, **popen):
+    """Run `command`, every output line into `logfile`, the play/task lines also printed
+    as they come with the seconds since start, so a long deploy is never silent."""
+    started = time.monotonic()
+    with open(logfile, "w") as out:
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                   stdin=subprocess.DEVNULL, text=True, bufsize=1, **popen)
+        for line in process.stdout:
+            out.write(line)
+            if line.startswith(PROGRESS_PREFIXES):
+                text = line.rstrip().rstrip("*").rstrip()
+                log(f"{time.strftime('%H:%M:%S')} +{time.monotonic() - started:3.0f}s {text}")
+        return process.wait()
 
 
 def deploy(lab, controller, timings, workdir):

@@ -1,0 +1,45 @@
+"""The demo host that `scripts/run-local --demo` serves, so the GPU and USB tables can be
+seen and tried on a machine with neither: the two-GPU host of `tests.hosts` written as a
+sysfs tree (plus a GPU that cannot be passed through) and a /proc under DIR, and an empty node for libvirt's in-memory test driver
+(VMs defined there are bookkeeping, nothing runs).
+
+    python -m tests.demo_host DIR     # prints the agent's environment, one VAR=value a line
+"""
+
+import os
+import sys
+
+from tests.hosts import NVIDIA, small_gpu_host
+from tests.synthetic import PciFunction, write_proc, write_sysfs_tree
+
+HOST_ID = "demo-gpu-server"
+
+
+def demo_host():
+    """The two-GPU host (two Tesla T4 with their audio functions, a USB stick and a
+    keyboard), plus an older GPU with no IOMMU group: one a newcomer sees refused, and why."""
+    host = small_gpu_host()
+    host.pci.append(PciFunction("0000:d8:00.0", NVIDIA, "1db6", "030200", "nvidia", None, 1))
+    return host
+
+
+def write_demo_host(directory):
+    """Write the tree once (kept across restarts); the agent settings that serve it."""
+    host = demo_host()
+    sysfs, proc = os.path.join(directory, "sys"), os.path.join(directory, "proc")
+    if not os.path.isdir(sysfs):
+        write_sysfs_tree(host, sysfs)
+        write_proc(proc, host, threads=32, memory_mib=262144)
+    node = os.path.join(directory, "libvirt-node.xml")
+    if not os.path.exists(node):
+        with open(node, "w", encoding="ascii") as handle:
+            handle.write("<node/>\n")
+    return {"HOSTPLANE_HOST_ID": HOST_ID, "HOSTPLANE_HOST_SYSFS_ROOT": sysfs,
+            "HOSTPLANE_HOST_PROC_ROOT": proc, "HOSTPLANE_HOST_WATCH_UDEV": "false",
+            "HOSTPLANE_LIBVIRT_URI": f"test://{node}",
+            "HOSTPLANE_HOST_STATE_DIR": os.path.join(directory, "state")}
+
+
+if __name__ == "__main__":
+    for name, value in write_demo_host(os.path.abspath(sys.argv[1])).items():
+        print(f"{name}={value}")
