@@ -27,13 +27,14 @@ def listing(ctl):
     """{"orphans": [...], "unreachable": {host_id: message}} over every registered host."""
     with ctl.db.read() as session:
         hosts = session.scalars(select(Host).order_by(Host.id)).all()
-        expected = _expected_domains(session)
     answers = {}
     if hosts:
         workers = max(1, min(len(hosts), int(ctl.config["poll"]["concurrency"])))
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="orphans") as pool:
             answers = dict(zip([h.id for h in hosts], pool.map(
                 lambda host: _domains_of(ctl, host), hosts)))
+    with ctl.db.read() as session:   # after the agents: see _orphan
+        expected = _expected_domains(session)
     orphans, unreachable = [], {}
     for host_id, domains in answers.items():
         if isinstance(domains, ApiError):
@@ -150,10 +151,13 @@ def _domains_of(ctl, host):
 
 
 def _orphan(ctl, host_id, name):
-    """(host row, the agent's view of the domain), or 404/409 when it is no orphan."""
+    """(host row, the agent's view of the domain), or 404/409 when it is no orphan.
+
+    The agent first, the rows after: a domain whose operation id an adopt has just
+    recorded is then seen together with that adopt's row (so it is no orphan), never
+    with the rows from before it (which would make it one, with the adopt's id)."""
     with ctl.db.read() as session:
         host = session.get(Host, host_id)
-        expected = _expected_domains(session, host_id).get((host_id, name)) if host else None
     if host is None:
         raise NotFound(f"no host {host_id}", code="host_not_found")
     try:
@@ -163,6 +167,8 @@ def _orphan(ctl, host_id, name):
             raise NotFound(f"host {host_id} has no domain {name}", code="orphan_not_found",
                            details={"host": host_id}) from None
         raise
+    with ctl.db.read() as session:
+        expected = _expected_domains(session, host_id).get((host_id, name))
     if vm_states.domain_is_ours(domain.get("op_id"), expected):
         raise Conflict(f"{name} on {host_id} is a VM the controller knows; use /v1/vms",
                        code="not_an_orphan", details={"host": host_id})
