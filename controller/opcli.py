@@ -4,6 +4,7 @@
     hostplane devices --type gpu --status ready --cluster gpu-a
     hostplane vms
     hostplane networks
+    hostplane orphans; hostplane orphan adopt node-17 old-vm --tenant acme
     hostplane schedule --explain --vcpus 8 --memory-mib 32768 --gpu 10de:2236x2
     hostplane schedule --name train-1 --vcpus 8 --memory-mib 32768 --gpu 10de:2236
     hostplane vm stop train-1; hostplane host drain node-17; hostplane device share ...
@@ -68,6 +69,8 @@ def parser():
                                      columns=DEVICE_COLUMNS))
     commands.add_parser("vms", help="VMs with their host and devices").set_defaults(
         run=partial(show_listing, path="/v1/vms", key="vms", columns=VM_COLUMNS))
+    commands.add_parser("orphans", help="domains on agents the controller has no record "
+                        "of").set_defaults(run=show_orphans)
     commands.add_parser("networks", help="L2 networks").set_defaults(
         run=partial(show_listing, path="/v1/networks", key="networks",
                     columns=NETWORK_COLUMNS))
@@ -147,6 +150,23 @@ def show_listing(client, args, path, key, columns):
         return emit_json(answer)
     print_table(answer.get(key, []), columns)
     return 0
+
+
+ORPHAN_COLUMNS = [
+    ("HOST", "host_id"), ("NAME", "name"), ("STATE", "state"), ("VCPUS", "vcpus"),
+    ("MEMORY_MIB", "memory_mib"), ("DEVICES", lambda o: ",".join(d["id"] for d in o["devices"])),
+    ("NAME_CLASH", lambda o: "yes" if o.get("name_clash") else "no")]
+
+
+def show_orphans(client, args):
+    """Orphans as a table; hosts that could not be asked are said on stderr (exit 1)."""
+    answer = client.call("GET", "/v1/orphans")
+    if args.json:
+        return emit_json(answer)
+    print_table(answer["orphans"], ORPHAN_COLUMNS)
+    for host_id, why in sorted(answer["unreachable"].items()):
+        print(f"hostplane: {host_id} not asked: {why}", file=sys.stderr)
+    return 1 if answer["unreachable"] else 0
 
 
 def devices_path(args):

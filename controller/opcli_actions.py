@@ -106,6 +106,17 @@ def register(commands, gpu_asks):
     create.add_argument("--vni", type=int)
     create.add_argument("--mtu", type=int)
     create.set_defaults(run=network_create)
+
+    orphan = commands.add_parser("orphan", help="a domain the controller has no record of: "
+                                 "adopt it as a VM, or delete it")
+    verbs = orphan.add_subparsers(dest="verb", required=True, metavar="VERB")
+    adopt = verbs.add_parser("adopt", help="make it a VM holding its devices")
+    adopt.add_argument("--tenant", help="the tenant the VM belongs to (default: admin's)")
+    delete = verbs.add_parser("delete", help="destroy and undefine it (disk files stay)")
+    for sub, verb in ((adopt, "adopt"), (delete, "delete")):
+        sub.add_argument("host_id")
+        sub.add_argument("name")
+        sub.set_defaults(run=partial(orphan_action, verb=verb))
     return vm_verbs
 
 
@@ -278,4 +289,22 @@ def network_create(client, args):
     if args.json:
         return emit_json(network)
     print(f"network {network.get('name')} ({network.get('type')}) created")
+    return 0
+
+
+# --- orphans -------------------------------------------------------------------------------
+def orphan_action(client, args, verb):
+    path = f"/v1/orphans/{quote(args.host_id)}/{quote(args.name)}"
+    if verb == "adopt":
+        body = {"tenant": args.tenant} if args.tenant else {}
+        answer = client.call("POST", path + "/adopt", body,
+                             progress=f"adopting {args.name} on {args.host_id}")
+    else:
+        answer = client.call("DELETE", path, progress=f"deleting {args.name} on {args.host_id}")
+    if args.json:
+        return emit_json(answer or {})
+    if verb == "adopt":
+        print_vm(answer)
+    else:
+        print(f"orphan {args.name} on {args.host_id} deleted")
     return 0

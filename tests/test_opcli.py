@@ -233,3 +233,28 @@ def test_network_create_show_delete_from_the_cli(capsys, world):
     assert run(capsys, world, "network", "delete", "pool-cli")[0] == 0
     assert requests.get(world + "/v1/networks/pool-cli", headers=ADMIN,
                         timeout=10).status_code == 404
+
+
+def test_orphans_are_listed_adopted_and_deleted_from_the_cli(capsys, world):
+    from tests.conftest import AUTH
+    agents = {h["id"]: h["url"] for h in api(world, "/v1/hosts")["hosts"]}
+    for name, functions in (("cli-kept", ("0000:3b:00.0", "0000:3b:00.1")), ("cli-stray", ())):
+        made = requests.post(agents["host-a"] + "/v1/vms", headers=AUTH, timeout=30, json={
+            "name": name, "vcpus": 1, "memory_mib": 64,
+            "devices": [{"type": "pci", "id": f} for f in functions]})
+        assert made.status_code == 201, made.text
+    status, out, err = run(capsys, world, "orphans")
+    assert status == 0, err
+    listed = {row["NAME"]: row for row in columns(out)}
+    assert {"cli-kept", "cli-stray"} <= set(listed)
+    assert listed["cli-kept"]["DEVICES"] == "0000:3b:00.0,0000:3b:00.1"
+    status, out, err = run(capsys, world, "orphan", "adopt", "host-a", "cli-kept")
+    assert status == 0, err
+    assert api(world, "/v1/vms/cli-kept")["host"] == "host-a"
+    status, out, err = run(capsys, world, "orphan", "delete", "host-a", "cli-stray")
+    assert status == 0 and "deleted" in out, err
+    status, out, _ = run(capsys, world, "--json", "orphans")
+    assert {o["name"] for o in json.loads(out)["orphans"]} <= {"test"}   # the driver's own
+    status, _, err = run(capsys, world, "orphan", "adopt", "host-a", "cli-kept")
+    assert status == 1 and "not_an_orphan" in err
+    assert run(capsys, world, "vm", "delete", "cli-kept")[0] == 0
