@@ -78,17 +78,7 @@ def test_a_vm_being_created_cannot_be_deleted_until_its_agent_answers(world):
 def test_only_one_of_many_concurrent_deletes_of_a_vm_wins(world):
     api, agent, _ = world
     assert api("POST", "/v1/vms", vm_body("hpl-once"))[0] == 201
-    barrier, statuses = threading.Barrier(8), []
-
-    def delete():
-        barrier.wait()
-        statuses.append(api("DELETE", "/v1/vms/hpl-once")[0])
-    threads = [threading.Thread(target=delete) for _ in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
-    counts = Counter(statuses)
+    counts = Counter(at_once(8, lambda: api("DELETE", "/v1/vms/hpl-once")[0]))
     assert counts[204] == 1 and set(counts) <= {204, 404, 409}, counts
     assert_claims_match_domains(api, agent)
 
@@ -165,19 +155,11 @@ def test_a_domain_made_behind_the_controllers_back_is_an_orphan_to_adopt_or_dele
 
 def test_concurrent_creates_of_one_name_make_one_vm_and_never_a_500(world):
     api, agent, controller = world
-    barrier, statuses = threading.Barrier(12), []
-
     def create():
-        barrier.wait()
         answer = requests.post(controller.url + "/v1/vms", headers=ADMIN, timeout=60,
                                json=vm_body("hpl-same", gpus=[]))
-        statuses.append((answer.status_code, answer.json().get("error", {}).get("code")))
-    threads = [threading.Thread(target=create) for _ in range(12)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
-    counts = Counter(statuses)
+        return answer.status_code, answer.json().get("error", {}).get("code")
+    counts = Counter(at_once(12, create))
     assert counts[(201, None)] == 1 and counts[(409, "name_taken")] == 11, counts
     assert list(agent_domains(agent)) == ["hpl-same"]
 
@@ -248,6 +230,21 @@ def assert_claims_match_domains(api, *agents):
                 assert name in domains, f"{name} listed on {host_id} with no domain there"
     holders = [vm for (status, vm) in devices.values() if status == "attached"]
     assert set(holders) <= set(vms), f"devices held by VMs nobody lists: {holders}"
+
+
+def at_once(callers, call):
+    """What `callers` threads answered, each making `call()` at the same moment."""
+    barrier, answers = threading.Barrier(callers), []
+
+    def one():
+        barrier.wait()
+        answers.append(call())
+    threads = [threading.Thread(target=one) for _ in range(callers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    return answers
 
 
 def agent_host_id(agent):

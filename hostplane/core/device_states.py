@@ -53,20 +53,21 @@ def hold_outside(device):
 
 def adopt(device, vm):
     """attached outside → attached to `vm`, once an admin adopted its domain as `vm`."""
-    _expect(device, (ATTACHED,))
-    if device.vm is not None:
-        raise IllegalTransition(device.id, device.status, (ATTACHED,),
-                                f"claimed by {device.vm}")
+    _expect_outside(device)
     device.vm = vm
 
 
 def let_go(device):
     """attached outside → ready, once its agent reports no domain holding it."""
+    _expect_outside(device)
+    device.status = READY
+
+
+def _expect_outside(device):
     _expect(device, (ATTACHED,))
     if device.vm is not None:
         raise IllegalTransition(device.id, device.status, (ATTACHED,),
                                 f"claimed by {device.vm}")
-    device.status = READY
 
 
 def mark_unavailable(device):
