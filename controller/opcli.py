@@ -24,8 +24,9 @@ from urllib.parse import urlencode
 
 import requests
 
+from hostplane.core.ids import PCI_ADDRESS
+
 DEFAULT_URL = "http://127.0.0.1:7080"
-PCI_ADDRESS = re.compile(r"^([0-9a-fA-F]{4}:)?[0-9a-fA-F]{2}:[0-9a-fA-F]{2}\.[0-7]$")
 GPU_MODEL = re.compile(r"^([0-9a-fA-F]{4}):([0-9a-fA-F]{4})(?:x([0-9]+))?$")
 
 
@@ -161,7 +162,7 @@ def placement_body(args):
         if model:
             gpus.append({"vendor_id": model[1].lower(), "device_id": model[2].lower(),
                          "count": int(model[3] or 1)})
-        elif PCI_ADDRESS.match(text):
+        elif PCI_ADDRESS.match(text.lower()):
             gpus.append({"id": text})
         else:
             raise CliError(f"--gpu {text!r}: give a PCI address (0000:3b:00.0) or "
