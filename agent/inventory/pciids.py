@@ -2,17 +2,43 @@
 
 The file is 1.3 MB; parsing all of it costs more than scanning a big host, so only the
 block of each vendor asked about is parsed, and the file is read once per process.
+`[host] pci_ids` points at a newer copy (a distribution's lags new GPUs by months);
+otherwise the newest copy found on the host wins, by its `Version:` line.
 """
 
+import logging
 import os
+import re
+
+log = logging.getLogger(__name__)
 
 SEARCH_PATH = ("/usr/share/misc/pci.ids", "/usr/share/hwdata/pci.ids",
-               "/usr/share/pci.ids", "/usr/local/share/pci.ids")
+               "/usr/share/pci.ids", "/usr/local/share/pci.ids",
+               "/var/lib/hostplane/pci.ids")
+_VERSION = re.compile(r"^#\s*Version:\s*(\S+)", re.MULTILINE)
+
+
+def newest_copy(paths=SEARCH_PATH):
+    """The path of the newest pci.ids among `paths` (Version line, then mtime), or None."""
+    found = []
+    for path in paths:
+        try:
+            with open(path, encoding="utf-8", errors="replace") as handle:
+                head = handle.read(2048)
+            mtime = os.stat(path).st_mtime
+        except OSError:
+            continue
+        match = _VERSION.search(head)
+        found.append(((match.group(1) if match else ""), mtime, path))
+    return max(found)[2] if found else None
 
 
 class PciIds:
     def __init__(self, path=None):
-        self.path = path or next((p for p in SEARCH_PATH if os.path.exists(p)), None)
+        if path and not os.access(path, os.R_OK):
+            log.warning("[host] pci_ids %s cannot be read; using the newest copy found", path)
+            path = None
+        self.path = path or newest_copy()
         self._text = None
         self._vendors = {}
 
