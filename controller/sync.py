@@ -4,6 +4,8 @@
 writes its verdict. A vanished or moved device becomes `unavailable` and keeps its `vm`,
 so an operator sees the conflict; it is deleted only by `DELETE /v1/devices/...`. When the
 address of a moved device is later freed by that delete, the next fetch adds the newcomer.
+A free device its agent calls not assignable is `not_assignable`, never `ready`; every
+status change goes through `hostplane.core.device_states`.
 """
 
 from hostplane.core import device_states
@@ -43,28 +45,41 @@ def apply_report(session, host_id, body):
 
 def _new_row(host_id, device):
     row = Device(host_id=host_id, id=device["id"], kind=device["kind"], state="enabled",
-                 status="ready", shared=False, name=_default_name(device))
-    _refresh(row, device)
+                 shared=False, name=_default_name(device))
+    _copy_facts(row, device)
+    row.status = device_states.initial_status(row)
     holder = device.get("attached_to")
     if holder:  # attached outside the controller: show it held, never offer it
-        row.status, row.vm = "attached", holder
+        device_states.seen_held(row, holder)
     return row
 
 
 def _refresh(row, device):
+    _copy_facts(row, device)
+    if row.status == device_states.UNAVAILABLE and row.unavailable_reason:
+        device_states.come_back(row)   # back where it was
+        row.unavailable_reason = None
+    else:
+        device_states.settle_assignability(row)
+    if row.status in (device_states.READY, device_states.NOT_ASSIGNABLE) and row.reported_vm:
+        device_states.seen_held(row, row.reported_vm)
+
+
+def _copy_facts(row, device):
+    """The agent's facts the controller filters and places on, as columns."""
     row.type = device.get("type") or "usb"
     row.vendor_id = device["vendor_id"]
     row.product_id = device.get("device_id") or device.get("product_id")
     row.assignable = bool(device.get("assignable", not device.get("is_hub", False)))
+    row.not_assignable_reason = None if row.assignable else (
+        device.get("not_assignable_reason") or "its agent says it cannot be passed through")
     row.iommu_group = device.get("iommu_group")
+    row.numa_node = device.get("numa_node")
+    row.upstream = device.get("upstream") or []
+    row.link = device.get("link")
     row.usb_major = _usb_major(device.get("usb_version"))
     row.reported_vm = device.get("attached_to")
     row.facts = device
-    if row.status == "unavailable" and row.unavailable_reason:
-        row.status = "attached" if row.vm else "ready"   # came back where it was
-        row.unavailable_reason = None
-    elif row.status == "ready" and row.reported_vm:
-        row.status, row.vm = "attached", row.reported_vm
 
 
 def _mark_unavailable(row, reason):

@@ -7,6 +7,9 @@ fails loudly instead of silently double-assigning a device. Functions take any o
 """
 
 READY, ATTACHED, UNAVAILABLE = "ready", "attached", "unavailable"
+# Present and free, but its agent says it cannot be passed through (a bridge, the host's
+# root disk, the BMC console...): never `ready`, so nothing offers or claims it.
+NOT_ASSIGNABLE = "not_assignable"
 ENABLED, DISABLED = "enabled", "disabled"
 
 
@@ -29,17 +32,43 @@ def claim(device, vm):
 
 
 def release(device, vm):
-    """attached to `vm` → ready; releasing on behalf of another VM is refused."""
+    """attached to `vm` → ready (not_assignable if its agent says so now); releasing on
+    behalf of another VM is refused."""
     _expect(device, (ATTACHED,))
     if device.vm != vm:
         raise IllegalTransition(device.id, device.status, (ATTACHED,),
                                 f"held by {device.vm}, not {vm}")
-    device.status, device.vm = READY, None
+    device.status, device.vm = _free_status(device), None
 
 
 def mark_unavailable(device):
     """Gone or replaced on its host: the holder is kept so the operator sees the conflict."""
     device.status = UNAVAILABLE
+
+
+def initial_status(device):
+    """The status of a device first reported free: ready only when it can be assigned."""
+    return _free_status(device)
+
+
+def settle_assignability(device):
+    """ready ⇄ not_assignable as the agent's `assignable` changes; attached and
+    unavailable devices keep their status (a VM's device stays its own)."""
+    if device.status in (READY, NOT_ASSIGNABLE):
+        device.status = _free_status(device)
+
+
+def come_back(device):
+    """unavailable → attached (it kept its VM) or free again, once reported as before."""
+    _expect(device, (UNAVAILABLE,))
+    device.status = ATTACHED if device.vm else _free_status(device)
+
+
+def seen_held(device, vm):
+    """A free device its agent reports in `vm`'s domain XML (attached outside the
+    controller): shown held, never offered."""
+    _expect(device, (READY, NOT_ASSIGNABLE))
+    device.status, device.vm = ATTACHED, vm
 
 
 def can_delete(device):
@@ -53,6 +82,10 @@ def enable(device):
 def disable(device):
     """Blocks new claims; a device already attached stays with its VM."""
     device.state = DISABLED
+
+
+def _free_status(device):
+    return READY if getattr(device, "assignable", True) is not False else NOT_ASSIGNABLE
 
 
 def _expect(device, expected):
