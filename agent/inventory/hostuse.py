@@ -149,7 +149,7 @@ def _listen_addresses(proc_root, ports):
             host, _, port = fields[1].partition(":")
             if int(port, 16) in ports:
                 address = _proc_address(host, family)
-                if address not in ("0.0.0.0", "::"):
+                if address not in ("0.0.0.0", "::"):  # nosec B104 - wildcard listeners skipped
                     found.add(address)
     return found
 
