@@ -12,9 +12,10 @@ import os
 import re
 import socket
 
+from agent.inventory.sysfs import pci_functions_on_path
+
 log = logging.getLogger(__name__)
 
-_PCI_NAME = re.compile(r"^[0-9a-f]{4,8}:[0-9a-f]{2}:[0-1][0-9a-f]\.[0-7]$")
 LIBVIRT_PORTS = (16509, 16514)      # libvirtd's TCP and TLS listeners
 _MAX_MOUNTS_NAMED = 3
 _TCP_LISTEN = "0A"
@@ -46,7 +47,7 @@ def _block_uses(sysfs_root, proc_root):
         use = _block_use(name, block_dir, dev_of, mounts, swaps, memo, depth=0)
         if not use:
             continue
-        for address in _pci_functions_above(os.path.join(block_dir, name)):
+        for address in pci_functions_on_path(os.path.join(block_dir, name)):
             yield address, use
 
 
@@ -111,7 +112,7 @@ def _net_uses(sysfs_root, proc_root, ports):
         for lower, via in _lower_devices(net_dir, ifname):
             path = f" via {via}" if via != lower else ""
             sentence = f"network: {' and '.join(what)} on {lower}{path}"
-            for address in _pci_functions_above(os.path.join(net_dir, lower)):
+            for address in pci_functions_on_path(os.path.join(net_dir, lower)):
                 yield address, sentence
 
 
@@ -172,14 +173,6 @@ def _lower_devices(net_dir, ifname, via=None, depth=0):
 
 
 # --- helpers ---------------------------------------------------------------------------
-def _pci_functions_above(path):
-    try:
-        real = os.path.realpath(path)
-    except OSError:
-        return []
-    return [part for part in real.split("/") if _PCI_NAME.match(part)]
-
-
 def _list(path):
     try:
         return sorted(os.listdir(path))

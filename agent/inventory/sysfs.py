@@ -8,10 +8,8 @@ A function that cannot be read at all is reported with its error, never dropped.
 """
 
 import os
-import re
 
-# A PCI function's directory name: domain of 4 to 8 hex digits, bus, slot, function.
-_PCI_NAME = re.compile(r"^[0-9a-f]{4,8}:[0-9a-f]{2}:[0-1][0-9a-f]\.[0-7]$")
+from hostplane.core.ids import PCI_FUNCTION_NAME
 # config space bytes read: the header type is byte 0x0E
 _CONFIG_HEAD = 64
 _LINK_ATTRIBUTES = (("current_speed", "current_link_speed"), ("current_width", "current_link_width"),
@@ -64,7 +62,7 @@ class SysfsTree:
         With `strict`, a function present but unreadable raises UnreadableFunction.
         """
         base = f"{self.pci_dir}/{address}"
-        if not _PCI_NAME.match(address):
+        if not PCI_FUNCTION_NAME.match(address):
             return _unreadable(strict, f"{address!r} is not a PCI function's name")
         event = _uevent(f"{base}/uevent") or {}
         if not event and not os.path.isdir(base):
@@ -155,13 +153,18 @@ def _header_type(base):
     return head[0x0E] & 0x7F if len(head) > 0x0E else None
 
 
-def _upstream(base, address):
-    """PCI functions above this one, root port first, from where its directory really is."""
+def pci_functions_on_path(path):
+    """The PCI functions a sysfs path really passes through, root port first."""
     try:
-        path = os.path.realpath(base)
+        real = os.path.realpath(path)
     except OSError:
         return []
-    chain = [part for part in path.split("/") if _PCI_NAME.match(part)]
+    return [part for part in real.split("/") if PCI_FUNCTION_NAME.match(part)]
+
+
+def _upstream(base, address):
+    """PCI functions above this one, from where its directory really is."""
+    chain = pci_functions_on_path(base)
     return chain[:-1] if chain and chain[-1] == address else []
 
 

@@ -10,6 +10,8 @@ are reported but never used as an id.
 
 import re
 
+# A function's name as sysfs writes it (full form only).
+PCI_FUNCTION_NAME = re.compile(r"^[0-9a-f]{4,8}:[0-9a-f]{2}:[0-1][0-9a-f]\.[0-7]$")
 # Full (`0000:01:00.0`, `10000:e1:00.0`) or short (`01:00.0`) form; normalise before use.
 PCI_ADDRESS = re.compile(r"^(?:[0-9a-f]{4,8}:)?[0-9a-f]{2}:[0-1][0-9a-f]\.[0-7]$")
 USB_ID = re.compile(r"^[0-9a-f]{4}:[0-9a-f]{4}(?::[A-Za-z0-9._-]{1,126}|@(?:usb[0-9]{1,3}|[0-9]{1,3}-[0-9]{1,3}(?:\.[0-9]{1,3}){0,6}))$")
