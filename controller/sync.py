@@ -47,7 +47,7 @@ def _new_row(host_id, device):
     row = Device(host_id=host_id, id=device["id"], kind=device["kind"], state="enabled",
                  shared=False, name=_default_name(device))
     _copy_facts(row, device)
-    row.status = device_states.initial_status(row)
+    device_states.start_free(row)
     holder = device.get("attached_to")
     if holder:  # attached outside the controller: show it held, never offer it
         device_states.seen_held(row, holder)

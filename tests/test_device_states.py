@@ -72,10 +72,10 @@ def test_disable_leaves_an_attached_device_with_its_vm():
 
 
 def test_unassignable_device_is_never_ready_and_cannot_be_claimed():
-    from hostplane.core.device_states import initial_status, settle_assignability
-    bridge = SimpleNamespace(id="0000:00:01.0", status="ready", vm=None, state="enabled",
+    from hostplane.core.device_states import settle_assignability, start_free
+    bridge = SimpleNamespace(id="0000:00:01.0", status=None, vm=None, state="enabled",
                              assignable=False)
-    bridge.status = initial_status(bridge)
+    start_free(bridge)
     assert bridge.status == "not_assignable"
     with pytest.raises(IllegalTransition, match="is not_assignable, expected ready"):
         claim(bridge, "vm-1")

@@ -46,9 +46,9 @@ def mark_unavailable(device):
     device.status = UNAVAILABLE
 
 
-def initial_status(device):
-    """The status of a device first reported free: ready only when it can be assigned."""
-    return _free_status(device)
+def start_free(device):
+    """A device first reported, held by nobody: ready only when it can be assigned."""
+    device.status = _free_status(device)
 
 
 def settle_assignability(device):
