@@ -77,6 +77,9 @@ def test_agent_reads_and_refuses_ids_with_5_digit_domains(agent, lv, prefix):  #
     detached = client.delete(f"/v1/vms/{vm}/devices/{WIDE_GPU}", headers=AUTH)
     assert detached.status_code == 200 and detached.get_json()["devices"] == []
     assert pci_source(WIDE_GPU) not in inactive_xml(lv, vm)
+    created = create_vm(client, f"{prefix}-born", devices=[{"type": "pci", "id": WIDE_GPU}])
+    assert [d["id"] for d in created["devices"]] == [WIDE_GPU]
+    assert pci_source(WIDE_GPU) in inactive_xml(lv, f"{prefix}-born")
 
 
 # --- controller --------------------------------------------------------------------------
@@ -149,6 +152,19 @@ def test_controller_round_trips_5_digit_domain_ids_on_every_endpoint(hgx_world):
         explained.get_json()
     missing = client.delete(f"/v1/vms/nothing/devices/hgx/{WIDE_GPU}", headers=ADMIN)
     assert missing.status_code == 404, missing.get_json()
+    # a VM placed with the wide-domain GPU, which is then detached and attached again
+    body["start"] = False
+    made = client.post("/v1/vms", headers=ADMIN, json=body)
+    assert made.status_code == 201, made.get_json()
+    assert listing(client)[WIDE_GPU]["vm"] == "wide"
+    freed = client.delete(f"/v1/vms/wide/devices/hgx/{WIDE_GPU.upper()}", headers=ADMIN)
+    assert freed.status_code == 200, freed.get_json()
+    assert listing(client)[WIDE_GPU]["status"] == "ready"
+    again = client.post("/v1/vms/wide/devices", headers=ADMIN,
+                        json={"type": "pci", "id": WIDE_GPU})
+    assert again.status_code == 200, again.get_json()
+    assert (listing(client)[WIDE_GPU]["status"], listing(client)[WIDE_GPU]["vm"]) == \
+        ("attached", "wide")
 
 
 # --- the live host: this machine ------------------------------------------------------
