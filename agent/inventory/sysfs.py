@@ -81,18 +81,21 @@ class SysfsTree:
                                                 ("class", class_code)) if not value]
             return _unreadable(strict, f"no uevent and no readable {', '.join(missing)} file")
         driver = event.get("DRIVER") or _link_name(f"{base}/driver")
+        code = class_code.lower().zfill(6)
         record = {
             "address": address,
             "vendor_id": vendor_id.lower().zfill(4),
             "device_id": device_id.lower().zfill(4),
             "subsystem_vendor_id": sub_vendor.lower().zfill(4) if sub_vendor else None,
             "subsystem_device_id": sub_device.lower().zfill(4) if sub_device else None,
-            "class_code": class_code.lower().zfill(6),
+            "class_code": code,
             "driver": driver,
             "numa_node": _numa_node(base),
             "iommu_group": _group_number(base),
             "physfn": _link_name(f"{base}/physfn"),
-            "header_type": _header_type(base),
+            # Only class 06 can mislead (an NVSwitch is 0680 yet an endpoint); a type-1/2
+            # header outside class 06 breaks the PCI spec, so the others skip the read.
+            "header_type": _header_type(base) if code.startswith("06") else None,
             "upstream": _upstream(base, address),
             "link": _link(base),
         }
@@ -159,20 +162,32 @@ def pci_functions_on_path(path):
         real = os.path.realpath(path)
     except OSError:
         return []
-    return [part for part in real.split("/") if PCI_FUNCTION_NAME.match(part)]
+    return _pci_functions_in(real)
+
+
+def _pci_functions_in(path):
+    return [part for part in path.split("/") if PCI_FUNCTION_NAME.match(part)]
 
 
 def _upstream(base, address):
-    """PCI functions above this one, from where its directory really is."""
-    chain = pci_functions_on_path(base)
+    """PCI functions above this one, from the `bus/pci/devices` link's target (one
+    readlink, not a realpath walk); a tree copied without links has no chain."""
+    try:
+        target = os.readlink(base)
+    except OSError:
+        return []
+    chain = _pci_functions_in(target)
     return chain[:-1] if chain and chain[-1] == address else []
 
 
 def _link(base):
     """PCIe link speed and width, current and maximum, as sysfs words them; None if not PCIe."""
-    values = {key: _read(f"{base}/{name}") for key, name in _LINK_ATTRIBUTES}
-    if not any(values.values()):
+    first_key, first_name = _LINK_ATTRIBUTES[0]
+    first = _read(f"{base}/{first_name}")
+    if first is None:      # conventional PCI: no link files (one failed open, not four)
         return None
+    values = {key: first if key == first_key else _read(f"{base}/{name}")
+              for key, name in _LINK_ATTRIBUTES}
     for key in ("current_width", "max_width"):
         try:
             values[key] = int(values[key]) if values[key] else None
