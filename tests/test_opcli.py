@@ -148,3 +148,15 @@ def test_console_script_reads_url_and_token_from_the_environment(world):
                             env=environ, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert [h["id"] for h in json.loads(result.stdout)["hosts"]] == ["host-a", "host-b"]
+
+
+def test_gpu_ids_with_wide_or_short_domains_are_sent_not_refused(capsys, world):
+    status, out, err = run(capsys, world, "schedule", "--explain", "--vcpus", "1",
+                           "--memory-mib", "64", "--gpu", "10000:E1:00.0")
+    assert (status, err) == (1, "") and out.startswith("not placeable on any host"), out
+    status, out, err = run(capsys, world, "schedule", "--explain", "--vcpus", "1",
+                           "--memory-mib", "64", "--gpu", "3b:00.0")   # 0000:3b:00.0
+    assert (status, err) == (0, "") and out.startswith("placeable: "), out
+    status, _, err = run(capsys, world, "schedule", "--explain", "--vcpus", "1",
+                         "--memory-mib", "64", "--gpu", "100000000:e1:00.0")
+    assert status == 2 and "give a PCI address" in err
