@@ -42,6 +42,9 @@ def main(argv=None):
 
 
 def print_inventory(config, compact=False):
+    """Print the inventory; exit 1 with one line when the tree cannot be read, or when
+    its PCI directory lists functions and none of them could be read."""
+    from agent.inventory.sysfs import SysfsTree, UnreadableTree
     from agent.services import Agent
     config["host"]["watch_udev"] = False
     if not config["host"]["id"]:
@@ -50,16 +53,31 @@ def print_inventory(config, compact=False):
         except ConfigError:
             config["host"]["id"] = "unknown"
     config["host"]["state_dir"] = ""
-    agent = Agent(config)
-    agent.inventory.scan()
-    body = agent.inventory.body()[0]
+    tree = SysfsTree(config["host"]["sysfs_root"])
+    try:
+        tree.check_readable()
+        listed = tree.pci_addresses()
+        agent = Agent(config)
+        agent.inventory.scan()
+    except (UnreadableTree, PermissionError) as exc:
+        print(f"hostplane-agent: cannot read {config['host']['sysfs_root']}: {exc}",
+              file=sys.stderr)
+        return 1
+    raw = agent.inventory.body()[0]
+    body = json.loads(raw)
     if compact:   # the API's own bytes with host_id spliced in: no second encoding
         sys.stdout.buffer.write(b'{"host_id":%s,%s\n' % (json.dumps(agent.host_id).encode(),
-                                                          body[1:]))
-        return 0
-    document = json.loads(body)
-    document["host_id"] = agent.host_id
-    print(json.dumps(document, indent=2))
+                                                          raw[1:]))
+        sys.stdout.flush()
+    else:
+        print(json.dumps({"host_id": agent.host_id, **body}, indent=2))
+    for error in body["errors"]:
+        print(f"hostplane-agent: {error['kind']} {error['id']}: {error['error']}",
+              file=sys.stderr)
+    if listed and not body["pci"]:
+        print(f"hostplane-agent: {tree.pci_dir} lists {len(listed)} functions and none "
+              "could be read", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -12,6 +12,7 @@ import uuid
 from agent.config import host_id as configured_host_id
 from agent.hostinfo import host_facts, host_iommu
 from agent.inventory.generation import SharedGeneration
+from agent.inventory.hostuse import read_host_uses
 from agent.inventory.pciids import shared_pciids
 from agent.inventory.store import Inventory
 from agent.inventory.sysfs import SysfsTree
@@ -36,10 +37,20 @@ class Agent:
             self.sysfs, usb_source,
             SharedGeneration(os.path.join(host["state_dir"], "inventory.generation")
                              if host["state_dir"] else None),
-            host["critical_drivers"], names=pciids.names if pciids.available else None)
+            host["critical_drivers"], names=pciids.names if pciids.available else None,
+            host_uses=self._host_uses_reader())
         self.monitor = None
         self.virt = None        # libvirt adapter (agent.virt), set by start()
         self.networks = None    # netlink adapter (agent.net), set by start()
+
+    def _host_uses_reader(self):
+        """Mounts, swap and routes are this machine's only when /sys is too: a captured tree
+        or a umockdev replay (UMOCKDEV_DIR) says "unknown" rather than borrow ours."""
+        if not self.live_host or os.environ.get("UMOCKDEV_DIR"):
+            return None
+        host = self.config["host"]
+        port = _port_of(self.config["server"]["bind"])
+        return lambda: read_host_uses(host["sysfs_root"], host["proc_root"], port)
 
     def start(self):
         self.inventory.scan()
@@ -95,6 +106,13 @@ class Agent:
         for adapter in (self.virt, self.networks):
             if adapter is not None and hasattr(adapter, "close"):
                 adapter.close()
+
+
+def _port_of(bind):
+    try:
+        return int(str(bind).rsplit(":", 1)[1])
+    except (IndexError, ValueError):
+        return None
 
 
 def start_id(environ=None, proc_root="/proc"):

@@ -27,8 +27,9 @@ from controller import opcli_actions
 from controller.opcli_base import (LOCAL_STATE, CliError, Client, emit_json, print_table,
                                    short_time, with_progress)  # noqa: F401 - with_progress re-exported
 
+from hostplane.core.ids import PCI_ADDRESS
+
 DEFAULT_URL = "http://127.0.0.1:7080"
-PCI_ADDRESS = re.compile(r"^([0-9a-fA-F]{4}:)?[0-9a-fA-F]{2}:[0-9a-fA-F]{2}\.[0-7]$")
 GPU_MODEL = re.compile(r"^([0-9a-fA-F]{4}):([0-9a-fA-F]{4})(?:x([0-9]+))?$")
 
 
@@ -214,7 +215,7 @@ def gpu_asks(texts):
         if model:
             gpus.append({"vendor_id": model[1].lower(), "device_id": model[2].lower(),
                          "count": int(model[3] or 1)})
-        elif PCI_ADDRESS.match(text):
+        elif PCI_ADDRESS.match(text.lower()):
             gpus.append({"id": text})
         else:
             raise CliError(f"--gpu {text!r}: give a PCI address (0000:3b:00.0) or "

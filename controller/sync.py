@@ -9,6 +9,8 @@ A device the agent reports held by a domain is `attached`: to that VM when the c
 knows a VM of that name on this host, otherwise to no VM (`vm` null) — held by an orphan
 domain, which `GET /v1/orphans` lists and an admin adopts or deletes. It is never shown
 free, and never attached to a VM name the API cannot show.
+A free device its agent calls not assignable is `not_assignable`, never `ready`; every
+status change goes through `hostplane.core.device_states`.
 """
 
 from sqlalchemy import or_, select
@@ -58,25 +60,36 @@ def apply_report(session, host_id, body):
 
 def _new_row(host_id, device):
     row = Device(host_id=host_id, id=device["id"], kind=device["kind"], state="enabled",
-                 status="ready", shared=False, name=_default_name(device))
-    _refresh(row, device)
+                 shared=False, name=_default_name(device))
+    _copy_facts(row, device)
+    device_states.start_free(row)
     return row
 
 
 def _refresh(row, device):
+    _copy_facts(row, device)
+    if row.status == device_states.UNAVAILABLE and row.unavailable_reason:
+        device_states.come_back(row)   # back where it was
+        row.unavailable_reason = None
+    else:
+        device_states.settle_assignability(row)
+
+
+def _copy_facts(row, device):
+    """The agent's facts the controller filters and places on, as columns."""
     row.type = device.get("type") or "usb"
     row.vendor_id = device["vendor_id"]
     row.product_id = device.get("device_id") or device.get("product_id")
     row.assignable = bool(device.get("assignable", not device.get("is_hub", False)))
+    row.not_assignable_reason = None if row.assignable else (
+        device.get("not_assignable_reason") or "its agent says it cannot be passed through")
     row.iommu_group = device.get("iommu_group")
+    row.numa_node = device.get("numa_node")
+    row.upstream = device.get("upstream") or []
+    row.link = device.get("link")
     row.usb_major = _usb_major(device.get("usb_version"))
     row.reported_vm = device.get("attached_to")
     row.facts = device
-    if row.status == "unavailable" and row.unavailable_reason:
-        row.status = "attached" if row.vm else "ready"   # came back where it was
-        row.unavailable_reason = None
-
-
 def _follow_holder(row, known_vms):
     """Held by a domain the agent reports: by its VM (same name and operation), or by an
     orphan; freed only when it was held outside the controller and no domain holds it
@@ -84,7 +97,7 @@ def _follow_holder(row, known_vms):
     holder = row.reported_vm
     ours = holder and vm_states.domain_is_ours((row.facts or {}).get("attached_op"),
                                                known_vms.get(holder))
-    if row.status == "ready" and holder:
+    if row.status in (device_states.READY, device_states.NOT_ASSIGNABLE) and holder:
         if ours:
             device_states.hold(row, holder)
         else:

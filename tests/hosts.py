@@ -4,6 +4,11 @@
   NVMe drive, a USB stick and a keyboard behind a hub — the everyday passthrough host.
 - `q35_node()`: what QEMU's q35 machine with intel-iommu shows (the lab's node).
 - `gpu_server()`: a dual-socket 8-GPU server, ~1,000 devices, for scale and benchmarks.
+- `hgx_server()`: what an 8-GPU NVSwitch server shows beside its GPUs — the BMC's ASPEED
+  display, six NVSwitches (class 0680, endpoint header), an Intel VMD controller with an
+  NVMe drive in PCI domain 10000, a GPU newer than the system's pci.ids (B200, 10de:2901),
+  PCIe link speeds. Described from public facts (ids, classes, topology of HGX A100
+  boards): no public sysfs capture of such a machine was found, see tests/data/README.
 """
 
 from tests.synthetic import Host, PciFunction as F, UsbDevice as U
@@ -153,4 +158,41 @@ def gpu_server():
         for port in range(1, 5):
             host.add_usb(U(f"1-{hub}.{port}", "0781", "5583", "0300", "480", "SanDisk",
                            "Ultra Fit", f"SDX{hub}{port:02d}77", "00", next(devnum)))
+    return host
+
+
+def hgx_server():
+    gen4 = {"current_link_speed": "16.0 GT/s PCIe", "current_link_width": "16",
+            "max_link_speed": "16.0 GT/s PCIe", "max_link_width": "16"}
+    host = Host(usb_controller="0000:00:14.0")
+    host.pci += [
+        F("0000:00:00.0", INTEL, "09a2", "060000", iommu_group=0, numa_node=0),
+        F("0000:00:14.0", INTEL, "a1af", "0c0330", "xhci_hcd", 1, 0),
+        F("0000:00:1f.0", INTEL, "a1c1", "060100", "lpc_ich", 2, 0),
+        # the BMC: a PCIe-to-PCI bridge of ASPEED's with the AST2600 display behind it
+        F("0000:00:1c.0", INTEL, "a190", "060400", "pcieport", 3, 0),
+        F("0000:01:00.0", "1a03", "1150", "060400", None, 3, 0, parent="0000:00:1c.0"),
+        F("0000:02:00.0", "1a03", "2000", "030000", "ast", 3, 0, parent="0000:01:00.0",
+          subsystem=("1a03", "2000")),
+        # Intel VMD: the drive behind it lives in domain 10000
+        F("0000:00:0e.0", INTEL, "28c0", "010400", "vmd", 4, 0),
+        F("10000:e0:06.0", INTEL, "464d", "060400", "pcieport", 4, 0, parent="0000:00:0e.0"),
+        F("10000:e1:00.0", SAMSUNG, "a80a", "010802", "nvme", 4, 0, parent="10000:e0:06.0",
+          subsystem=(SAMSUNG, "a801"), link=gen4),
+    ]
+    group = 10
+    for index, bus in enumerate((0x07, 0x0f, 0x47, 0x4e, 0x87, 0x90, 0xb7, 0xbd)):
+        node = index // 4
+        port = F(f"0000:{bus - 1:02x}:00.0", INTEL, "347a", "060400", "pcieport", group, node,
+                 link=gen4)
+        model = "2901" if index == 7 else "20b0"      # the last one a B200, unknown to pci.ids
+        gpu = F(f"0000:{bus:02x}:00.0", NVIDIA, model, "030200", "nvidia", group + 1, node,
+                parent=port.address, subsystem=(NVIDIA, "134f"), link=gen4)
+        host.pci += [port, gpu]
+        group += 2
+    for index in range(6):
+        host.pci.append(F(f"0000:{0xc4 + index:02x}:00.0", NVIDIA, "1af1", "068000",
+                          "nvidia-nvswitch", 40 + index, 1, subsystem=(NVIDIA, "1622")))
+    host.add_usb(U("usb1", "1d6b", "0002", "0200", "480", "Linux xhci-hcd",
+                   "xHCI Host Controller", "0000:00:14.0", "09", 1))
     return host

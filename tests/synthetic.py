@@ -26,6 +26,7 @@ class PciFunction:
     sriov_totalvfs: int | None = None
     virtfns: list = field(default_factory=list)
     physfn: str | None = None
+    link: dict | None = None           # {"current_link_speed": "16.0 GT/s PCIe", ...}
 
 
 @dataclass
@@ -114,6 +115,8 @@ def pci_attributes(function):
         "class": f"0x{function.class_code}", "numa_node": str(function.numa_node),
         "revision": "0xa1", "enable": "1" if function.driver else "0",
     }
+    if function.link:
+        attrs.update(function.link)
     if function.sriov_totalvfs is not None:
         attrs["sriov_totalvfs"] = str(function.sriov_totalvfs)
         attrs["sriov_numvfs"] = str(len(function.virtfns))

@@ -133,7 +133,9 @@ def test_unplaceable_when_agent_gone_is_503_and_releases_the_claim(world, tmp_pa
         agents["host-b"].start(port)
     assert client.get("/v1/vms/vm-lost", headers=ADMIN).status_code == 404
     gpus = client.get("/v1/devices?host=host-b", headers=ADMIN).get_json()["devices"]
-    assert {d["status"] for d in gpus} == {"ready"} and {d["vm"] for d in gpus} == {None}
+    assert {d["status"] for d in gpus if d["assignable"]} == {"ready"}
+    assert {d["status"] for d in gpus if not d["assignable"]} == {"not_assignable"}
+    assert {d["vm"] for d in gpus} == {None}
 
 
 @pytest.mark.parametrize("body, field", [

@@ -69,3 +69,42 @@ def test_disable_leaves_an_attached_device_with_its_vm():
     enable(gpu)
     claim(gpu, "vm-2")
     assert gpu.vm == "vm-2"
+
+
+def test_unassignable_device_is_never_ready_and_cannot_be_claimed():
+    from hostplane.core.device_states import settle_assignability, start_free
+    bridge = SimpleNamespace(id="0000:00:01.0", status=None, vm=None, state="enabled",
+                             assignable=False)
+    start_free(bridge)
+    assert bridge.status == "not_assignable"
+    with pytest.raises(IllegalTransition, match="is not_assignable, expected ready"):
+        claim(bridge, "vm-1")
+    bridge.assignable = True             # e.g. the root filesystem was moved off it
+    settle_assignability(bridge)
+    assert bridge.status == "ready"
+
+
+def test_release_of_a_device_that_became_unassignable_leaves_it_not_assignable():
+    disk = SimpleNamespace(id="0000:5e:00.0", status="ready", vm=None, state="enabled",
+                           assignable=True)
+    claim(disk, "vm-1")
+    disk.assignable = False
+    from hostplane.core.device_states import settle_assignability
+    settle_assignability(disk)
+    assert disk.status == "attached", "a VM's device stays its own"
+    release(disk, "vm-1")
+    assert (disk.status, disk.vm) == ("not_assignable", None)
+
+
+def test_unavailable_device_comes_back_to_its_vm_or_free():
+    from hostplane.core.device_states import come_back, hold
+    gone = device(status="unavailable", vm="vm-1")
+    come_back(gone)
+    assert gone.status == "attached"
+    free = device(status="unavailable")
+    come_back(free)
+    assert free.status == "ready"
+    hold(free, "vm-2")
+    assert (free.status, free.vm) == ("attached", "vm-2")
+    with pytest.raises(IllegalTransition):
+        hold(free, "vm-3")

@@ -67,13 +67,16 @@ def test_sriov_fields_name_vfs_and_parent():
 
 
 @pytest.mark.parametrize("text, expected", [
-    ("0000:3B:00.0", "0000:3b:00.0"), ("3b:00.1", "0000:3b:00.1"), (" 0000:00:02.7", "0000:00:02.7")])
+    ("0000:3B:00.0", "0000:3b:00.0"), ("3b:00.1", "0000:3b:00.1"), (" 0000:00:02.7", "0000:00:02.7"),
+    ("10000:E1:00.0", "10000:e1:00.0"), ("00010000:e1:00.0", "10000:e1:00.0"),
+    ("ffffffff:00:1f.7", "ffffffff:00:1f.7"), ("000000:01:00.0", "0000:01:00.0")])
 def test_pci_addresses_are_normalised(text, expected):
     assert normalize_pci_address(text) == expected
 
 
 @pytest.mark.parametrize("text", ["../../etc", "zz:zz.z", "0000:3b:00.8", "0000:3b:20.0",
-                                  "0000:3b:00", "", "0000:3b:00.0/../x"])
+                                  "0000:3b:00", "", "0000:3b:00.0/../x", "000:3b:00.0",
+                                  "100000000:3b:00.0", "10000:3b:00.0:1"])
 def test_malformed_pci_addresses_are_refused(text):
     with pytest.raises(InvalidId):
         normalize_pci_address(text)
@@ -122,3 +125,93 @@ def test_iommu_state_separates_kernel_enabled_from_ready(cmdline, groups, enable
 def test_bad_names_are_refused(name):
     with pytest.raises(InvalidId):
         check_name(name)
+
+
+# --- rules seen on real machines (issue 14) ----------------------------------------------
+@pytest.mark.parametrize("vendor, device", [("1a03", "2000"), ("102b", "0522"), ("102b", "0532"),
+                                            ("102b", "0533"), ("102b", "0534"), ("102b", "0536"),
+                                            ("102b", "0538"), ("19e5", "1711")])
+def test_bmc_display_is_typed_display_never_gpu_and_not_offered(vendor, device):
+    bmc = record("0000:03:00.0", "030000", group=4, driver="ast", vendor_id=vendor,
+                 device_id=device)
+    model = build_pci_inventory([bmc, record("0000:3b:00.0")])
+    assert model["0000:03:00.0"]["type"] == "display"
+    assert model["0000:03:00.0"]["assignable"] is False
+    assert "BMC display" in model["0000:03:00.0"]["not_assignable_reason"]
+    assert model["0000:3b:00.0"]["type"] == "gpu"
+
+
+def test_a_matrox_card_that_is_no_bmc_model_stays_a_gpu():
+    card = record("0000:03:00.0", "030000", vendor_id="102b", device_id="0525")
+    assert build_pci_inventory([card])["0000:03:00.0"]["type"] == "gpu"
+
+
+@pytest.mark.parametrize("class_code, header, expected_type, assignable", [
+    ("068000", 0, "nvswitch", True),      # NVSwitch: class "other bridge", endpoint header
+    ("068000", None, "bridge", False),    # no config space: the class decides
+    ("068000", 1, "bridge", False),
+    ("060400", 1, "bridge", False),       # PCI-to-PCI bridge
+    ("060000", 0, "bridge", False),       # host bridge: header 0, still kept out
+    ("060100", 0, "bridge", False),       # ISA bridge
+    ("060700", 2, "bridge", False),       # CardBus
+    ("058000", 1, "bridge", False),       # header says bridge whatever the class
+])
+def test_bridge_is_decided_by_header_type_with_class_fallback(class_code, header,
+                                                              expected_type, assignable):
+    switch = record("0000:c4:00.0", class_code, group=30, driver="nvidia-nvswitch",
+                    header_type=header, device_id="1af1")
+    device = build_pci_inventory([switch])["0000:c4:00.0"]
+    assert (device["type"], device["assignable"]) == (expected_type, assignable)
+
+
+def test_function_behind_vmd_is_refused_naming_the_controller():
+    vmd = record("0000:00:0e.0", "010400", group=9, driver="vmd", vendor_id="8086",
+                 device_id="9a0b", header_type=0)
+    port = record("10000:e0:06.0", "060400", group=9, driver="pcieport", header_type=1,
+                  upstream=["0000:00:0e.0"])
+    drive = record("10000:e1:00.0", "010802", group=9, driver="nvme", vendor_id="144d",
+                   device_id="a80a", header_type=0, upstream=["0000:00:0e.0", "10000:e0:06.0"])
+    model = build_pci_inventory([vmd, port, drive])
+    assert model["10000:e1:00.0"]["assignable"] is False
+    assert "behind Intel VMD controller 0000:00:0e.0" in \
+        model["10000:e1:00.0"]["not_assignable_reason"]
+    assert model["10000:e1:00.0"]["upstream"] == ["0000:00:0e.0", "10000:e0:06.0"]
+
+
+def test_domain_above_ffff_without_a_known_chain_still_says_vmd():
+    drive = record("10000:e1:00.0", "010802", group=3, driver="nvme")
+    reason = build_pci_inventory([drive])["10000:e1:00.0"]["not_assignable_reason"]
+    assert "PCI domain 10000" in reason and "VMD" in reason
+
+
+def test_host_uses_make_a_function_and_its_group_unassignable():
+    disk = record("0000:01:00.0", "010802", group=5, driver="nvme")
+    sibling = record("0000:01:00.1", "020000", group=5, driver="igb")
+    free = record("0000:02:00.0", "010802", group=6, driver="nvme")
+    uses = {"0000:01:00.0": ["filesystem mounted at / on nvme0n1p2"]}
+    model = build_pci_inventory([disk, sibling, free], host_uses=uses)
+    assert model["0000:01:00.0"]["not_assignable_reason"] == \
+        "carries the host's own filesystem mounted at / on nvme0n1p2"
+    assert (model["0000:01:00.0"]["host_use"], model["0000:02:00.0"]["host_use"]) == \
+        ("in_use", "none")
+    assert "0000:01:00.0, which carries the host's own" in \
+        model["0000:01:00.1"]["not_assignable_reason"]
+    assert model["0000:02:00.0"]["assignable"] is True
+
+
+def test_captured_tree_says_host_use_unknown_rather_than_guessing():
+    device = build_pci_inventory([record("0000:01:00.0", "010802", driver="nvme")],
+                                 host_uses=None)["0000:01:00.0"]
+    assert (device["host_use"], device["host_uses"], device["assignable"]) == \
+        ("unknown", [], True)
+
+
+def test_device_unknown_to_pci_ids_gets_lspci_fallback_name():
+    b200 = record("0000:1b:00.0", device_id="2901")
+    names = {("10de", "2901"): ("NVIDIA Corporation", None)}
+    device = build_pci_inventory([b200], names=lambda v, d: names[(v, d)])["0000:1b:00.0"]
+    assert (device["vendor_name"], device["device_name"]) == \
+        ("NVIDIA Corporation", "NVIDIA Corporation Device 2901")
+    unknown_vendor = build_pci_inventory([record("0000:1b:00.0", vendor_id="1ed5")],
+                                         names=lambda v, d: (None, None))["0000:1b:00.0"]
+    assert unknown_vendor["device_name"] == "Vendor 1ed5 Device 1eb8"

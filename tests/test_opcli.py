@@ -258,3 +258,15 @@ def test_orphans_are_listed_adopted_and_deleted_from_the_cli(capsys, world):
     status, _, err = run(capsys, world, "orphan", "adopt", "host-a", "cli-kept")
     assert status == 1 and "not_an_orphan" in err
     assert run(capsys, world, "vm", "delete", "cli-kept")[0] == 0
+
+
+def test_gpu_ids_with_wide_or_short_domains_are_sent_not_refused(capsys, world):
+    status, out, err = run(capsys, world, "schedule", "--explain", "--vcpus", "1",
+                           "--memory-mib", "64", "--gpu", "10000:E1:00.0")
+    assert (status, err) == (1, "") and out.startswith("not placeable on any host"), out
+    status, out, err = run(capsys, world, "schedule", "--explain", "--vcpus", "1",
+                           "--memory-mib", "64", "--gpu", "3b:00.0")   # 0000:3b:00.0
+    assert (status, err) == (0, "") and out.startswith("placeable: "), out
+    status, _, err = run(capsys, world, "schedule", "--explain", "--vcpus", "1",
+                         "--memory-mib", "64", "--gpu", "100000000:e1:00.0")
+    assert status == 2 and "give a PCI address" in err

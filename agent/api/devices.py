@@ -11,7 +11,8 @@ bp = Blueprint("devices", __name__)
 
 
 @bp.get("/v1/devices")
-@describe("Every PCI and USB device; send If-None-Match with the last ETag to get 304",
+@describe("Every PCI and USB device, plus `errors` (functions the tree lists but that "
+          "could not be read); send If-None-Match with the last ETag to get 304",
           responses=(200, 304), tags=["devices"])
 def devices():
     body, generation, etag = current_agent().inventory.body()
@@ -26,7 +27,9 @@ def devices():
 
 
 @bp.get("/v1/devices/pci/<path:device_id>")
-@describe("One PCI function by full address (0000:01:00.0)", tags=["devices"])
+@describe("One PCI function by full address (0000:01:00.0, 10000:e1:00.0; a short 01:00.0 "
+          "is domain 0000): type, NUMA node, upstream chain, PCIe link, host_use, "
+          "assignable and not_assignable_reason", tags=["devices"])
 def pci_device(device_id):
     address = checked(normalize_pci_address, device_id)
     device = current_agent().inventory.pci(address)

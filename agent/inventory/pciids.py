@@ -2,17 +2,119 @@
 
 The file is 1.3 MB; parsing all of it costs more than scanning a big host, so only the
 block of each vendor asked about is parsed, and the file is read once per process.
+A distribution's pci.ids lags new GPUs by months, so several databases are asked, the
+first that knows a name winning: `[host] pci_ids` (an operator's newer file; the Ansible
+role can ship one), then every pci.ids on the host newest first (by its `Version:` line,
+else its date), then udev's hwdb source, which systemd updates on its own schedule. That
+is the order lspci uses (pci.ids, then hwdb), so both name a device alike.
 """
 
+import logging
 import os
+import re
+import time
+
+log = logging.getLogger(__name__)
 
 SEARCH_PATH = ("/usr/share/misc/pci.ids", "/usr/share/hwdata/pci.ids",
                "/usr/share/pci.ids", "/usr/local/share/pci.ids")
+HWDB_PATH = ("/usr/lib/udev/hwdb.d/20-pci-vendor-model.hwdb",
+             "/lib/udev/hwdb.d/20-pci-vendor-model.hwdb")
+_VERSION = re.compile(r"^#\s*Version:\s*([0-9.]+)", re.MULTILINE)
+
+
+def database_date(path):
+    """"2023.04.10" from a pci.ids `Version:` line, else from the file's mtime; None if absent."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            head = handle.read(2048)
+        mtime = os.stat(path).st_mtime
+    except OSError:
+        return None
+    match = _VERSION.search(head)
+    return match.group(1) if match else time.strftime("%Y.%m.%d", time.gmtime(mtime))
+
+
+def newest_copy(paths=SEARCH_PATH):
+    """The path of the newest pci.ids among `paths`, or None."""
+    dated = [(database_date(path), path) for path in paths]
+    dated = [entry for entry in dated if entry[0] is not None]
+    return max(dated)[1] if dated else None
+
+
+class HostNames:
+    """Names from every database on the host, newest first; the first that knows wins."""
+
+    def __init__(self, configured=None, pci_ids=SEARCH_PATH, hwdb=HWDB_PATH):
+        self.sources = []
+        if configured:
+            if os.access(configured, os.R_OK):
+                self.sources.append(PciIds(configured))
+            else:
+                log.warning("[host] pci_ids %s cannot be read; using the host's copies",
+                            configured)
+        dated = sorted(((database_date(path), path) for path in pci_ids if database_date(path)),
+                       reverse=True)
+        candidates = [PciIds(path) for _, path in dated] + \
+            [HwdbNames(path) for path in hwdb if os.path.exists(path)]
+        seen = {os.path.realpath(source.path) for source in self.sources}
+        for source in candidates:
+            real = os.path.realpath(source.path)
+            if real not in seen:
+                seen.add(real)
+                self.sources.append(source)
+
+    @property
+    def available(self):
+        return bool(self.sources)
+
+    def names(self, vendor_id, device_id):
+        vendor_name = device_name = None
+        for source in self.sources:
+            vendor, device = source.names(vendor_id, device_id)
+            vendor_name = vendor_name or vendor
+            device_name = device_name or device
+            if vendor_name and device_name:
+                break
+        return vendor_name, device_name
+
+
+class HwdbNames:
+    """udev's hwdb source text (`pci:v000010DEd00002901*` / `ID_MODEL_FROM_DATABASE=`)."""
+
+    def __init__(self, path):
+        self.path = path
+        self._text = None
+        self._cache = {}
+
+    def names(self, vendor_id, device_id):
+        key = (vendor_id, device_id)
+        if key not in self._cache:
+            vendor = f"pci:v0000{vendor_id.upper()}"
+            self._cache[key] = (self._value(f"\n{vendor}*\n ID_VENDOR_FROM_DATABASE="),
+                                self._value(f"\n{vendor}d0000{device_id.upper()}*\n "
+                                            "ID_MODEL_FROM_DATABASE="))
+        return self._cache[key]
+
+    def _value(self, needle):
+        if self._text is None:
+            try:
+                with open(self.path, encoding="utf-8", errors="replace") as handle:
+                    self._text = handle.read()
+            except OSError:
+                self._text = ""
+        start = self._text.find(needle)
+        if start < 0:
+            return None
+        start += len(needle)
+        return self._text[start:self._text.find("\n", start)].strip() or None
 
 
 class PciIds:
+    """One pci.ids file (the one at `path`, else the newest on the host)."""
+
     def __init__(self, path=None):
-        self.path = path or next((p for p in SEARCH_PATH if os.path.exists(p)), None)
+        self.path = path or newest_copy()
         self._text = None
         self._vendors = {}
 
@@ -76,7 +178,7 @@ _shared = {}
 
 
 def shared_pciids(path=None):
-    """One database per path and process: reading it is the expensive part."""
+    """The host's names (`[host] pci_ids` first) once per process: reading is the expensive part."""
     if path not in _shared:
-        _shared[path] = PciIds(path)
+        _shared[path] = HostNames(path)
     return _shared[path]

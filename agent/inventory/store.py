@@ -4,25 +4,39 @@ Readers (sysfs for PCI, udev or a captured tree for USB) fill it; the hot-plug m
 updates one device at a time; the libvirt side pushes who holds what. Every change
 recomputes a digest, so `generation` and the ETag move exactly when the answer does,
 and the JSON body is serialised once per change rather than once per request.
+
+What the host itself uses (mounts, swap, routes: `host_uses`) changes without a udev
+event, so it is read again whenever it is older than `HOST_USES_TTL_S` at a read: an
+attach asking for a device moments after `/boot` was mounted on it is refused.
 """
 
 import hashlib
 import json
 import threading
+import time
 
 from hostplane.core.pci import build_pci_inventory
 from hostplane.core.usb import build_usb_device
 
 
+HOST_USES_TTL_S = 2.0
+
+
 class Inventory:
-    def __init__(self, sysfs, usb_source, generation, critical_drivers, names=None):
+    def __init__(self, sysfs, usb_source, generation, critical_drivers, names=None,
+                 host_uses=None):
+        """`host_uses()` → {address: [uses]} on the live host; None: unknown (a captured tree)."""
         self.sysfs = sysfs
         self.usb_source = usb_source
         self.critical_drivers = tuple(critical_drivers)
         self.names = names
+        self.host_uses_source = host_uses
+        self._host_uses = None
+        self._host_uses_at = None
         self._generation = generation
         self._lock = threading.RLock()
         self._pci_records = {}
+        self._errors = []
         self._pci = {}
         self._usb = {}
         self._attachments = {}
@@ -34,10 +48,13 @@ class Inventory:
     # --- filling ----------------------------------------------------------------------
     def scan(self):
         """Read every PCI function and USB device afresh."""
-        records = {r["address"]: r for r in self.sysfs.read_pci_functions()}
+        found, errors = self.sysfs.read_pci_functions()
+        records = {r["address"]: r for r in found}
         usb = self._build_usb(self.usb_source.all())
         with self._lock:
             self._pci_records = records
+            self._errors = errors
+            self._read_host_uses()
             self._rebuild_pci()
             self._usb = usb
             self._changed("scan")
@@ -50,6 +67,7 @@ class Inventory:
                 self._pci_records.pop(address, None)
             else:
                 self._pci_records[address] = record
+            self._read_host_uses()
             self._rebuild_pci()
             self._changed(f"pci {address}")
 
@@ -87,6 +105,7 @@ class Inventory:
 
     # --- reading ----------------------------------------------------------------------
     def pci(self, device_id):
+        self._refresh_host_uses_if_stale()
         with self._lock:
             device = self._pci.get(device_id)
             return None if device is None else self._with_holder("pci", device)
@@ -97,6 +116,7 @@ class Inventory:
             return None if device is None else self._with_holder("usb", device)
 
     def pci_devices(self):
+        self._refresh_host_uses_if_stale()
         with self._lock:
             return [self._with_holder("pci", d) for d in self._pci.values()]
 
@@ -118,8 +138,14 @@ class Inventory:
     def generation(self):
         return self.body()[1]
 
+    def errors(self):
+        """[{"kind", "id", "error"}]: functions in the tree that could not be read."""
+        with self._lock:
+            return list(self._errors)
+
     def body(self):
         """(JSON bytes, generation, etag) of `GET /v1/devices`, cached per change."""
+        self._refresh_host_uses_if_stale()
         with self._lock:
             if self._body is None:
                 self._body = self._render()
@@ -143,7 +169,26 @@ class Inventory:
 
     def _rebuild_pci(self):
         self._pci = build_pci_inventory(self._pci_records.values(), self.critical_drivers,
-                                        self.names)
+                                        self.names, self._host_uses)
+
+    def _read_host_uses(self):
+        if self.host_uses_source is not None:
+            self._host_uses = self.host_uses_source()
+            self._host_uses_at = time.monotonic()
+
+    def _refresh_host_uses_if_stale(self):
+        if self.host_uses_source is None or self._host_uses_at is None:
+            return
+        if time.monotonic() - self._host_uses_at < HOST_USES_TTL_S:
+            return
+        with self._lock:
+            if time.monotonic() - self._host_uses_at < HOST_USES_TTL_S:
+                return
+            before = self._host_uses
+            self._read_host_uses()
+            if self._host_uses != before:
+                self._rebuild_pci()
+                self._changed("host uses")
 
     def _with_holder(self, kind, device):
         device = dict(device)
@@ -162,7 +207,8 @@ class Inventory:
     def _render(self):
         pci = self.pci_devices()
         usb = self.usb_devices()
-        content = json.dumps({"pci": pci, "usb": usb}, separators=(",", ":")).encode()
+        content = json.dumps({"pci": pci, "usb": usb, "errors": self._errors},
+                             separators=(",", ":")).encode()
         digest = hashlib.sha256(content).hexdigest()
         generation = self._generation.observe(digest)
         payload = b'{"generation":%d,' % generation + content[1:]

@@ -15,7 +15,7 @@ from hostplane.errors import BadRequest, Conflict, NotFound
 bp = Blueprint("devices", __name__)
 check_path_ids(bp)
 FILTERS = {"host": "host id", "cluster": "cluster name", "type": "gpu, gpu-audio, nic, usb, ...",
-           "status": "ready, attached or unavailable", "kind": "pci or usb"}
+           "status": "ready, attached, not_assignable or unavailable", "kind": "pci or usb"}
 
 
 @bp.get("/v1/devices")
@@ -110,8 +110,10 @@ def render(device, visible_vms=None):
             model_key: device.product_id, "name": device.name, "state": device.state,
             "status": device.status, "vm": vm, "shared": device.shared,
             "assignable": device.assignable,
-            "not_assignable_reason": facts.get("not_assignable_reason"),
-            "iommu_group": device.iommu_group,
+            "not_assignable_reason": device.not_assignable_reason,
+            "iommu_group": device.iommu_group, "numa_node": device.numa_node,
+            "upstream": device.upstream or [], "link": device.link,
+            "host_use": facts.get("host_use"),
             "usb_version": facts.get("usb_version"),
             "manufacturer": facts.get("manufacturer"), "product": facts.get("product"),
             "reported_vm": device.reported_vm if visible_vms is None else None,

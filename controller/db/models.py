@@ -73,6 +73,12 @@ class Device(Base):
     usb_major: Mapped[int | None] = mapped_column(Integer, nullable=True)
     reported_vm: Mapped[str | None] = mapped_column(String(63), nullable=True)
     unavailable_reason: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    # Why the agent will not pass it through (None when assignable), and where it sits:
+    # NUMA node, PCI functions above it (root port first), PCIe link speed/width.
+    not_assignable_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    numa_node: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    upstream: Mapped[list] = mapped_column(JSON, default=list)
+    link: Mapped[dict | None] = mapped_column(JSON, nullable=True)
     facts: Mapped[dict] = mapped_column(JSON, default=dict)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow,

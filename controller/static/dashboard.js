@@ -57,7 +57,8 @@ function when(iso) { return iso ? iso.replace("T", " ").slice(0, 19) : null; }
 
 function statusClass(value) {
   return { connected: "ok", ready: "ok", enabled: "ok", attached: "warn",
-           connecting: "warn", disconnected: "bad", unavailable: "bad", disabled: "bad" }[value];
+           connecting: "warn", disconnected: "bad", unavailable: "bad", disabled: "bad",
+           not_assignable: "bad" }[value];
 }
 
 // --- reading ---------------------------------------------------------------------------
@@ -157,7 +158,7 @@ function drawDevices(devices) {
     if (!table) continue;
     const row = deviceRow(table[0], d);
     for (const column of table[1]) cell(row, ...column(d));
-    const why = d.unavailable_reason || (d.assignable === false && d.not_assignable_reason);
+    const why = d.unavailable_reason || d.not_assignable_reason;
     if (why) row.title = why;
     actions(row, d);
   }

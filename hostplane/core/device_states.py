@@ -7,6 +7,9 @@ fails loudly instead of silently double-assigning a device. Functions take any o
 """
 
 READY, ATTACHED, UNAVAILABLE = "ready", "attached", "unavailable"
+# Present and free, but its agent says it cannot be passed through (a bridge, the host's
+# root disk, the BMC console...): never `ready`, so nothing offers or claims it.
+NOT_ASSIGNABLE = "not_assignable"
 ENABLED, DISABLED = "enabled", "disabled"
 
 
@@ -29,25 +32,26 @@ def claim(device, vm):
 
 
 def release(device, vm):
-    """attached to `vm` → ready; releasing on behalf of another VM is refused."""
+    """attached to `vm` → ready (not_assignable if its agent says so now); releasing on
+    behalf of another VM is refused."""
     _expect(device, (ATTACHED,))
     if device.vm != vm:
         raise IllegalTransition(device.id, device.status, (ATTACHED,),
                                 f"held by {device.vm}, not {vm}")
-    device.status, device.vm = READY, None
+    device.status, device.vm = _free_status(device), None
 
 
 def hold(device, vm):
-    """ready → attached to `vm`, because its agent reports `vm`'s domain holds it (a fact
-    found, not a claim handed out: a disabled device can be held too)."""
-    _expect(device, (READY,))
+    """free → attached to `vm`, because its agent reports `vm`'s domain holds it (a fact
+    found, not a claim handed out: a disabled or unassignable device can be held too)."""
+    _expect(device, (READY, NOT_ASSIGNABLE))
     device.status, device.vm = ATTACHED, vm
 
 
 def hold_outside(device):
-    """ready → attached to no VM the controller knows: a domain made behind its back (an
+    """free → attached to no VM the controller knows: a domain made behind its back (an
     orphan, named by the agent's report) holds it. Never offered, never shown as free."""
-    _expect(device, (READY,))
+    _expect(device, (READY, NOT_ASSIGNABLE))
     device.status, device.vm = ATTACHED, None
 
 
@@ -58,9 +62,9 @@ def adopt(device, vm):
 
 
 def let_go(device):
-    """attached outside → ready, once its agent reports no domain holding it."""
+    """attached outside → free, once its agent reports no domain holding it."""
     _expect_outside(device)
-    device.status = READY
+    device.status = _free_status(device)
 
 
 def _expect_outside(device):
@@ -75,6 +79,24 @@ def mark_unavailable(device):
     device.status = UNAVAILABLE
 
 
+def start_free(device):
+    """A device first reported, held by nobody: ready only when it can be assigned."""
+    device.status = _free_status(device)
+
+
+def settle_assignability(device):
+    """ready ⇄ not_assignable as the agent's `assignable` changes; attached and
+    unavailable devices keep their status (a VM's device stays its own)."""
+    if device.status in (READY, NOT_ASSIGNABLE):
+        device.status = _free_status(device)
+
+
+def come_back(device):
+    """unavailable → attached (it kept its VM) or free again, once reported as before."""
+    _expect(device, (UNAVAILABLE,))
+    device.status = ATTACHED if device.vm else _free_status(device)
+
+
 def can_delete(device):
     return device.status == UNAVAILABLE
 
@@ -86,6 +108,10 @@ def enable(device):
 def disable(device):
     """Blocks new claims; a device already attached stays with its VM."""
     device.state = DISABLED
+
+
+def _free_status(device):
+    return READY if getattr(device, "assignable", True) is not False else NOT_ASSIGNABLE
 
 
 def _expect(device, expected):

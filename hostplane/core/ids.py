@@ -1,6 +1,8 @@
 """Identities of devices, VMs and networks, and the checks that guard them at the edge.
 
-A PCI device is named by its full address (`0000:01:00.0`). A USB device is named by
+A PCI device is named by its full address (`0000:01:00.0`); the domain has 4 to 8 hex
+digits (Intel VMD puts drives in `10000:` and up) and a short `01:00.0` means domain
+0000. A USB device is named by
 what survives a replug: `vid:pid:serial` when it has a serial, else `vid:pid@port` with
 the sysfs port path (`1-1.2`). Bus and device numbers change on every replug, so they
 are reported but never used as an id.
@@ -8,7 +10,10 @@ are reported but never used as an id.
 
 import re
 
-PCI_ADDRESS = re.compile(r"^[0-9a-f]{4}:[0-9a-f]{2}:[0-1][0-9a-f]\.[0-7]$")
+# A function's name as sysfs writes it (full form only).
+PCI_FUNCTION_NAME = re.compile(r"^[0-9a-f]{4,8}:[0-9a-f]{2}:[0-1][0-9a-f]\.[0-7]$")
+# Full (`0000:01:00.0`, `10000:e1:00.0`) or short (`01:00.0`) form; normalise before use.
+PCI_ADDRESS = re.compile(r"^(?:[0-9a-f]{4,8}:)?[0-9a-f]{2}:[0-1][0-9a-f]\.[0-7]$")
 USB_ID = re.compile(r"^[0-9a-f]{4}:[0-9a-f]{4}(?::[A-Za-z0-9._-]{1,126}|@(?:usb[0-9]{1,3}|[0-9]{1,3}-[0-9]{1,3}(?:\.[0-9]{1,3}){0,6}))$")
 OBJECT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 # What an agent may call itself: its configured id or /etc/machine-id (32 hex digits).
@@ -21,13 +26,20 @@ class InvalidId(ValueError):
 
 
 def normalize_pci_address(text):
-    """Lower-cased address, or InvalidId; accepts `01:00.0` as domain 0000."""
+    """Lower-cased full address, or InvalidId; `01:00.0` is domain 0000.
+
+    The domain keeps the width sysfs gives it: four digits, or more only when its value
+    needs them (`10000:e1:00.0`), so `00010000:e1:00.0` and `0000:01:00.0` name what the
+    kernel names.
+    """
     candidate = str(text).strip().lower()
-    if re.fullmatch(r"[0-9a-f]{2}:[0-1][0-9a-f]\.[0-7]", candidate):
-        candidate = "0000:" + candidate
     if not PCI_ADDRESS.fullmatch(candidate):
-        raise InvalidId(f"{text!r} is not a PCI address like 0000:01:00.0")
-    return candidate
+        raise InvalidId(f"{str(text)[:80]!r} is not a PCI address like 0000:01:00.0 "
+                        "(domain of 4 to 8 hex digits)")
+    parts = candidate.split(":")
+    if len(parts) == 2:   # short form: bus:slot.function
+        return "0000:" + candidate
+    return f"{int(parts[0], 16):04x}:{parts[1]}:{parts[2]}"
 
 
 def usb_id(vendor_id, product_id, serial=None, port=None):

@@ -8,8 +8,8 @@ that it becomes `unavailable` — never freed silently, since a VM may still hol
 from dataclasses import dataclass, field
 
 # Agent fields that, when present on the known record too, are kept in step.
-SYNCED_FIELDS = ("type", "assignable", "iommu_group", "driver", "numa_node", "usb_version",
-                 "serial", "port")
+SYNCED_FIELDS = ("type", "assignable", "not_assignable_reason", "iommu_group", "driver",
+                 "numa_node", "upstream", "link", "usb_version", "serial", "port")
 
 
 @dataclass

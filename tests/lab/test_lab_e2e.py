@@ -308,3 +308,54 @@ def test_6_no_token_crosses_the_management_network_in_clear(env):
                 f"{name} in clear on node{n}'s management network"
     assert capture.holding(streams[0], canary), \
         "the capture did not see the plain-HTTP request sent to node0"
+
+
+BOOT_DISK, MGMT_NIC = "0000:00:02.0", "0000:00:03.0"   # virtio-blk root, virtio-net DHCP
+NVME_ADDR = "0000:03:00.0"                              # behind rp3, unused by the node
+
+
+def test_7_host_own_disk_and_nic_refused_other_nvme_offered(env):
+    """Issue 14: on a live host the root disk and the NIC of the default route are never
+    offered, with reasons naming what they carry; another NVMe is, until the host puts
+    swap on it. Nothing changes on a refusal."""
+    vm = env.vm_on("e2e-own-n0", 0)["name"]
+
+    def device(address):
+        return env.ctl.get(f"/v1/devices/{N0}/{address}")
+
+    with step(env, "step 7: boot disk and management NIC refused, NVMe offered"):
+        disk, nic, nvme = device(BOOT_DISK), device(MGMT_NIC), device(NVME_ADDR)
+        assert (disk["status"], disk["assignable"]) == ("not_assignable", False), disk
+        assert "filesystem mounted at /" in disk["not_assignable_reason"], disk
+        assert (nic["status"], nic["assignable"]) == ("not_assignable", False), nic
+        assert "default route on" in nic["not_assignable_reason"], nic
+        assert (nvme["type"], nvme["status"], nvme["assignable"]) == \
+            ("nvme", "ready", True), nvme
+        for address in (BOOT_DISK, MGMT_NIC):
+            by_controller = env.ctl.call("POST", f"/v1/vms/{vm}/devices",
+                                         json={"type": "pci", "id": address})
+            assert by_controller.status_code == 409, by_controller.text
+            by_agent = env.agent(0).call("POST", f"/v1/vms/{vm}/devices",
+                                         json={"type": "pci", "id": address})
+            assert by_agent.status_code == 409, by_agent.text
+            error = by_agent.json()["error"]
+            assert error["code"] == "device_not_assignable", error
+        assert env.agent(0).vm_device_ids(vm) == set()
+        driver = env.lab.ssh(0, f"basename $(readlink /sys/bus/pci/devices/"
+                                f"{BOOT_DISK}/driver)").stdout.strip()
+        assert driver == "virtio-pci", "a refusal never rebinds the host's disk"
+
+    with step(env, "step 7: swap on the NVMe makes it the host's, swapoff frees it"):
+        env.lab.ssh(0, "mkswap -q /dev/nvme0n1 && swapon /dev/nvme0n1")
+        try:
+            assert wait_for(lambda: device(NVME_ADDR)["status"] == "not_assignable", 60), \
+                device(NVME_ADDR)
+            assert "active swap on nvme0n1" in device(NVME_ADDR)["not_assignable_reason"]
+            refused = env.agent(0).call("POST", f"/v1/vms/{vm}/devices",
+                                        json={"type": "pci", "id": NVME_ADDR})
+            assert refused.status_code == 409, refused.text
+            assert "swap" in refused.json()["error"]["details"]["reason"]
+        finally:
+            env.lab.ssh(0, "swapoff /dev/nvme0n1")
+        assert wait_for(lambda: device(NVME_ADDR)["status"] == "ready", 60), \
+            device(NVME_ADDR)
