@@ -145,7 +145,9 @@ const GPU_COLUMNS = [
 
 // A device nobody can take is not "ready", whatever its claim status says.
 function deviceStatus(d) {
-  if (d.status === "ready" && d.assignable === false) return ["not assignable", "warn"];
+  if (d.status === "not_assignable" || (d.status === "ready" && d.assignable === false)) {
+    return ["not assignable", "warn"];
+  }
   return [d.status, statusClass(d.status)];
 }
 
