@@ -64,17 +64,16 @@ def print_inventory(config, compact=False):
               file=sys.stderr)
         return 1
     raw = agent.inventory.body()[0]
-    body = json.loads(raw)
     if compact:   # the API's own bytes with host_id spliced in: no second encoding
         sys.stdout.buffer.write(b'{"host_id":%s,%s\n' % (json.dumps(agent.host_id).encode(),
                                                           raw[1:]))
         sys.stdout.flush()
     else:
-        print(json.dumps({"host_id": agent.host_id, **body}, indent=2))
-    for error in body["errors"]:
+        print(json.dumps({"host_id": agent.host_id, **json.loads(raw)}, indent=2))
+    for error in agent.inventory.errors():
         print(f"hostplane-agent: {error['kind']} {error['id']}: {error['error']}",
               file=sys.stderr)
-    if listed and not body["pci"]:
+    if listed and not agent.inventory.pci_devices():
         print(f"hostplane-agent: {tree.pci_dir} lists {len(listed)} functions and none "
               "could be read", file=sys.stderr)
         return 1

@@ -85,29 +85,49 @@ class HwdbNames:
     def __init__(self, path):
         self.path = path
         self._text = None
+        self._blocks = {}   # vendor → its contiguous run of entries (the file is sorted)
         self._cache = {}
 
     def names(self, vendor_id, device_id):
         key = (vendor_id, device_id)
         if key not in self._cache:
             vendor = f"pci:v0000{vendor_id.upper()}"
-            self._cache[key] = (self._value(f"\n{vendor}*\n ID_VENDOR_FROM_DATABASE="),
-                                self._value(f"\n{vendor}d0000{device_id.upper()}*\n "
-                                            "ID_MODEL_FROM_DATABASE="))
+            block = self._block(vendor)
+            self._cache[key] = (_hwdb_value(block, f"\n{vendor}*\n ID_VENDOR_FROM_DATABASE="),
+                                _hwdb_value(block, f"\n{vendor}d0000{device_id.upper()}*\n "
+                                                   "ID_MODEL_FROM_DATABASE="))
         return self._cache[key]
 
-    def _value(self, needle):
+    def _block(self, vendor):
+        """One vendor's entries: the whole file is searched once per vendor, not once
+        per device (a miss in a 4 MB file is a millisecond each)."""
+        if vendor not in self._blocks:
+            text = self._load()
+            head = "\n" + vendor
+            start = text.find(head)
+            block = ""
+            if start >= 0:
+                end = text.find("\n\n", text.rfind(head) + 1)
+                block = text[start:end if end >= 0 else len(text)] + "\n"
+            self._blocks[vendor] = block
+        return self._blocks[vendor]
+
+    def _load(self):
         if self._text is None:
             try:
                 with open(self.path, encoding="utf-8", errors="replace") as handle:
                     self._text = handle.read()
             except OSError:
                 self._text = ""
-        start = self._text.find(needle)
-        if start < 0:
-            return None
-        start += len(needle)
-        return self._text[start:self._text.find("\n", start)].strip() or None
+        return self._text
+
+
+def _hwdb_value(block, needle):
+    start = block.find(needle)
+    if start < 0:
+        return None
+    start += len(needle)
+    return block[start:block.find("\n", start)].strip() or None
 
 
 class PciIds:
@@ -127,17 +147,25 @@ class PciIds:
         entry = self._vendor(vendor_id)
         if entry is None:
             return None, None
-        vendor_name, devices = entry
-        return vendor_name, devices.get(device_id)
+        vendor_name, block, devices = entry
+        if device_id not in devices:   # looked up in the vendor's own lines, once
+            start = block.find("\n\t" + device_id + "  ")
+            devices[device_id] = (block[start + 8:block.find("\n", start + 1)].strip()
+                                  if start >= 0 else None)
+        return vendor_name, devices[device_id]
 
     def _vendor(self, vendor_id):
+        """(name, the vendor's lines, {device: name} found so far), or None."""
         if vendor_id in self._vendors:
             return self._vendors[vendor_id]
         text = self._load()
         entry = None
         start = text.find("\n" + vendor_id + "  ") if text else -1
         if start >= 0:
-            entry = _parse_vendor_block(text, start + 1)
+            line_end = text.find("\n", start + 1)
+            end = _VENDOR_LINE.search(text, line_end)
+            entry = (text[start + 7:line_end].strip(),
+                     text[line_end:end.start() if end else len(text)], {})
         self._vendors[vendor_id] = entry
         return entry
 
@@ -153,25 +181,8 @@ class PciIds:
         return self._text
 
 
-def _parse_vendor_block(text, start):
-    end = text.find("\n", start)
-    vendor_name = text[start + 6:end].strip()
-    devices = {}
-    pos = end + 1
-    while pos < len(text):
-        end = text.find("\n", pos)
-        if end < 0:
-            end = len(text)
-        line = text[pos:end]
-        pos = end + 1
-        if not line or line.startswith("#"):
-            continue
-        if not line.startswith("\t"):
-            break
-        if line.startswith("\t\t"):
-            continue
-        devices[line[1:5]] = line[7:].strip()
-    return vendor_name, devices
+# The next vendor's line (or the device classes'): where a vendor's devices end.
+_VENDOR_LINE = re.compile(r"\n[0-9a-fC]")
 
 
 _shared = {}
