@@ -29,6 +29,7 @@ from tests.test_faults_controller_support import (AgentProcess, Api, ControllerP
 ROUNDS = int(os.environ.get("HOSTPLANE_RACE_ROUNDS", "1"))
 OPERATIONS, THREADS, NAMES = 300, 32, 12
 AGENTS = 3   # two GPUs each: six for twelve names
+FROZEN_HOST = "hpr-host-0"
 GPU = {"vendor_id": "10de", "device_id": "1eb8"}
 # What a racing caller may be told; a 500, or a 503 other than the frozen agent's, is a bug.
 EXPECTED = {(201, None), (204, None), (404, "vm_not_found"), (409, "name_taken"),
@@ -68,6 +69,7 @@ def test_racing_creates_deletes_and_a_late_agent_leave_every_claim_matching_a_do
             print(f"\nrace {setup} round {round_number + 1}/{ROUNDS}: {dict(counts)}")
             assert set(counts) <= EXPECTED, counts
             assert counts[(201, None)] >= 6 and counts[(204, None)] >= 1, counts
+            assert counts[(503, "agent_unreachable")] >= 1, counts   # the freeze did bite
             _settled(api)
             assert_claims_match_domains(api, *agents)
             assert api("GET", "/v1/orphans")[1] == {"orphans": [], "unreachable": {}}
@@ -85,40 +87,49 @@ def test_racing_creates_deletes_and_a_late_agent_leave_every_claim_matching_a_do
 
 def _race(controllers, frozen, rng):
     """OPERATIONS creates and deletes over NAMES names by THREADS callers, spread over
-    the controllers; `frozen` is stopped 2 s in, for longer than the agent timeout."""
-    plan = [(rng.random() < 0.55, rng.choice(range(NAMES)), rng.choice(controllers))
+    the controllers; `frozen` is stopped once a third of them have answered, for longer
+    than the agent timeout, and meanwhile one create is sent to it for sure."""
+    plan = [(rng.random() < 0.55, rng.choice(range(NAMES)), rng.choice(controllers), None)
             for _ in range(OPERATIONS)]
     session = requests.Session()
-    session.mount("http://", requests.adapters.HTTPAdapter(pool_maxsize=THREADS))
+    session.mount("http://", requests.adapters.HTTPAdapter(pool_maxsize=THREADS + 1))
+    answered, lock, extra = [0], threading.Lock(), []
 
     def call(step):
-        create, number, controller = step
+        create, number, controller, host = step
         name = f"hpr-vm-{number}"
         try:
             if create:
+                body = {"name": name, "vcpus": 1, "memory_mib": 64, "start": False,
+                        "gpus": [] if host else [GPU]}
                 answer = session.post(controller.url + "/v1/vms", headers=ADMIN, timeout=120,
-                                      json={"name": name, "vcpus": 1, "memory_mib": 64,
-                                            "start": False, "gpus": [GPU]})
+                                      json={**body, "host": host} if host else body)
             else:
                 answer = session.delete(controller.url + f"/v1/vms/{name}", headers=ADMIN,
                                         timeout=120)
         except requests.RequestException as exc:
             return (type(exc).__name__, None)
+        finally:
+            with lock:
+                answered[0] += 1
+                if answered[0] == OPERATIONS // 3:
+                    freezer.start()
         code = answer.json()["error"]["code"] if answer.status_code >= 400 else None
         return (answer.status_code, code)
 
-    freezer = threading.Timer(2.0, _freeze_for, args=(frozen, 8.0))
-    freezer.start()
+    def freeze():
+        frozen.freeze()
+        try:   # one create surely meets the frozen agent (its name outside the race's)
+            extra.append(call((True, f"frozen-{rng.randrange(10 ** 6)}", controllers[0],
+                               FROZEN_HOST)))
+            time.sleep(2)   # the controllers' agent timeout is 6 s (poll timeout 1 s)
+        finally:
+            frozen.thaw()
+    freezer = threading.Thread(target=freeze)
     with ThreadPoolExecutor(max_workers=THREADS) as pool:
         answers = list(pool.map(call, plan))
-    freezer.join()
-    return answers
-
-
-def _freeze_for(agent, seconds):
-    agent.freeze()
-    time.sleep(seconds)   # the controllers' agent timeout is 6 s (poll timeout 1 s)
-    agent.thaw()
+    freezer.join(timeout=120)
+    return answers + extra
 
 
 def _settled(api):
