@@ -28,7 +28,7 @@ from sqlalchemy import select
 from controller.agents import maybe_done
 from controller.db.models import Vm, utcnow
 from controller.placement import release_held
-from controller.vm_records import pending_error
+from controller.vm_records import delete_on_agent, pending_error
 from hostplane.core import vm_states
 from hostplane.errors import ApiError, Conflict
 
@@ -134,7 +134,7 @@ def target_op(vm_spec):
 def _forget_on(ctl, host, name, op_id):
     """Undefine (and cancel) the target's copy of operation `op_id`, if it was made."""
     try:
-        ctl.agent(host).delete_vm(name, op_id)
+        delete_on_agent(ctl.agent(host), name, op_id)
     except ApiError as exc:   # the poller's recovery finds it later; the answer is the 503
         log.warning("VM %s: could not undo its definition on %s: %s", name, host.id,
                     exc.message)

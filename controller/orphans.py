@@ -12,13 +12,13 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
-from sqlalchemy import or_, select
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from controller.db.models import Device, Host, Vm
-from controller.vm_records import expected_domains
 from controller.agents import maybe_done
-from controller.vm_records import forget_create, pending_error, settle_create
+from controller.db.models import Device, Host, Vm
+from controller.vm_records import (expected_domains, forget_create, pending_error,
+                                   settle_create)
 from hostplane.core import device_states, vm_states
 from hostplane.errors import ApiError, Conflict, NotFound
 
@@ -34,7 +34,7 @@ def listing(ctl):
             answers = dict(zip([h.id for h in hosts], pool.map(
                 lambda host: _domains_of(ctl, host), hosts)))
     with ctl.db.read() as session:   # after the agents: see _orphan
-        expected = _expected_domains(session)
+        expected = expected_domains(session)
     orphans, unreachable = [], {}
     for host_id, domains in answers.items():
         if isinstance(domains, ApiError):
@@ -84,11 +84,11 @@ def adopt(ctl, host_id, name, tenant=None):
                                    if n.get("bridge")]})
         vm_states.begin_create(vm, op_id, time.time())
         session.add(vm)
-        for row in rows:
-            if row.status == device_states.READY:
-                device_states.hold(row, name)
-            else:
+        for row in rows:   # held outside already (synced since), or still shown free
+            if row.status == device_states.ATTACHED:
                 device_states.adopt(row, name)
+            else:
+                device_states.hold(row, name)
         session.flush()
     try:
         ctl.db.transaction(record)
@@ -135,14 +135,6 @@ def _whole_groups(session, host_id, name, rows):
                        code="group_split", details={"missing": missing})
 
 
-def _expected_domains(session, host_id=None):
-    """{(host_id, name): operation ids a domain there may carry} for every VM row."""
-    query = select(Vm.name, Vm.host_id, Vm.moving_to, Vm.op_id, Vm.spec)
-    if host_id is not None:
-        query = query.where(or_(Vm.host_id == host_id, Vm.moving_to == host_id))
-    return expected_domains(session.execute(query))
-
-
 def _domains_of(ctl, host):
     try:
         return ctl.agent(host).list_vms()
@@ -168,7 +160,7 @@ def _orphan(ctl, host_id, name):
                            details={"host": host_id}) from None
         raise
     with ctl.db.read() as session:
-        expected = _expected_domains(session, host_id).get((host_id, name))
+        expected = expected_domains(session, host_id).get((host_id, name))
     if vm_states.domain_is_ours(domain.get("op_id"), expected):
         raise Conflict(f"{name} on {host_id} is a VM the controller knows; use /v1/vms",
                        code="not_an_orphan", details={"host": host_id})

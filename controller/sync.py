@@ -9,16 +9,15 @@ A device the agent reports held by a domain is `attached`: to that VM when the c
 knows a VM of that name on this host, otherwise to no VM (`vm` null) — held by an orphan
 domain, which `GET /v1/orphans` lists and an admin adopts or deletes. It is never shown
 free, and never attached to a VM name the API cannot show.
+
 A free device its agent calls not assignable is `not_assignable`, never `ready`; every
 status change goes through `hostplane.core.device_states`.
 """
 
-from sqlalchemy import or_, select
-
 from hostplane.core import device_states, vm_states
 from hostplane.core.reconcile import reconcile
 
-from controller.db.models import Device, Vm
+from controller.db.models import Device
 from controller.vm_records import expected_domains
 
 
@@ -38,10 +37,8 @@ def apply_report(session, host_id, body):
     rows = {row.id: row for row in session.query(Device).filter_by(host_id=host_id)}
     reported = reported_devices(body)
     verdict = reconcile(rows, reported)
-    known = expected_domains(session.execute(
-        select(Vm.name, Vm.host_id, Vm.moving_to, Vm.op_id, Vm.spec)
-        .where(or_(Vm.host_id == host_id, Vm.moving_to == host_id))))
-    known = {name: ops for (host, name), ops in known.items() if host == host_id}
+    known = {name: ops for (host, name), ops in expected_domains(session, host_id).items()
+             if host == host_id}
     for device_id in verdict.added:
         row = _new_row(host_id, reported[device_id])
         _follow_holder(row, known)

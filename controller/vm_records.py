@@ -6,25 +6,26 @@ An operation is named by the create's `op_id`, which the agent records in the do
 the row's name alone may have been deleted and taken again while an agent was silent.
 """
 
-from sqlalchemy import select
+from sqlalchemy import or_, select
 
 from controller.db.models import Device, Vm
 from controller.placement import release_held
 from hostplane.core import vm_states
 from hostplane.errors import ApiError, Conflict, DependencyDown, NotFound
 
-ALL = object()   # a viewer who may see every tenant's VMs (the admin, the poller)
-
-
-def locked_vm(session, db, name, tenant=None):
+def locked_vm(session, db, name):
     """The VM row locked for writing, after its hosts (the lock order of every writer);
-    None when there is none. With `tenant` (a name or ALL), a VM that viewer may not see
-    is a 404 like a missing one."""
+    None when there is none."""
     found = session.execute(select(Vm.host_id, Vm.moving_to).where(Vm.name == name)).first()
     if found is not None:
         db.lock_hosts(session, found)
-    vm = session.scalars(db.locked(select(Vm).where(Vm.name == name))).first()
-    if tenant is not None and (vm is None or (tenant is not ALL and vm.tenant != tenant)):
+    return session.scalars(db.locked(select(Vm).where(Vm.name == name))).first()
+
+
+def visible(vm, name, tenant):
+    """`vm` when the caller may see it (`tenant`: its name, None for the admin); a VM of
+    another tenant is a 404 like a missing one."""
+    if vm is None or (tenant is not None and vm.tenant != tenant):
         raise NotFound(f"no VM {name}", code="vm_not_found")
     return vm
 
@@ -95,21 +96,17 @@ def pending_error(exc, name, state, operation):
         code=exc.code, details={**exc.details, "vm": name, "state": state})
 
 
-def _visible(session, name):
-    vm = session.get(Vm, name)
-    if vm is None or (tenant() is not None and vm.tenant != tenant()):
-        raise NotFound(f"no VM {name}", code="vm_not_found")
-    return vm
-
-
-def expected_domains(rows):
-    """{(host_id, name): operation ids a domain there may carry} for VM rows (name,
-    host_id, moving_to, op_id, spec): its own host with its own operation, and the target
-    of a move with the move's (None: any, from before operation ids or not yet known)."""
+def expected_domains(session, host_id=None):
+    """{(host_id, name): operation ids a domain there may carry} for every VM row (on
+    `host_id` only, if given): its own host with its own operation, and the target of a
+    move with the move's (None: any, from before operation ids or not yet known)."""
+    query = select(Vm.name, Vm.host_id, Vm.moving_to, Vm.op_id, Vm.spec)
+    if host_id is not None:
+        query = query.where(or_(Vm.host_id == host_id, Vm.moving_to == host_id))
     expected = {}
-    for name, host_id, moving_to, op_id, spec in rows:
-        if host_id is not None:
-            expected.setdefault((host_id, name), set()).add(op_id)
+    for name, host, moving_to, op_id, spec in session.execute(query):
+        if host is not None:
+            expected.setdefault((host, name), set()).add(op_id)
         if moving_to is not None:
             expected.setdefault((moving_to, name), set()).add((spec or {}).get("moving_op"))
     return expected

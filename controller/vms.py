@@ -21,9 +21,9 @@ from controller.agents import maybe_done
 from controller.db.models import Device, Host, Vm
 from controller.moves import move_and_attach
 from controller.placement import error_for, place_and_claim, release, vm_view
-from controller.vm_records import (ALL, delete_on_agent, finish_delete, forget_create, held,
+from controller.vm_records import (delete_on_agent, finish_delete, forget_create, held,
                                    locked_vm, pending_error, render, settle_create,
-                                   undo_delete)
+                                   undo_delete, visible)
 from controller.services import current, tenant
 from hostplane.core import vm_states
 from hostplane.core.scheduler import PlacementRequest
@@ -97,10 +97,9 @@ def delete(name):
     stale_before = time.time() - ctl.agent_call_s()
 
     def begin(session):
-        vm = locked_vm(session, ctl.db, name, tenant=_viewer())
+        vm = visible(locked_vm(session, ctl.db, name), name, tenant())
         previous = vm.state
-        vm_states.begin_delete(vm, (vm.op_since or 0) < stale_before)
-        vm.op_since = time.time()   # this delete's own mark: a takeover replaces it
+        vm_states.begin_delete(vm, (vm.op_since or 0) < stale_before, time.time())
         return vm.host_id, vm.op_id, previous, vm.op_since
     host_id, op_id, previous, mine = ctl.db.transaction(begin)
     host = _host_or_none(host_id)
@@ -176,16 +175,7 @@ def _lookup(name, doing):
 
 
 def _visible(session, name):
-    vm = session.get(Vm, name)
-    if vm is None or (tenant() is not None and vm.tenant != tenant()):
-        raise NotFound(f"no VM {name}", code="vm_not_found")
-    return vm
-
-
-def _viewer():
-    """Whose VMs the caller may see: a tenant's name, or ALL for the admin."""
-    who = tenant()
-    return ALL if who is None else who
+    return visible(session.get(Vm, name), name, tenant())
 
 
 def _host(host_id):
@@ -205,7 +195,7 @@ def _set_state(name, state):
     db = current().db
 
     def record(session):
-        vm = locked_vm(session, db, name, tenant=_viewer())
+        vm = visible(locked_vm(session, db, name), name, tenant())
         vm_states.report(vm, state)
         return render(vm, held(session, name))
     return db.transaction(record)

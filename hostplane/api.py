@@ -52,6 +52,7 @@ _JSON_BRACKETS = re.compile(r"[\[\]{}]")
 
 def parse_body(model, allow_empty=False):
     """The request's JSON body validated as `model`, or a 400 naming every problem.
+    `model` may also be a function choosing the model from the parsed body (a `type`).
 
     The body is read as JSON whatever its Content-Type (tokens are bearer headers, not
     cookies, so no browser form can send one on another site's behalf)."""
@@ -60,7 +61,9 @@ def parse_body(model, allow_empty=False):
     if not raw.strip() and allow_empty:
         data = {}
     else:
-        data = json_object(raw)
+        data = _json_object(raw)
+    if not isinstance(model, type):
+        model = model(data)
     try:
         return model.model_validate(data)
     except ValidationError as exc:
@@ -71,7 +74,7 @@ def parse_body(model, allow_empty=False):
                          details={"errors": problems}) from None
 
 
-def json_object(raw):
+def _json_object(raw):
     """The body as a JSON object, or a 400 that says what is wrong with it."""
     if not raw.strip():
         raise BadRequest("request body is empty; send a JSON object", code="invalid_json")

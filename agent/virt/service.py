@@ -176,10 +176,7 @@ class Virt:
         op_id = spec.get("op_id")
         with self.lock.held():
             self.recover()
-            if op_id and op_id in self.cancelled:
-                raise Conflict(f"the controller cancelled this create of {spec['name']} "
-                               "(it gave up waiting for it)", code="operation_cancelled",
-                               details={"op_id": op_id})
+            self._refuse_cancelled(op_id)
             with self.connection.errors():
                 taken = {d.name(): d for d in conn.listAllDomains()}
             if spec["name"] in taken:
@@ -213,9 +210,7 @@ class Virt:
         `expected` (None: no operation); the controller adopts or deletes a domain it did
         not make only through this, so two such requests never both win."""
         with self.lock.held():
-            if op_id in self.cancelled:
-                raise Conflict(f"the controller cancelled operation {op_id}",
-                               code="operation_cancelled", details={"op_id": op_id})
+            self._refuse_cancelled(op_id)
             dom = self.domain(name)
             with self.connection.errors(name):
                 found = self._op_of(dom)
@@ -233,7 +228,13 @@ class Virt:
 
     def _op_of(self, dom):
         with self.connection.errors(dom.name()):
-            return domxml.read_domain(dom.XMLDesc(0))["op_id"]
+            return domxml.operation_of(domxml.parse(dom.XMLDesc(0)))
+
+    def _refuse_cancelled(self, op_id):
+        """Call with the lock held: 409 for an operation the controller gave up on."""
+        if op_id and op_id in self.cancelled:
+            raise Conflict(f"the controller cancelled operation {op_id} (it gave up waiting "
+                           "for it)", code="operation_cancelled", details={"op_id": op_id})
 
     def check_new_devices(self, vm, wanted):
         """Inventory models for a new VM's devices, each checked like an attach."""

@@ -7,14 +7,14 @@ controller refuses (400, nothing stored) exactly what every agent would refuse.
 import ipaddress
 from typing import Annotated, Literal, Optional, Union
 
-from flask import Blueprint, jsonify, request
+from flask import Blueprint, jsonify
 from pydantic import (BaseModel, ConfigDict, Field, RootModel, StrictInt, ValidationError,
                       ValidationInfo, field_validator)
 
 from controller import networks
 from controller.api.schemas import check_path_ids
 from controller.services import current, require_admin
-from hostplane.api import describe, json_object, parse_body
+from hostplane.api import describe, parse_body
 from hostplane.core.ids import check_name
 from hostplane.core.networks import VXLAN_PORT, NovlanSpec, VlanSpec, VxlanSpec
 from hostplane.errors import BadRequest
@@ -122,7 +122,7 @@ class NetworkCreate(RootModel[Annotated[Union[tuple(KINDS.values())],
           body=NetworkCreate, responses=(201, 403, 409), tags=["networks"])
 def create():
     require_admin("creating networks")
-    body = parse_body(_kind_model())
+    body = parse_body(_kind_model)
     ctl = current()
     name = networks.create(ctl.db, body)
     networks.push(ctl.db, names=[name], **agents_of(ctl))
@@ -176,9 +176,8 @@ def delete(name):
 
 # --- helpers ---------------------------------------------------------------------------
 
-def _kind_model():
-    """The body's model by its `type`; the body is checked (depth, characters) first."""
-    data = json_object(request.get_data(cache=True))
+def _kind_model(data):
+    """The body's model by its `type` (parse_body has checked the body itself)."""
     kind = data.get("type")
     if not isinstance(kind, str) or kind not in KINDS:
         raise BadRequest(f"type: must be one of {', '.join(KINDS)}", code="invalid_request",

@@ -51,12 +51,13 @@ def report(vm, agent_state):
     vm.state = observed(agent_state)
 
 
-def begin_delete(vm, op_stale):
-    """settled → deleting. A create or delete that has been with its agent longer than
-    any answer may take (`op_stale`) may be taken over by a new delete: its caller has
-    given up, and the delete settles it either way."""
+def begin_delete(vm, op_stale, now):
+    """settled → deleting, stamped `now` (the delete's own mark: a takeover replaces it).
+    A create or delete that has been with its agent longer than any answer may take
+    (`op_stale`) may be taken over by a new delete: its caller has given up, and the
+    delete settles it either way."""
     if vm.state in SETTLED or (vm.state in (CREATING, DELETING) and op_stale):
-        vm.state = DELETING
+        vm.state, vm.op_since = DELETING, now
         return
     raise IllegalVmTransition(vm.name, vm.state, SETTLED | {CREATING, DELETING},
                               _BUSY_WHY.get(vm.state))
