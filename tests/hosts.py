@@ -8,7 +8,8 @@
   display, six NVSwitches (class 0680, endpoint header), an Intel VMD controller with an
   NVMe drive in PCI domain 10000, a GPU newer than the system's pci.ids (B200, 10de:2901),
   PCIe link speeds. Described from public facts (ids, classes, topology of HGX A100
-  boards): no public sysfs capture of such a machine was found, see tests/data/README.
+  boards): the real DGX captures (tests/data/captures) are udev databases, without the
+  config space, IOMMU groups and link files this one has.
 """
 
 from tests.synthetic import Host, PciFunction as F, UsbDevice as U

@@ -3,8 +3,11 @@
 `lspci -A linux-sysfs -O sysfs.path=DIR` reads a captured tree with pciutils' own code, so
 every field both report (ids, class, driver, NUMA node, names, the bridges above each
 function) must agree: a disagreement fails here. The captures (tests/data/captures,
-SOURCE.rst) have no `config` and no `uevent` files, as trees copied by capture tools often
-do; the generated HGX-like server (tests/hosts.py) has both.
+SOURCE.rst) are ghw's sysfs snapshots, with no `config` and no `uevent` files as trees
+copied by capture tools often have, and the udev databases of two DGX servers
+(`udevadm info --export-db`, laid out as their tree by `tests.udevdb`: `uevent` and
+nesting, no `config`), which are also checked against the names the machine's own
+databases gave at capture time; the generated HGX-like server (tests/hosts.py) has all.
 """
 
 import json
@@ -22,6 +25,7 @@ from agent.inventory.pciids import HostNames, PciIds, newest_copy
 from tests.conftest import DATA
 from tests.hosts import hgx_server
 from tests.synthetic import write_sysfs_tree
+from tests.udevdb import pci_functions, read_export_db, write_pci_tree
 
 CAPTURES = os.path.join(DATA, "captures")
 needs_lspci = pytest.mark.skipif(shutil.which("lspci") is None,
@@ -32,6 +36,13 @@ def unpack(name, tmp_path):
     with tarfile.open(os.path.join(CAPTURES, f"{name}.tar.gz")) as archive:
         archive.extractall(tmp_path, filter="data")
     return str(tmp_path / "sys")
+
+
+def udev_capture(name, tmp_path):
+    """(sysfs root, {address: recorded udev properties}) of a captured udev database."""
+    devices = read_export_db(os.path.join(CAPTURES, f"{name}.udev.gz"))
+    recorded = {props["PCI_SLOT_NAME"]: props for _, props in pci_functions(devices)}
+    return write_pci_tree(devices, tmp_path / "sys"), recorded
 
 
 def inventory_cli(root, *extra, check=True):
@@ -107,6 +118,21 @@ def assert_agrees_with_lspci(root, inventory):
             assert device["type"] == "bridge" and not device["assignable"], address
 
 
+def assert_agrees_with_recorded_udev(recorded, inventory):
+    """The machine's own udev database: its kernel's ids and drivers, its hwdb's names
+    (udev words a model with its subsystem's name in parentheses when it knows one)."""
+    assert sorted(recorded) == sorted(inventory)
+    for address, props in recorded.items():
+        device = inventory[address]
+        assert f"{device['vendor_id']}:{device['device_id']}" == props["PCI_ID"].lower()
+        assert device["driver"] == props.get("DRIVER"), address
+        assert device["vendor_name"] == props["ID_VENDOR_FROM_DATABASE"], address
+        model = props.get("ID_MODEL_FROM_DATABASE")
+        if model is not None:
+            assert model == device["device_name"] or \
+                model.startswith(device["device_name"] + " ("), address
+
+
 @needs_lspci
 def test_laptop_capture_has_real_iommu_groups_and_agrees_with_lspci(tmp_path):
     root = unpack("thinkpad-x1c10", tmp_path)
@@ -144,6 +170,59 @@ def test_dual_socket_server_capture_bmc_display_numa_and_lspci_agree(tmp_path):
     # Uncore functions are class 0600 with an endpoint header on this machine; no config
     # space in the capture, so the class keeps them bridges (and out of passthrough).
     assert all(d["type"] == "bridge" for a, d in pci.items() if a.startswith("0000:fe:"))
+
+
+def dgx_inventory(name, functions, tmp_path):
+    """The inventory of a captured DGX, checked against lspci and the machine's own
+    udev: all functions read, 8 GPUs and the BMC's one display."""
+    root, recorded = udev_capture(name, tmp_path)
+    pci = inventory_cli(root)
+    assert len(pci) == functions
+    assert_agrees_with_lspci(root, pci)
+    assert_agrees_with_recorded_udev(recorded, pci)
+    types = Counter(d["type"] for d in pci.values())
+    assert (types["gpu"], types["display"]) == (8, 1), "the BMC's ASPEED is no GPU"
+    return pci, recorded
+
+
+@needs_lspci
+def test_dgx_a100_capture_counts_8_gpus_beside_its_bmc_display_and_nvswitches(tmp_path):
+    pci, _ = dgx_inventory("dgx-a100", 281, tmp_path)
+    assert {d["device_name"] for d in pci.values() if d["type"] == "gpu"} == \
+        {"GA100 [A100 SXM4 40GB]"}
+    aspeed = pci["0000:63:00.0"]
+    assert (aspeed["vendor_id"], aspeed["device_id"], aspeed["assignable"]) == \
+        ("1a03", "2000", False)
+    assert "BMC display" in aspeed["not_assignable_reason"]
+    assert aspeed["upstream"] == ["0000:60:05.2", "0000:62:00.0"]     # behind the AST1150
+    assert pci["0000:62:00.0"]["type"] == "bridge"
+    # Each GPU sits six PEX880xx switch ports below its AMD root port, as lspci -PP says.
+    assert pci["0000:07:00.0"]["upstream"] == ["0000:00:01.1", "0000:01:00.0", "0000:02:00.0",
+                                               "0000:03:00.0", "0000:04:00.0", "0000:05:00.0",
+                                               "0000:06:00.0"]
+    # The dump has no config space, so the header type is unknown and the class decides
+    # (0680, "other bridge"): the six NVSwitches stay out of passthrough here; with a
+    # config file they are endpoints (the generated HGX tree below).
+    nvswitches = [d for d in pci.values() if (d["vendor_id"], d["device_id"]) == ("10de", "1af1")]
+    assert len(nvswitches) == 6
+    assert {(d["type"], d["device_name"]) for d in nvswitches} == \
+        {("bridge", "GA100 [A100 NVSwitch]")}
+    # No IOMMU groups in a udev dump (the host had its AMD IOMMUs on): nothing is offered.
+    assert pci["0000:07:00.0"]["not_assignable_reason"].startswith("no IOMMU group")
+    assert {d["numa_node"] for d in pci.values()} == {None}
+
+
+@needs_lspci
+def test_dgx_b200_capture_names_the_b200_its_own_database_did_not(tmp_path):
+    pci, recorded = dgx_inventory("dgx-b200", 559, tmp_path)
+    b200 = [a for a, d in pci.items() if (d["vendor_id"], d["device_id"]) == ("10de", "2901")]
+    assert len(b200) == 8 and {pci[a]["type"] for a in b200} == {"gpu"}
+    # The machine's own hwdb had no name for it; here it is named, at worst as lspci does.
+    assert all("ID_MODEL_FROM_DATABASE" not in recorded[a] for a in b200)
+    assert {pci[a]["device_name"] for a in b200} <= {"GB100 [B200]",
+                                                     "NVIDIA Corporation Device 2901"}
+    assert pci["0000:04:00.0"]["type"] == "display"
+    assert pci["0000:04:00.0"]["upstream"] == ["0000:00:0c.0", "0000:03:00.0"]
 
 
 @needs_lspci
