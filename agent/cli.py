@@ -52,13 +52,12 @@ def print_inventory(config, compact=False):
             host_id(config)
         except ConfigError:
             config["host"]["id"] = "unknown"
-    config["host"]["state_dir"] = ""
     tree = SysfsTree(config["host"]["sysfs_root"])
     try:
         tree.check_readable()
         listed = tree.pci_addresses()
-        agent = Agent(config)
-        agent.inventory.scan()
+        agent = Agent(config, one_shot=True)
+        agent.scan()
     except (UnreadableTree, PermissionError) as exc:
         print(f"hostplane-agent: cannot read {config['host']['sysfs_root']}: {exc}",
               file=sys.stderr)

@@ -92,9 +92,11 @@ def bench_command(root, runs):
     ours = [script] if os.access(script, os.X_OK) else [sys.executable, "-m", "agent.cli"]
     ours += ["inventory", "--compact", "--sysfs-root", root]
     theirs = ["lspci", "-Dmmnnv", "-A", "linux-sysfs", "-O", f"sysfs.path={root}/bus/pci"]
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [
-        os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-        os.environ.get("PYTHONPATH")])))
+    env = dict(os.environ, HOSTPLANE_HOST_STATE_DIR=os.path.join(os.path.dirname(root), "state"),
+               PYTHONPATH=os.pathsep.join(filter(None, [
+                   os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                   os.environ.get("PYTHONPATH")])))
+    os.makedirs(env["HOSTPLANE_HOST_STATE_DIR"], exist_ok=True)
     wall, cpu = {"ours": [], "lspci": []}, {"ours": [], "lspci": []}
     for _ in range(runs + 1):   # the first round warms the page cache, not counted
         for name, command in (("ours", ours), ("lspci", theirs)):

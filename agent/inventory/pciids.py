@@ -7,14 +7,22 @@ first that knows a name winning: `[host] pci_ids` (an operator's newer file; the
 role can ship one), then every pci.ids on the host newest first (by its `Version:` line,
 else its date), then udev's hwdb source, which systemd updates on its own schedule. That
 is the order lspci uses (pci.ids, then hwdb), so both name a device alike.
+
+Reading the databases is most of a short command's work (40 ms on a big server, where
+the sysfs scan is 25), and a host asks about a few dozen ids: the answers are kept in
+`<state_dir>/pci-names.json`, valid while every database keeps its size and mtime.
+Without a writable state directory every process reads the databases itself.
 """
 
-import logging
+import json
 import os
 import re
 import time
 
-log = logging.getLogger(__name__)
+from agent.atomic import write_json
+
+CACHE_NAME = "pci-names.json"
+_CACHE_FORMAT = 1
 
 SEARCH_PATH = ("/usr/share/misc/pci.ids", "/usr/share/hwdata/pci.ids",
                "/usr/share/pci.ids", "/usr/local/share/pci.ids")
@@ -45,15 +53,17 @@ def newest_copy(paths=SEARCH_PATH):
 class HostNames:
     """Names from every database on the host, newest first; the first that knows wins."""
 
-    def __init__(self, configured=None, pci_ids=SEARCH_PATH, hwdb=HWDB_PATH):
+    def __init__(self, configured=None, pci_ids=SEARCH_PATH, hwdb=HWDB_PATH, cache_dir=None):
         self.sources = []
         if configured:
             if os.access(configured, os.R_OK):
                 self.sources.append(PciIds(configured))
             else:
-                log.warning("[host] pci_ids %s cannot be read; using the host's copies",
-                            configured)
-        dated = sorted(((database_date(path), path) for path in pci_ids if database_date(path)),
+                import logging   # only here: `hostplane-agent inventory` never loads it
+                logging.getLogger(__name__).warning(
+                    "[host] pci_ids %s cannot be read; using the host's copies", configured)
+        dated = sorted(((date, path) for date, path in
+                        ((database_date(path), path) for path in pci_ids) if date),
                        reverse=True)
         candidates = [PciIds(path) for _, path in dated] + \
             [HwdbNames(path) for path in hwdb if os.path.exists(path)]
@@ -63,12 +73,58 @@ class HostNames:
             if real not in seen:
                 seen.add(real)
                 self.sources.append(source)
+        self._cache_path = os.path.join(cache_dir, CACHE_NAME) if cache_dir else None
+        self._fingerprint = self._sources_fingerprint()
+        self._answers = self._load_answers()
+        self._unsaved = False
 
     @property
     def available(self):
         return bool(self.sources)
 
     def names(self, vendor_id, device_id):
+        key = f"{vendor_id}:{device_id}"
+        answer = self._answers.get(key)
+        if answer is None:
+            answer = self._answers[key] = self._ask(vendor_id, device_id)
+            self._unsaved = True
+        return answer
+
+    def save(self):
+        """Keep this process's answers for the next one (best effort)."""
+        if not self._unsaved or self._cache_path is None or self._fingerprint is None:
+            return
+        if not os.access(os.path.dirname(self._cache_path), os.W_OK):
+            return   # a read-only command does not create the agent's state directory
+        try:
+            write_json(self._cache_path, {"format": _CACHE_FORMAT, "sources": self._fingerprint,
+                                          "names": self._answers})
+        except OSError:
+            return
+        self._unsaved = False
+
+    def _sources_fingerprint(self):
+        """[[kind, path, size, mtime]] of each database in the order asked; None if one
+        cannot be stat'ed (then nothing is cached)."""
+        try:
+            return [[type(source).__name__, source.path, status.st_size, status.st_mtime_ns]
+                    for source in self.sources for status in (os.stat(source.path),)]
+        except OSError:
+            return None
+
+    def _load_answers(self):
+        if self._cache_path is None or self._fingerprint is None:
+            return {}
+        try:
+            with open(self._cache_path, encoding="utf-8") as handle:
+                stored = json.load(handle)
+            if stored.get("format") != _CACHE_FORMAT or stored.get("sources") != self._fingerprint:
+                return {}
+            return {key: (vendor, device) for key, (vendor, device) in stored["names"].items()}
+        except (OSError, ValueError, TypeError, AttributeError, KeyError):
+            return {}
+
+    def _ask(self, vendor_id, device_id):
         vendor_name = device_name = None
         for source in self.sources:
             vendor, device = source.names(vendor_id, device_id)
@@ -188,8 +244,8 @@ _VENDOR_LINE = re.compile(r"\n[0-9a-fC]")
 _shared = {}
 
 
-def shared_pciids(path=None):
+def shared_pciids(path=None, cache_dir=None):
     """The host's names (`[host] pci_ids` first) once per process: reading is the expensive part."""
-    if path not in _shared:
-        _shared[path] = HostNames(path)
-    return _shared[path]
+    if (path, cache_dir) not in _shared:
+        _shared[path, cache_dir] = HostNames(path, cache_dir=cache_dir)
+    return _shared[path, cache_dir]
