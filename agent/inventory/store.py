@@ -120,6 +120,11 @@ class Inventory:
         with self._lock:
             return [self._with_holder("pci", d) for d in self._pci.values()]
 
+    def has_pci(self):
+        """Any PCI function read (without copying each one as `pci_devices()` does)."""
+        with self._lock:
+            return bool(self._pci)
+
     def usb_devices(self):
         with self._lock:
             return [self._with_holder("usb", d) for d in self._usb.values()]
