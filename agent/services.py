@@ -94,7 +94,8 @@ class Agent:
             self.monitor.start()
         except Exception as exc:  # noqa: BLE001 - no netlink (containers): poll still works
             import logging
-            logging.getLogger(__name__).warning("udev monitor unavailable (%s); hot-plug is seen on rescan only", exc)
+            logging.getLogger(__name__).warning(
+                "udev monitor unavailable (%s); hot-plug is seen on rescan only", exc)
             self.monitor = None
 
     def host(self):

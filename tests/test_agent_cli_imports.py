@@ -75,7 +75,8 @@ def test_plain_inventory_arguments_read_as_argparse_reads_them(argv):
 
 def test_plain_inventory_arguments_cover_what_operators_type():
     for argv in (["inventory"], ["inventory", "--compact"], ["--config", "/c", "inventory"],
-                 ["inventory", "--sysfs-root", "/t", "--compact"], ["inventory", "--sysfs-root=/t"]):
+                 ["inventory", "--sysfs-root", "/t", "--compact"],
+                 ["inventory", "--sysfs-root=/t"]):
         assert vars(plain_inventory_args(argv)) == vars(build_parser().parse_args(argv))
     for argv in (["inventory", "-h"], ["inventory", "--sysfs", "/t"], ["serve"], [],
                  ["inventory", "--sysfs-root", "-t"], ["--compact", "inventory"]):
