@@ -8,11 +8,13 @@ spellings are parsed without argparse, which with its imports is 5 ms of ~60.
 
 import gc
 import json
+import os
 import sys
 from types import SimpleNamespace
 
 from agent.config import check_serving_config, host_id, load_agent_config
 from hostplane.config import ConfigError
+from hostplane.core.jsontext import indented_json
 from hostplane.service import exec_gunicorn
 
 
@@ -25,7 +27,10 @@ def main(argv=None):
             overrides["host"] = {"sysfs_root": args.sysfs_root, "watch_udev": False}
         config = load_agent_config(args.config, overrides=overrides)
         if args.command == "inventory":
-            return print_inventory(config, args.compact)
+            status = print_inventory(config, args.compact)
+            if argv is None:    # the program itself, not a caller in this process
+                exit_at_once(status)
+            return status
         if args.command == "check":
             from agent.check import run_check
             return run_check(config)
@@ -108,7 +113,8 @@ def print_inventory(config, compact=False):
                                                           raw[1:]))
         sys.stdout.flush()
     else:
-        print(json.dumps({"host_id": agent.host_id, **json.loads(raw)}, indent=2))
+        print(indented_json({"host_id": agent.host_id, "generation": agent.inventory.generation,
+                             **agent.inventory.document()}))
     for error in agent.inventory.errors():
         print(f"hostplane-agent: {error['kind']} {error['id']}: {error['error']}",
               file=sys.stderr)
@@ -117,6 +123,15 @@ def print_inventory(config, compact=False):
               "could be read", file=sys.stderr)
         return 1
     return 0
+
+
+def exit_at_once(status):
+    """End the command without tearing the interpreter down (a last garbage collection
+    over all it loaded, then module clean-up: 5 ms of ~60). Output is flushed first; the
+    command starts no thread and registers no exit handler, so nothing else is skipped."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
 
 
 def serve_forever(config, args):

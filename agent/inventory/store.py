@@ -209,11 +209,14 @@ class Inventory:
         with self._lock:
             return dict(self._conflicts)
 
+    def document(self):
+        """`GET /v1/devices` as values, all but its generation."""
+        with self._lock:
+            return {"pci": self.pci_devices(), "usb": self.usb_devices(),
+                    "errors": list(self._errors)}
+
     def _render(self):
-        pci = self.pci_devices()
-        usb = self.usb_devices()
-        content = json.dumps({"pci": pci, "usb": usb, "errors": self._errors},
-                             separators=(",", ":")).encode()
+        content = json.dumps(self.document(), separators=(",", ":")).encode()
         digest = hashlib.sha256(content).hexdigest()
         generation = self._generation.observe(digest)
         payload = b'{"generation":%d,' % generation + content[1:]
