@@ -86,6 +86,7 @@ def certificate_expiry(path, now=None):
     """(status, sentence) for the certificate(s) in a PEM file, the soonest to expire
     deciding: a CA bundle is only as good as the certificate that runs out first."""
     import datetime
+
     from cryptography import x509
     now = now or datetime.datetime.now(datetime.timezone.utc)
     try:

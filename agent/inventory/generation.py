@@ -23,7 +23,7 @@ class SharedGeneration:
                 with open(path, "a", encoding="utf-8"):
                     pass
             except OSError as exc:
-                import logging   # rare: kept out of `hostplane-agent inventory`'s start-up
+                import logging  # rare: kept out of `hostplane-agent inventory`'s start-up
                 logging.getLogger(__name__).warning(
                     "generation file %s unusable (%s); counting in-process", path, exc)
                 self.path = None

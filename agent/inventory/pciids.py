@@ -59,7 +59,7 @@ class HostNames:
             if os.access(configured, os.R_OK):
                 self.sources.append(PciIds(configured))
             else:
-                import logging   # only here: `hostplane-agent inventory` never loads it
+                import logging  # only here: `hostplane-agent inventory` never loads it
                 logging.getLogger(__name__).warning(
                     "[host] pci_ids %s cannot be read; using the host's copies", configured)
         dated = sorted(((date, path) for date, path in

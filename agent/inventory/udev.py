@@ -59,7 +59,8 @@ class HotplugMonitor:
     """
 
     def __init__(self, inventory, context):
-        import logging   # serving only: `hostplane-agent inventory` never loads it
+        import logging  # serving only: `hostplane-agent inventory` never loads it
+
         import pyudev
         self.log = logging.getLogger(__name__)
         self.inventory = inventory
