@@ -228,10 +228,12 @@ class PciIds:
             lines = self._data[start:end.start() if end else len(self._data)].decode(
                 "utf-8", "replace")
             line_end = lines.find("\n", 1)
+            if line_end < 0:   # the vendor's line is the file's last
+                line_end = len(lines)
             devices = {}
-            for device, name in _DEVICE_LINE.findall(lines, line_end if line_end >= 0 else 0):
+            for device, name in _DEVICE_LINE.findall(lines, line_end):
                 devices.setdefault(device, name.strip())
-            entry = (lines[7:line_end if line_end >= 0 else len(lines)].strip(), devices)
+            entry = (lines[7:line_end].strip(), devices)
         self._vendors[vendor_id] = entry
         return entry
 
