@@ -2,28 +2,27 @@
 
 Blueprints reach it through `current_agent()`. Each adapter is pointed by config
 (sysfs root, libvirt URI, network namespace), which is how tests use real parts.
+
+`hostplane-agent inventory` builds one too and is a command an operator waits for, so
+what only serving needs (libvirt, netlink, host facts, logging, uuid) is imported where
+it is used, not here.
 """
 
-import hashlib
-import logging
 import os
-import uuid
 
 from agent.config import host_id as configured_host_id
-from agent.hostinfo import host_facts, host_iommu
 from agent.inventory.generation import SharedGeneration
-from agent.inventory.hostuse import read_host_uses
 from agent.inventory.pciids import shared_pciids
 from agent.inventory.store import Inventory
 from agent.inventory.sysfs import SysfsTree
 from agent.inventory.udev import TreeUsbSource, UdevUsbSource
 from hostplane import __version__
 
-log = logging.getLogger(__name__)
-
 
 class Agent:
-    def __init__(self, config):
+    def __init__(self, config, one_shot=False):
+        """`one_shot`: a command's inventory (generation counted in-process, never in the
+        serving agent's file); both keep looked-up names under `[host] state_dir`."""
         self.config = config
         self.version = __version__
         self.host_id = configured_host_id(config)
@@ -32,12 +31,13 @@ class Agent:
         self.sysfs = SysfsTree(host["sysfs_root"])
         self.live_host = os.path.realpath(host["sysfs_root"]) == "/sys"
         usb_source = UdevUsbSource() if self.live_host else TreeUsbSource(self.sysfs)
-        pciids = shared_pciids(host["pci_ids"] or None)
+        self.names = shared_pciids(host["pci_ids"] or None, host["state_dir"] or None)
+        shared = host["state_dir"] and not one_shot
         self.inventory = Inventory(
             self.sysfs, usb_source,
             SharedGeneration(os.path.join(host["state_dir"], "inventory.generation")
-                             if host["state_dir"] else None),
-            host["critical_drivers"], names=pciids.names if pciids.available else None,
+                             if shared else None),
+            host["critical_drivers"], names=self.names.names if self.names.available else None,
             host_uses=self._host_uses_reader())
         self.monitor = None
         self.virt = None        # libvirt adapter (agent.virt), set by start()
@@ -50,10 +50,19 @@ class Agent:
             return None
         host = self.config["host"]
         port = _port_of(self.config["server"]["bind"])
-        return lambda: read_host_uses(host["sysfs_root"], host["proc_root"], port)
+
+        def host_uses():
+            from agent.inventory.hostuse import read_host_uses
+            return read_host_uses(host["sysfs_root"], host["proc_root"], port)
+        return host_uses
+
+    def scan(self):
+        """Read every device afresh; the names looked up are kept for the next process."""
+        self.inventory.scan()
+        self.names.save()
 
     def start(self):
-        self.inventory.scan()
+        self.scan()
         if self.config["host"]["controller_url"]:
             from agent.notify import ControllerNotifier
             self.inventory.add_listener(ControllerNotifier(
@@ -65,6 +74,7 @@ class Agent:
         self._start_networks()
 
     def _start_virt(self):
+        from agent.hostinfo import host_iommu
         from agent.virt import Virt
         self.virt = Virt(self.config, self.inventory, lambda: host_iommu(
             self.sysfs, self.config["host"]["proc_root"])["ready"])
@@ -83,10 +93,13 @@ class Agent:
             self.monitor = HotplugMonitor(self.inventory, self.inventory.usb_source.context)
             self.monitor.start()
         except Exception as exc:  # noqa: BLE001 - no netlink (containers): poll still works
-            log.warning("udev monitor unavailable (%s); hot-plug is seen on rescan only", exc)
+            import logging
+            logging.getLogger(__name__).warning(
+                "udev monitor unavailable (%s); hot-plug is seen on rescan only", exc)
             self.monitor = None
 
     def host(self):
+        from agent.hostinfo import host_facts
         facts = host_facts(self.sysfs, self.config["host"]["proc_root"])
         facts["host_id"] = self.host_id
         facts["boot_id"] = self.boot_id
@@ -127,18 +140,19 @@ def start_id(environ=None, proc_root="/proc"):
     """
     environ = os.environ if environ is None else environ
     if not environ.get("SERVER_SOFTWARE", "").startswith("gunicorn/"):
-        return uuid.uuid4().hex
+        return os.urandom(16).hex()
     master = os.getppid()
     try:
         with open(f"{proc_root}/{master}/cmdline", "rb") as cmdline:
             if b"gunicorn" not in cmdline.read():
-                return uuid.uuid4().hex   # this process is the master itself
+                return os.urandom(16).hex()   # this process is the master itself
         with open(f"{proc_root}/{master}/stat", encoding="ascii") as stat:
             started = stat.read().rsplit(")", 1)[1].split()[19]   # field 22, starttime
         with open(f"{proc_root}/sys/kernel/random/boot_id", encoding="ascii") as boot:
             kernel_boot = boot.read().strip()
     except (OSError, IndexError):
-        return uuid.uuid4().hex
+        return os.urandom(16).hex()
+    import hashlib
     return hashlib.sha256(f"{kernel_boot}/{master}/{started}".encode()).hexdigest()[:32]
 
 

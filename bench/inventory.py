@@ -8,13 +8,15 @@ Prints (all medians of repeated runs):
   process (it is a C program; its run includes loading pci.ids, as ours does once);
 - the ratio (goal: ≤ 1.0);
 - `hostplane-agent inventory` as a whole process (interpreter start, imports, scan,
-  JSON printed) against lspci, run alternately so both see the same load (goal ≤ 1.5);
+  JSON printed) against lspci, run alternately so both see the same load (goal ≤ 1.5):
+  installed from a wheel, from this checkout, without a state directory, pretty-printed;
 - one hot-plug update (re-read of the changed function only) against a full scan;
 - with --http: GET /v1/devices requests/s under gunicorn with 2 workers, via wrk
   (Debian package `wrk`), for the full body and for the 304 path.
 """
 
 import argparse
+import compileall
 import os
 import shutil
 import statistics
@@ -85,29 +87,79 @@ def bench_lspci(root, runs):
 
 
 def bench_command(root, runs):
-    """Whole processes, side by side: what an operator waits for at the prompt."""
+    """Whole processes, side by side: what an operator waits for at the prompt.
+
+    Ours as installed (a wheel in a fresh venv, as the Ansible role installs it: pip
+    writes the launcher and compiles the modules), as run from this checkout (the dev
+    venv's editable install adds an import hook to every start), and without a state
+    directory (names read from pci.ids/hwdb each run), alternating with lspci.
+    """
     if shutil.which("lspci") is None:
         return
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    scratch = os.path.dirname(root)
+    state = os.path.join(scratch, "state")
+    os.makedirs(state, exist_ok=True)
+    base_env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    checkout_env = dict(base_env, PYTHONPATH=os.pathsep.join(filter(None, [
+        repo, os.environ.get("PYTHONPATH")])))
+    compileall.compile_dir(os.path.join(repo, "agent"), quiet=1)   # as an install would
+    compileall.compile_dir(os.path.join(repo, "hostplane"), quiet=1)
     script = os.path.join(os.path.dirname(sys.executable), "hostplane-agent")
-    ours = [script] if os.access(script, os.X_OK) else [sys.executable, "-m", "agent.cli"]
-    ours += ["inventory", "--compact", "--sysfs-root", root]
-    theirs = ["lspci", "-Dmmnnv", "-A", "linux-sysfs", "-O", f"sysfs.path={root}/bus/pci"]
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [
-        os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-        os.environ.get("PYTHONPATH")])))
-    wall, cpu = {"ours": [], "lspci": []}, {"ours": [], "lspci": []}
-    for _ in range(runs + 1):   # the first round warms the page cache, not counted
-        for name, command in (("ours", ours), ("lspci", theirs)):
+    checkout = [script] if os.access(script, os.X_OK) else [sys.executable, "-m", "agent.cli"]
+    arguments = ["inventory", "--compact", "--sysfs-root", root]
+    series = {}
+    installed = install_wheel(repo, os.path.join(scratch, "venv"), base_env)
+    if installed:
+        series["installed (wheel in a venv)"] = (
+            [installed, *arguments], dict(base_env, HOSTPLANE_HOST_STATE_DIR=state))
+    series["this checkout (editable venv)"] = (
+        [*checkout, *arguments], dict(checkout_env, HOSTPLANE_HOST_STATE_DIR=state))
+    series["checkout, no state dir (names from the databases)"] = (
+        [*checkout, *arguments],
+        dict(checkout_env, HOSTPLANE_HOST_STATE_DIR=os.path.join(scratch, "absent")))
+    series["checkout, pretty JSON (no --compact)"] = (
+        [*checkout, *arguments[:1], *arguments[2:]],
+        dict(checkout_env, HOSTPLANE_HOST_STATE_DIR=state))
+    series["lspci -Dmmnnv"] = (
+        ["lspci", "-Dmmnnv", "-A", "linux-sysfs", "-O", f"sysfs.path={root}/bus/pci"], base_env)
+    wall = {name: [] for name in series}
+    cpu = {name: [] for name in series}
+    for _ in range(runs + 1):   # the first round warms the page cache and the names
+        for name, (command, env) in series.items():
             before = _children_cpu()
             started = time.perf_counter()
-            subprocess.run(command, capture_output=True, check=True, env=env)
+            subprocess.run(command, capture_output=True, check=True, env=env, cwd=scratch)
             wall[name].append(time.perf_counter() - started)
             cpu[name].append(_children_cpu() - before)
-    for label, samples in (("wall", wall), ("CPU (user+sys, steadier on a busy machine)", cpu)):
-        ours_ms, lspci_ms = (median_ms(samples[name][1:]) for name in ("ours", "lspci"))
-        print(f"whole process, {label}: hostplane-agent inventory {ours_ms:.1f} ms, "
-              f"lspci -Dmmnnv {lspci_ms:.1f} ms, ratio {ours_ms / lspci_ms:.2f} "
-              f"(goal <= 1.5; medians of {runs} alternating runs)")
+    lspci_wall, lspci_cpu = (median_ms(samples["lspci -Dmmnnv"][1:]) for samples in (wall, cpu))
+    print(f"whole process, medians of {runs} alternating runs (wall; CPU user+sys, steadier "
+          "on a busy machine), ratio to lspci (goal <= 1.5):")
+    for name in series:
+        ours_wall, ours_cpu = median_ms(wall[name][1:]), median_ms(cpu[name][1:])
+        print(f"  {name:52s} {ours_wall:6.1f} ms ({ours_wall / lspci_wall:.2f}x); "
+              f"CPU {ours_cpu:6.1f} ms ({ours_cpu / lspci_cpu:.2f}x)")
+
+
+def install_wheel(repo, venv_dir, env):
+    """`hostplane-agent` of a wheel of this checkout installed into a new venv, or None.
+    `env` has no PYTHONPATH: pip would take the checkout on it for an installed copy."""
+    import venv
+    wheels = os.path.join(os.path.dirname(venv_dir), "wheels")
+    try:
+        subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-index",
+                        "--no-build-isolation", "-w", wheels, repo],
+                       capture_output=True, check=True, env=env)
+        venv.EnvBuilder(with_pip=False, symlinks=True).create(venv_dir)
+        wheel = os.path.join(wheels, next(n for n in os.listdir(wheels) if n.endswith(".whl")))
+        subprocess.run([sys.executable, "-m", "pip", "--python",
+                        os.path.join(venv_dir, "bin", "python"), "install", "-q", "--no-deps",
+                        "--no-index", wheel], capture_output=True, check=True, env=env)
+    except (subprocess.CalledProcessError, OSError, StopIteration) as exc:
+        print(f"installed command: not measured (building or installing the wheel failed: "
+              f"{getattr(exc, 'stderr', b'') or exc})")
+        return None
+    return os.path.join(venv_dir, "bin", "hostplane-agent")
 
 
 def _children_cpu():

@@ -3,7 +3,6 @@ skeleton (errors, auth, TLS requirement, metrics, body limit), publish /metrics 
 OpenAPI description, and hand themselves to gunicorn (HTTPS when `[server] tls_cert`).
 """
 
-import datetime
 import os
 import sys
 
@@ -86,6 +85,8 @@ def check_ca_bundle(path, what):
 def certificate_expiry(path, now=None):
     """(status, sentence) for the certificate(s) in a PEM file, the soonest to expire
     deciding: a CA bundle is only as good as the certificate that runs out first."""
+    import datetime
+
     from cryptography import x509
     now = now or datetime.datetime.now(datetime.timezone.utc)
     try:

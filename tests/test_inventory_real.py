@@ -303,3 +303,35 @@ def test_newest_pci_ids_copy_wins_and_a_configured_one_is_used(tmp_path):
                                      HOSTPLANE_HOST_PCI_IDS=str(new)))
     pci = {d["id"]: d for d in json.loads(result.stdout)["pci"]}
     assert pci["0000:bd:00.0"]["device_name"] == "B200"
+
+
+def test_names_are_kept_in_the_state_dir_until_a_database_changes(tmp_path):
+    database, state = tmp_path / "pci.ids", tmp_path / "state"
+    database.write_text("#\n10de  NVIDIA Corporation\n\t2901  GB100\n")
+    state.mkdir()
+    first = HostNames(pci_ids=(str(database),), hwdb=(), cache_dir=str(state))
+    assert first.names("10de", "2901") == ("NVIDIA Corporation", "GB100")
+    first.save()
+    kept = json.loads((state / "pci-names.json").read_text())
+    assert kept["names"] == {"10de:2901": ["NVIDIA Corporation", "GB100"]}
+    assert HostNames(pci_ids=(str(database),), hwdb=(), cache_dir=str(state)).names(
+        "10de", "2901") == ("NVIDIA Corporation", "GB100")
+    database.write_text("#\n10de  NVIDIA Corporation\n\t2901  B200\n")   # the database updated
+    again = HostNames(pci_ids=(str(database),), hwdb=(), cache_dir=str(state))
+    assert again.names("10de", "2901") == ("NVIDIA Corporation", "B200")
+    nowhere = HostNames(pci_ids=(str(database),), hwdb=(), cache_dir=str(tmp_path / "absent"))
+    assert nowhere.names("10de", "2901") == ("NVIDIA Corporation", "B200")
+    nowhere.save()                                      # no state dir: nothing written
+    assert not (tmp_path / "absent").exists()
+
+
+def test_inventory_command_keeps_names_but_never_moves_the_agents_generation(tmp_path):
+    root, state = write_sysfs_tree(hgx_server(), tmp_path / "sys"), tmp_path / "state"
+    state.mkdir()
+    env = dict(os.environ, HOSTPLANE_HOST_ID="x", HOSTPLANE_HOST_STATE_DIR=str(state))
+    outputs = [subprocess.run([sys.executable, "-m", "agent.cli", "inventory", "--sysfs-root",
+                               root], capture_output=True, check=True, env=env).stdout
+               for _ in range(2)]
+    assert outputs[0] == outputs[1]                     # names read, then kept: same answer
+    assert sorted(os.listdir(state)) == ["pci-names.json"]
+    assert json.loads(outputs[0])["generation"] == 1

@@ -9,10 +9,7 @@ falls back to a counter in this process.
 
 import fcntl
 import json
-import logging
 import os
-
-log = logging.getLogger(__name__)
 
 
 class SharedGeneration:
@@ -26,7 +23,9 @@ class SharedGeneration:
                 with open(path, "a", encoding="utf-8"):
                     pass
             except OSError as exc:
-                log.warning("generation file %s unusable (%s); counting in-process", path, exc)
+                import logging  # rare: kept out of `hostplane-agent inventory`'s start-up
+                logging.getLogger(__name__).warning(
+                    "generation file %s unusable (%s); counting in-process", path, exc)
                 self.path = None
 
     def observe(self, digest):

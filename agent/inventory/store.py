@@ -120,6 +120,11 @@ class Inventory:
         with self._lock:
             return [self._with_holder("pci", d) for d in self._pci.values()]
 
+    def has_pci(self):
+        """Any PCI function read (without copying each one as `pci_devices()` does)."""
+        with self._lock:
+            return bool(self._pci)
+
     def usb_devices(self):
         with self._lock:
             return [self._with_holder("usb", d) for d in self._usb.values()]
@@ -204,11 +209,14 @@ class Inventory:
         with self._lock:
             return dict(self._conflicts)
 
+    def document(self):
+        """`GET /v1/devices` as values, all but its generation."""
+        with self._lock:
+            return {"pci": self.pci_devices(), "usb": self.usb_devices(),
+                    "errors": list(self._errors)}
+
     def _render(self):
-        pci = self.pci_devices()
-        usb = self.usb_devices()
-        content = json.dumps({"pci": pci, "usb": usb, "errors": self._errors},
-                             separators=(",", ":")).encode()
+        content = json.dumps(self.document(), separators=(",", ":")).encode()
         digest = hashlib.sha256(content).hexdigest()
         generation = self._generation.observe(digest)
         payload = b'{"generation":%d,' % generation + content[1:]

@@ -214,12 +214,7 @@ def _uevent(path):
     text = _read(path)
     if text is None:
         return None
-    values = {}
-    for line in text.splitlines():
-        key, sep, value = line.partition("=")
-        if sep:
-            values[key] = value
-    return values
+    return dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
 
 
 def _hex_attr(base, name):

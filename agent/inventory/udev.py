@@ -6,13 +6,10 @@ The monitor thread only says "this device changed"; the inventory re-reads that 
 device, so a replug costs a handful of file reads, not a rescan.
 """
 
-import logging
 import select
 import threading
 
 from agent.inventory.sysfs import USB_ATTRIBUTES
-
-log = logging.getLogger(__name__)
 
 
 class UdevUsbSource:
@@ -62,14 +59,17 @@ class HotplugMonitor:
     """
 
     def __init__(self, inventory, context):
+        import logging  # serving only: `hostplane-agent inventory` never loads it
+
         import pyudev
+        self.log = logging.getLogger(__name__)
         self.inventory = inventory
         self.monitors = []
         for source in ("kernel", "udev"):
             try:
                 monitor = pyudev.Monitor.from_netlink(context, source=source)
             except Exception as exc:  # noqa: BLE001 - one source is enough
-                log.info("no %s uevents (%s)", source, exc)
+                self.log.info("no %s uevents (%s)", source, exc)
                 continue
             monitor.filter_by("pci")
             monitor.filter_by("usb", "usb_device")
@@ -94,7 +94,7 @@ class HotplugMonitor:
                 ready, _, _ = select.select(self.monitors, [], [], 1.0)
                 devices = [monitor.poll(timeout=0) for monitor in ready]
             except Exception:  # noqa: BLE001 - a monitor that dies silently is worse
-                log.exception("udev monitor failed; hot-plug updates stop")
+                self.log.exception("udev monitor failed; hot-plug updates stop")
                 return
             for device in devices:
                 if device is not None:
@@ -107,6 +107,6 @@ class HotplugMonitor:
             elif device.subsystem == "usb" and device.device_type == "usb_device":
                 attrs = None if action == "remove" else attributes_of(device)
                 self.inventory.refresh_usb(device.sys_name, attrs)
-            log.info("udev %s %s %s", action, device.subsystem, device.sys_name)
+            self.log.info("udev %s %s %s", action, device.subsystem, device.sys_name)
         except Exception:  # noqa: BLE001 - one bad device must not stop the monitor
-            log.exception("could not apply udev %s for %s", action, device.sys_name)
+            self.log.exception("could not apply udev %s for %s", action, device.sys_name)

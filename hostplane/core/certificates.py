@@ -3,8 +3,6 @@
 Pure: dates in, a verdict out. Reading the files is hostplane.service's job.
 """
 
-import datetime
-
 WARN_DAYS = 30
 
 
@@ -14,6 +12,7 @@ def expiry_verdict(not_after, now, warn_days=WARN_DAYS):
     Expired fails with the date; within `warn_days` warns, so that a rerun of the
     playbook (which renews inside its window) happens before clients start refusing.
     """
+    import datetime  # here: every agent command loads this module, few compare dates
     day = not_after.strftime("%Y-%m-%d %H:%M UTC")
     if not_after <= now:
         return "fail", f"expired on {day}"
