@@ -17,6 +17,7 @@ import xml.etree.ElementTree as ET
 from agent.testhooks import pause
 from agent.virt import domxml, rules
 from agent.virt.connection import libvirt
+from hostplane.core.usb import limit_class
 from hostplane.errors import ApiError, BadRequest, Conflict, NotFound
 
 TEST_PAUSE_ENV = "HOSTPLANE_VIRT_TEST_PAUSE"   # "<step>:<seconds>", tests only
@@ -137,7 +138,7 @@ def _attach_all(virt, dom, vm, kind, targets, flags):
 
 def _hostdev_for(dom, kind, device, flags):
     """Hostdev XML; a USB 3 device goes on an xHCI controller, added when the VM has none."""
-    if kind == "pci" or rules.usb_major(device.get("usb_version")) < 3:
+    if kind == "pci" or limit_class(device.get("usb_version"))[0] < 3:
         return domxml.to_text(domxml.hostdev_xml(kind, device))
     controllers = domxml.read_domain(dom.XMLDesc(0 if flags & libvirt.VIR_DOMAIN_AFFECT_LIVE
                                                  else libvirt.VIR_DOMAIN_XML_INACTIVE)

@@ -5,7 +5,7 @@
 with a code and a sentence an operator can act on, or returns quietly.
 """
 
-from hostplane.core.usb import PER_VM_LIMITS, version_major
+from hostplane.core.usb import limit_class
 from hostplane.errors import Conflict
 
 
@@ -36,10 +36,9 @@ def check_usb(device, vm, holders, vm_usb_versions):
     if device.get("is_hub"):
         raise Conflict(f"{device_id} is a USB hub; pass the devices behind it instead",
                        code="device_not_assignable", details={"device": device_id})
-    major = usb_major(device.get("usb_version"))
-    limit = PER_VM_LIMITS.get(major)
-    used = sum(1 for version in vm_usb_versions if usb_major(version) == major)
-    if limit is not None and used >= limit:
+    major, limit = limit_class(device.get("usb_version"))
+    used = sum(1 for version in vm_usb_versions if limit_class(version)[0] == major)
+    if used >= limit:
         raise Conflict(f"VM {vm} already holds {used} USB {major}.x devices (limit {limit})",
                        code="usb_limit_reached",
                        details={"device": device_id, "usb_major": major, "limit": limit})
@@ -52,12 +51,6 @@ def check_no_conflict(kind, device_id, conflicts):
         raise Conflict(f"{device_id} is in the domain XML of several VMs ({', '.join(vms)}); "
                        "detach it from all but one (virsh detach-device --config) first",
                        code="device_conflict", details={"device": device_id, "vms": vms})
-
-
-def usb_major(version):
-    """USB major version; devices that do not say are counted as USB 2."""
-    major = version_major(version)
-    return major if major in PER_VM_LIMITS else 2
 
 
 def group_endpoints(device, lookup):
