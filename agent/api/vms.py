@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from agent.services import current_agent
 from agent.virt import attach as attaching
 from hostplane.api import checked, describe, parse_body
-from hostplane.core.ids import (OPERATION_ID, PCI_ADDRESS, check_name, check_operation_id,
+from hostplane.core.ids import (OPERATION_ID, check_name, check_operation_id, device_kind_and_id,
                                 normalize_pci_address, normalize_usb_id)
 from hostplane.errors import DependencyDown
 
@@ -167,8 +167,8 @@ def attach_device(name):
           responses=(200, 409, 503), tags=["vms"])
 def detach_device(name, device_id):
     name = _name(name)
-    kind = "pci" if PCI_ADDRESS.match(device_id.lower()) else "usb"
-    return jsonify(attaching.detach(_virt(), name, kind, _device_id(kind, device_id)))
+    kind, device_id = checked(device_kind_and_id, device_id)
+    return jsonify(attaching.detach(_virt(), name, kind, device_id))
 
 
 def _virt():
