@@ -26,6 +26,7 @@ from controller.vm_records import (delete_on_agent, finish_delete, forget_create
                                    undo_delete, visible)
 from controller.services import current, tenant
 from hostplane.core import vm_states
+from hostplane.core.pci import group_siblings
 from hostplane.core.scheduler import PlacementRequest
 from hostplane.errors import ApiError, Conflict, NotFound
 
@@ -153,10 +154,9 @@ def remove_device(name, host_id, device_id):
             raise NotFound(f"{name} holds no device {device_id} on {host_id}",
                            code="device_not_found")
         group = [device]
-        if device.kind == "pci" and device.iommu_group is not None:
-            group += session.scalars(select(Device).where(
-                Device.host_id == host_id, Device.vm == name, Device.kind == "pci",
-                Device.iommu_group == device.iommu_group, Device.id != device_id)).all()
+        if device.kind == "pci":
+            group += group_siblings(device, session.scalars(select(Device).where(
+                Device.host_id == host_id, Device.vm == name, Device.kind == "pci")).all())
     agent = current().agent(_host(vm.host_id))
     for member in group:
         agent.detach(name, member.id)

@@ -5,6 +5,7 @@
 with a code and a sentence an operator can act on, or returns quietly.
 """
 
+from hostplane.core.pci import sibling_ids
 from hostplane.core.usb import limit_class
 from hostplane.errors import Conflict
 
@@ -20,9 +21,9 @@ def check_pci(device, vm, holders, iommu_ready):
         raise Conflict("the host IOMMU is not ready (no IOMMU groups): enable VT-d/AMD-Vi and "
                        "intel_iommu=on/amd_iommu=on; see `hostplane-agent check`",
                        code="iommu_not_ready", details={"device": address})
-    for member in device["iommu_group_devices"]:
+    for member in sibling_ids(device):
         holder = holders.get(f"pci:{member}")
-        if member != address and holder not in (None, vm):
+        if holder not in (None, vm):
             raise Conflict(f"{address} shares IOMMU group {device['iommu_group']} with {member}, "
                            f"which VM {holder} holds", code="group_member_busy",
                            details={"device": address, "member": member, "vm": holder,
@@ -56,9 +57,9 @@ def check_no_conflict(kind, device_id, conflicts):
 def group_endpoints(device, lookup):
     """The device and every other endpoint of its IOMMU group (a GPU and its audio)."""
     members = [device]
-    for member in device["iommu_group_devices"]:
+    for member in sibling_ids(device):
         other = lookup(member)
-        if member != device["id"] and other is not None and other["type"] != "bridge":
+        if other is not None and other["type"] != "bridge":
             members.append(other)
     return members
 
