@@ -17,7 +17,7 @@ import uuid
 
 from sqlalchemy import select
 
-from controller.agents import maybe_done
+from controller.agents import maybe_done, vm_spec
 from controller.db.models import Device, Host, Vm
 from controller.moves import move_and_attach
 from controller.placement import error_for, place_and_claim, release, vm_view
@@ -41,9 +41,8 @@ def create(body):
               "spec": spec, "op_id": op_id, "op_since": time.time()}
     host_id, devices = place_and_claim(ctl.db, request, ctl.policy, new_vm,
                                        ctl.config["scheduler"]["claim_attempts"])
-    agent_spec = {"name": body.name, "vcpus": body.vcpus, "memory_mib": body.memory_mib,
-                  "networks": spec["networks"], "start": body.start, "op_id": op_id,
-                  "devices": [{"type": kind, "id": device_id} for kind, device_id in devices]}
+    agent_spec = vm_spec(body.name, body.vcpus, body.memory_mib, spec["networks"], devices,
+                         op_id, start=body.start)
     try:
         host = _host(host_id)
     except ApiError:   # deleted meanwhile: nothing was sent

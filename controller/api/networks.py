@@ -192,8 +192,7 @@ def _show(name):
 def agents_of(ctl):
     """How network pushes reach agents: a client per host, and as many at once as the
     poller polls (`[poll] concurrency`)."""
-    timeout = float(ctl.config["poll"]["timeout_s"])
-    return {"client_for": lambda host: ctl.client_factory(host.url, host.token, timeout=timeout),
+    return {"client_for": ctl.agents.of,
             "concurrency": int(ctl.config["poll"]["concurrency"])}
 
 
