@@ -7,7 +7,7 @@ Detach: live first, waiting for libvirt's device-removed event (bounded) *withou
 host lock, so a guest slow to let go of one device does not stall every other attach
 on the host; then the persistent config, under the lock again. A managed PCI device
 returns to its host driver and the inventory re-reads it. Both are timed into the
-shared `hostplane_agent_attach_seconds` histogram (operation, kind, outcome).
+`hostplane_agent_attach_seconds` histogram (operation, kind, outcome).
 """
 
 import functools
@@ -38,8 +38,8 @@ def timed(operation):
                 outcome = exc.code
                 raise
             finally:
-                virt.latency.observe(time.perf_counter() - started, operation=operation,
-                                     kind=kind, outcome=outcome)
+                virt.latency.labels(operation, kind, outcome).observe(
+                    time.perf_counter() - started)
         return run
     return decorate
 
