@@ -196,11 +196,6 @@ class Inventory:
             device["conflicts"] = list(self._conflicts[key])
         return device
 
-    def conflicts(self):
-        """{key: [vm, ...]}: devices found in more than one domain's XML."""
-        with self._lock:
-            return dict(self._conflicts)
-
     def _render(self):
         pci = self.pci_devices()
         usb = self.usb_devices()

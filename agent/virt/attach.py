@@ -14,13 +14,10 @@ import functools
 import time
 import xml.etree.ElementTree as ET
 
-from agent.testhooks import pause
 from agent.virt import domxml, rules
 from agent.virt.connection import libvirt
 from hostplane.core.usb import limit_class
 from hostplane.errors import ApiError, BadRequest, Conflict, NotFound
-
-TEST_PAUSE_ENV = "HOSTPLANE_VIRT_TEST_PAUSE"   # "<step>:<seconds>", tests only
 
 
 def timed(operation):
@@ -113,7 +110,7 @@ def _held_entry(virt, dom, vm, kind, device_id, required=False):
 def _attach_all(virt, dom, vm, kind, targets, flags):
     """Journal, attach each target; a libvirt refusal undoes the ones already attached."""
     virt.journal.begin(vm, [f"{kind}:{t['id']}" for t in targets])
-    _test_pause(virt, "claimed")
+    virt.pause("claimed")
     done = []
     try:
         with virt.connection.errors(vm):
@@ -121,7 +118,7 @@ def _attach_all(virt, dom, vm, kind, targets, flags):
                 element = _hostdev_for(dom, kind, target, flags)
                 _attach_device(dom, element, flags)
                 done.append(element)
-                _test_pause(virt, "attached-one")
+                virt.pause("attached-one")
     except Exception:
         for element in done:
             try:
@@ -228,7 +225,3 @@ def _usb_versions(virt, current):
             device = virt.inventory.usb(entry["id"])
             versions.append(device.get("usb_version") if device else None)
     return versions
-
-
-def _test_pause(virt, step):
-    pause(virt.state_dir, TEST_PAUSE_ENV, step)

@@ -13,6 +13,7 @@ import time
 
 from prometheus_client import Histogram
 
+from agent.testhooks import never
 from agent.virt import domxml, rules
 from agent.virt.claims import CancelledOperations, ChangeMark, HostLock, Journal
 from agent.virt.connection import Connection, libvirt
@@ -32,10 +33,13 @@ UNDEFINE_FLAGS = ("VIR_DOMAIN_UNDEFINE_MANAGED_SAVE", "VIR_DOMAIN_UNDEFINE_SNAPS
 
 
 class Virt:
-    def __init__(self, config, inventory, iommu_ready):
-        """`iommu_ready()` answers whether the host's IOMMU groups exist right now."""
+    def __init__(self, config, inventory, iommu_ready, pause=never):
+        """`iommu_ready()` answers whether the host's IOMMU groups exist right now;
+        `pause(step)` is the fault-injection seam (`agent.testhooks`), a no-op unless a
+        test asks."""
         section = config["libvirt"]
         self.inventory = inventory
+        self.pause = pause
         self.iommu_ready = iommu_ready
         self.detach_timeout_s = float(section["detach_timeout_s"])
         self.stop_timeout_s = float(section["stop_timeout_s"])
