@@ -21,6 +21,7 @@ from controller.app import create_app as create_controller_app
 from controller.config import DEFAULTS as CONTROLLER_DEFAULTS
 from controller.db import upgrade
 from tests.conftest import TOKEN as AGENT_TOKEN, agent_config
+from tests.support import free_port
 from tests.synthetic import small_gpu_host, write_proc, write_sysfs_tree
 
 ADMIN_TOKEN = "admin-token-0123456789"
@@ -133,27 +134,17 @@ def poller(app):
     return app.extensions["hostplane_controller"].poller
 
 
-def needs_agent_vm_api():
-    """Skip, saying why, while the agent's VM API (another slice) is not in the tree."""
-    import importlib.util
-    if importlib.util.find_spec("agent.api.vms") is None:
-        pytest.skip("agent.api.vms (the agent's VM API) is not in this tree yet")
-
-
 class GunicornController:
     """The controller as operators run it: gunicorn, 2 worker processes, one database."""
 
     def __init__(self, database_url, workers=2, threads=16):
-        import socket
         import subprocess
         import sys
         import time
 
         import requests
         upgrade(database_url)
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
+        port = free_port()
         self.url = f"http://127.0.0.1:{port}"
         env = {**os.environ, "HOSTPLANE_CONTROLLER_CONFIG": "/nonexistent",
                "HOSTPLANE_SERVER_ADMIN_TOKEN": ADMIN_TOKEN,

@@ -24,28 +24,11 @@ import time
 
 from tests.conftest import TOKEN as AGENT_TOKEN
 from tests.hardening import synthetic_agent_env
+from tests.support import free_port, wait_until
 from tests.synthetic import write_proc, write_sysfs_tree
 from tests.test_controller_support import ADMIN, ADMIN_TOKEN
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def wait_for(what, check, timeout=90, every=0.1):
-    """Poll `check()` until it returns a truthy value; fail naming `what` (not a timing test:
-    the deadline only stops a broken run from hanging)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"gave up waiting for {what}"
-        time.sleep(every)
-
-
-def free_port():
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 class _Process:
@@ -122,7 +105,7 @@ class ControllerProcess(_Process):
         self.spawn()
         ready = ready or (lambda: self._answers())
         try:
-            wait_for("the controller to answer", ready, timeout=60)
+            wait_until("the controller to answer", ready, timeout=60)
         except AssertionError:
             raise AssertionError("controller did not come up:\n" + self.log()) from None
 
@@ -163,7 +146,7 @@ class AgentProcess(_Process):
 
     def start(self):
         self.spawn()
-        wait_for("the agent to answer", lambda: self._answers(), timeout=60)
+        wait_until("the agent to answer", lambda: self._answers(), timeout=60)
 
     def _answers(self):
         assert self.process.poll() is None, "agent exited:\n" + self.log()

@@ -20,7 +20,8 @@ from cryptography.x509.oid import NameOID
 
 from tests.conftest import AUTH, TOKEN
 from tests.hardening import synthetic_agent_env
-from tests.umockdev_bed import AgentProcess, free_port
+from tests.support import free_port
+from tests.umockdev_bed import AgentProcess
 
 
 def _name(text):

@@ -11,9 +11,10 @@ such a VM, and the agent reports that as a 409, not a 500.
 import pytest
 
 from tests.conftest import AUTH
+from tests.support import wait_for
 from tests.test_virt_support import (GPU, GPU_AUDIO, KEYBOARD, OTHER_GPU, STICK, agent_client,
                                      busy_host, create_vm, holders_in_xml, inactive_xml, lv,  # noqa: F401
-                                     pci_source, prefix, wait_for)
+                                     pci_source, prefix)
 
 
 @pytest.fixture

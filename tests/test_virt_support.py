@@ -13,10 +13,8 @@ holders, and nobody else's domains are ever touched.
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 import uuid
 
 import pytest
@@ -24,6 +22,7 @@ import requests
 
 from agent.app import create_app
 from tests.conftest import AUTH, TOKEN, agent_config, libvirtd_running
+from tests.support import free_port, wait_for
 from tests.synthetic import UsbDevice, small_gpu_host, write_proc, write_sysfs_tree
 
 URI = "qemu:///system"
@@ -144,16 +143,6 @@ def pci_source(address):
     return f"<address domain='0x{domain}' bus='0x{bus}' slot='0x{slot}' function='0x{function}'/>"
 
 
-def wait_for(predicate, timeout=10.0, interval=0.1):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    return predicate()
-
-
 class GunicornAgent:
     """The agent as production runs it: gunicorn, 2 worker processes, on 127.0.0.1."""
 
@@ -167,9 +156,7 @@ class GunicornAgent:
         self.start()
 
     def start(self):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = open(self.base / f"gunicorn-{self.port}.log", "w")  # noqa: SIM115
         self.process = subprocess.Popen(

@@ -11,12 +11,13 @@ hot-plug would, on the test's command (JSON lines over a pipe).
 import ctypes
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
 
 import requests
+
+from tests.support import free_port
 
 PRELOAD = "libumockdev-preload.so.0"
 
@@ -56,12 +57,6 @@ class Testbed:
         env["LD_PRELOAD"] = PRELOAD
         env["UMOCKDEV_DIR"] = self.root_dir
         return env
-
-
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class AgentProcess:
