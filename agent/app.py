@@ -7,13 +7,13 @@ reads /etc/hostplane/agent.toml (or HOSTPLANE_AGENT_CONFIG) plus HOSTPLANE_* var
 
 from prometheus_client.core import GaugeMetricFamily
 
-from agent.api import devices, health, host, meta
+from agent.api import devices, health, host, meta, networks, vms
 from agent.config import check_serving_config, load_agent_config
 from agent.services import Agent
 from hostplane import auth
-from hostplane.service import base_app, optional_modules, public_endpoints
+from hostplane.service import base_app, public_endpoints
 
-MODULES = [health, host, devices, meta]
+MODULES = [health, host, devices, meta, vms, networks]
 
 
 def create_app(config=None, start=True):
@@ -23,16 +23,15 @@ def create_app(config=None, start=True):
     check_serving_config(config)
     token = config["server"]["token"]
     insecure = config["server"]["insecure"] and not token
-    modules = MODULES + optional_modules("agent.api.vms", "agent.api.networks")
     app, registry = base_app(
         "hostplane-agent", config,
         lambda given: "agent" if insecure or auth.token_matches(given, token) else None,
-        public_endpoints(modules), "hostplane_agent")
+        public_endpoints(MODULES), "hostplane_agent")
     agent = Agent(config)
     app.extensions["hostplane_agent"] = agent
     registry.register(_InventoryCollector(agent))
     registry.register(_VirtCollector(agent))
-    for module in modules:
+    for module in MODULES:
         app.register_blueprint(module.bp)
     if start:
         agent.start()

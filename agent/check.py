@@ -11,6 +11,7 @@ from agent.inventory.sysfs import SysfsTree
 from agent.virt.connection import libvirt, libvirt_probe
 from agent.virt.holders import conflicts, scan
 from hostplane.service import RENEW_HINT, certificate_checks
+from hostplane.tables import table_lines
 
 
 def readiness_rows(config, libvirt_status=None):
@@ -70,11 +71,11 @@ def run_check(config, out=print):
     certificate has expired."""
     gpu_rows = readiness_rows(config)
     rows = gpu_rows + tls_rows(config)
-    width = max(len(row[0]) for row in rows)
-    out(f"{'CHECK':<{width}}  {'OK':<3}  OBSERVED")
-    for name, ok, observed, _ in rows:
-        shown = "warn" if ok == "warn" else "yes" if ok else "NO"
-        out(f"{name:<{width}}  {shown:<3}  {observed}")
+    for line in table_lines(rows, [("CHECK", lambda row: row[0]),
+                                   ("OK", lambda row: "warn" if row[1] == "warn"
+                                    else "yes" if row[1] else "NO"),
+                                   ("OBSERVED", lambda row: row[2])]):
+        out(line)
     kvm_note(out)
     failed = [row for row in rows if not row[1]]
     if failed:

@@ -10,6 +10,7 @@ it is used, not here.
 
 import os
 
+from agent import testhooks
 from agent.config import host_id as configured_host_id
 from agent.inventory.generation import SharedGeneration
 from agent.inventory.pciids import shared_pciids
@@ -70,21 +71,23 @@ class Agent:
                 self.config["server"]["token"], ca=self.config["host"]["controller_ca"]))
         if self.live_host and self.config["host"]["watch_udev"]:
             self._start_monitor()
-        self._start_virt()
-        self._start_networks()
+        pauses = testhooks.from_environment(self.config["host"]["state_dir"])
+        self._start_virt(pauses.virt)
+        self._start_networks(pauses.net)
 
-    def _start_virt(self):
+    def _start_virt(self, pause):
         from agent.hostinfo import host_iommu
         from agent.virt import Virt
         self.virt = Virt(self.config, self.inventory, lambda: host_iommu(
-            self.sysfs, self.config["host"]["proc_root"])["ready"])
+            self.sysfs, self.config["host"]["proc_root"])["ready"], pause)
         self.virt.start()
 
-    def _start_networks(self):
+    def _start_networks(self, pause):
         from agent.net import HostNetworks
         state_dir = self.config["host"]["state_dir"]
         self.networks = HostNetworks(self.config["network"]["netns"],
-                                     os.path.join(state_dir, "networks.json") if state_dir else None)
+                                     os.path.join(state_dir, "networks.json") if state_dir else None,
+                                     pause)
         self.networks.reconcile()
 
     def _start_monitor(self):

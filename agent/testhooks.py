@@ -1,17 +1,40 @@
-"""Test-only pauses, so a fault-injection test can SIGKILL the agent at a named step.
+"""Fault-injection pauses: the agent's one test seam, read once when the agent starts.
 
-`<VARIABLE>="<step>:<seconds>"` makes `pause` write `paused-<step>` (holding the pid)
-into `directory` and sleep there; unset, it does nothing. Tests wait for the file,
-check what is half-done, and kill the process.
+A test that must SIGKILL the agent at a named step sets, for the agent's process,
+`HOSTPLANE_VIRT_TEST_PAUSE` (steps `claimed`, `attached-one`) or
+`HOSTPLANE_NET_TEST_PAUSE` (steps `created-<kind>`) to `"<step>:<seconds>"`. The matching
+pause writes `paused-<step>` (holding the pid) into the state directory and sleeps there;
+the test waits for the file, checks what is half-done, and kills the process. Unset (in
+production), each adapter is handed `never`, which does nothing.
 """
 
 import os
 import time
+from types import SimpleNamespace
+
+VIRT_VARIABLE = "HOSTPLANE_VIRT_TEST_PAUSE"
+NET_VARIABLE = "HOSTPLANE_NET_TEST_PAUSE"
 
 
-def pause(directory, variable, step):
+def never(step):
+    """No pause: what every adapter gets unless a test asked for one."""
+
+
+def from_environment(state_dir):
+    """`.virt` and `.net`: the pause(step) callables the adapters are built with."""
+    return SimpleNamespace(virt=_pause_for(VIRT_VARIABLE, state_dir),
+                           net=_pause_for(NET_VARIABLE, state_dir))
+
+
+def _pause_for(variable, directory):
     wanted, _, seconds = os.environ.get(variable, "").partition(":")
-    if wanted == step and directory:
-        with open(os.path.join(directory, f"paused-{step}"), "w", encoding="utf-8") as mark:
-            mark.write(str(os.getpid()))
-        time.sleep(float(seconds or 60))
+    if not wanted or not directory:
+        return never
+
+    def pause(step):
+        if step == wanted:
+            os.makedirs(directory, exist_ok=True)
+            with open(os.path.join(directory, f"paused-{step}"), "w", encoding="utf-8") as mark:
+                mark.write(str(os.getpid()))
+            time.sleep(float(seconds or 60))
+    return pause

@@ -17,6 +17,37 @@ from urllib3.exceptions import NewConnectionError
 from hostplane.errors import ApiError, DependencyDown
 
 NOT_MODIFIED = object()
+# A VM operation's agent call (define, start, unplug) may wait this many poll timeouts.
+OPERATION_TIMEOUTS = 6
+
+
+class Agents:
+    """Every way the controller reaches an agent, with one timeout policy: a read (a poll,
+    the health asked at registration) or a network push waits `[poll] timeout_s`; a VM
+    operation waits `OPERATION_TIMEOUTS` times that. All share one keep-alive pool (a poll
+    cycle reuses connections), verified against `[agents] ca` only: REQUESTS_CA_BUNDLE in
+    the environment would otherwise silently override it."""
+
+    def __init__(self, poll_config, ca=""):
+        self.timeout_s = float(poll_config["timeout_s"])
+        self.operation_s = OPERATION_TIMEOUTS * self.timeout_s
+        connections = int(poll_config["concurrency"])
+        self.session = requests.Session()
+        adapter = requests.adapters.HTTPAdapter(pool_connections=connections * 4,
+                                                pool_maxsize=connections)
+        self.session.mount("http://", adapter)
+        self.session.mount("https://", adapter)
+        if ca:
+            self.session.verify, self.session.trust_env = ca, False
+
+    def at(self, url, token):
+        """A client for an agent not registered yet (reads only)."""
+        return AgentClient(url, token, self.timeout_s, self.session)
+
+    def of(self, host, operation=False):
+        """A client for a registered host; `operation`: a VM operation's longer wait."""
+        return AgentClient(host.url, host.token,
+                           self.operation_s if operation else self.timeout_s, self.session)
 
 
 class AgentClient:
@@ -43,6 +74,7 @@ class AgentClient:
 
     # --- VMs ---------------------------------------------------------------------------
     def create_vm(self, spec):
+        """Define (and maybe start) the VM `spec` names; build it with `vm_spec`."""
         return self._call("POST", "/v1/vms", json=spec).json()
 
     def vm(self, name):
@@ -105,6 +137,14 @@ class AgentClient:
         if response.status_code in ok:
             return response
         raise _agent_error(self.url, response)
+
+
+def vm_spec(name, vcpus, memory_mib, networks, devices, op_id, start):
+    """The agent's `POST /v1/vms` body for a VM the controller placed, created or moved:
+    `devices` are the claimed (kind, id) pairs, `op_id` the operation that makes it."""
+    return {"name": name, "vcpus": vcpus, "memory_mib": memory_mib, "networks": networks,
+            "start": start, "op_id": op_id,
+            "devices": [{"type": kind, "id": device_id} for kind, device_id in devices]}
 
 
 def tls_reason(exc):

@@ -13,6 +13,7 @@ from controller.config import check_serving_config, load_controller_config
 from hostplane.config import ConfigError
 from hostplane.service import (RENEW_HINT, certificate_checks, check_ca_bundle, check_tls,
                                exec_gunicorn)
+from hostplane.tables import table_lines
 
 
 def main(argv=None):
@@ -64,18 +65,18 @@ def check(config):
          config["agents"]["ca"] or "system trust store"),
         ("database", lambda: _database_answers(config), _safe(config)),
     ]
-    failed = 0
+    rows = []
     for name, action, fine in checks:
         problem = _problem(action)
-        failed += bool(problem)
-        print(f"{'FAIL' if problem else 'ok':4}  {name:13}  {problem or fine}")
+        rows.append(("FAIL" if problem else "ok", name, problem or fine))
     for name, status, sentence in certificate_checks(
             [("tls expiry", server["tls_cert"]), ("ca expiry", config["agents"]["ca"])]):
-        failed += status == "fail"
-        shown = status if status in ("ok", "warn") else "FAIL"
         hint = f" ({RENEW_HINT})" if status != "ok" else ""
-        print(f"{shown:4}  {name:13}  {sentence}{hint}")
-    return 1 if failed else 0
+        rows.append((status if status in ("ok", "warn") else "FAIL", name, sentence + hint))
+    for line in table_lines(rows, [("", lambda row: row[0]), ("", lambda row: row[1]),
+                                   ("", lambda row: row[2])], header=False, min_widths=(4, 13)):
+        print(line)
+    return 1 if any(row[0] == "FAIL" for row in rows) else 0
 
 
 def _problem(action):

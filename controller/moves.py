@@ -25,7 +25,7 @@ import uuid
 
 from sqlalchemy import select
 
-from controller.agents import maybe_done
+from controller.agents import maybe_done, vm_spec
 from controller.db.models import Vm, utcnow
 from controller.placement import release_held
 from controller.vm_records import delete_on_agent, pending_error
@@ -46,9 +46,8 @@ def move_and_attach(ctl, vm, target_id, devices, host_of):
     except ApiError:
         settle(ctl.db, vm.name, target_id, moved=False, state=vm.state)
         raise
-    spec = {"name": vm.name, "vcpus": vm.vcpus, "memory_mib": vm.memory_mib,
-            "networks": (vm.spec or {}).get("networks", []), "start": False, "op_id": op_id,
-            "devices": [{"type": kind, "id": device_id} for kind, device_id in devices]}
+    spec = vm_spec(vm.name, vm.vcpus, vm.memory_mib, (vm.spec or {}).get("networks", []),
+                   devices, op_id, start=False)
     for step in ("define", "undefine"):
         try:
             if step == "define":

@@ -133,9 +133,7 @@ def push(db, client_for, names, only_host=None, concurrency=PUSH_CONCURRENCY):
 
 def after_resync(poller, host_id):
     """Poller hook: a host (re)connected, so give it its cluster's networks (and new peers)."""
-    def client_for(host):
-        return poller.client_factory(host.url, host.token, timeout=poller.timeout,
-                                     session=poller.session)
+    client_for = poller.agents.of
     try:
         with poller.db.read() as session:
             host = session.get(Host, host_id)

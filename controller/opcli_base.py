@@ -8,6 +8,8 @@ import time
 
 import requests
 
+from hostplane.tables import print_table  # noqa: F401 - the commands' table printer
+
 LOCAL_STATE = "/var/lib/hostplane/local"   # scripts/run-local's HOSTPLANE_LOCAL_STATE
 
 
@@ -20,27 +22,6 @@ class CliError(Exception):
 
 
 # --- output --------------------------------------------------------------------------------
-def print_table(rows, columns, out=None):
-    """Columns as (heading, key or function); every column as wide as its widest cell."""
-    out = out or sys.stdout
-    if not rows:
-        print("(none)", file=out)
-        return
-    cells = [[heading for heading, _ in columns]]
-    for row in rows:
-        cells.append([text(get(row) if callable(get) else row.get(get)) for _, get in columns])
-    widths = [max(len(line[index]) for line in cells) for index in range(len(columns))]
-    for line in cells:
-        print("  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip(),
-              file=out)
-
-
-def text(value):
-    if value is None or value == "":
-        return "-"
-    return str(value)
-
-
 def short_time(iso):
     return iso.replace("T", " ")[:19] if iso else None
 

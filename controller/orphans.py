@@ -20,6 +20,7 @@ from controller.db.models import Device, Host, Vm
 from controller.vm_records import (expected_domains, forget_create, pending_error,
                                    settle_create)
 from hostplane.core import device_states, vm_states
+from hostplane.core.pci import iommu_groups
 from hostplane.errors import ApiError, Conflict, NotFound
 
 
@@ -122,13 +123,14 @@ def _whole_groups(session, host_id, name, rows):
     a VM's claim is whole groups (VFIO hands a group to one VM), so the controller would
     otherwise record what the domain does not hold, or offer what it cannot give."""
     held = {row.id for row in rows}
-    groups = {row.iommu_group for row in rows if row.kind == "pci" and row.iommu_group is not None}
+    groups = iommu_groups(row for row in rows if row.kind == "pci")
     if not groups:
         return
-    siblings = session.scalars(select(Device.id).where(
-        Device.host_id == host_id, Device.kind == "pci", Device.iommu_group.in_(groups),
-        Device.assignable.is_(True), Device.status != device_states.UNAVAILABLE)).all()
-    missing = sorted(set(siblings) - held)
+    offered = session.scalars(select(Device).where(
+        Device.host_id == host_id, Device.kind == "pci", Device.assignable.is_(True),
+        Device.status != device_states.UNAVAILABLE)).all()
+    missing = sorted({row.id for number, members in iommu_groups(offered).items()
+                      if number in groups for row in members} - held)
     if missing:
         raise Conflict(f"{name} holds part of an IOMMU group without {', '.join(missing)}; "
                        "attach them to it on the agent, or delete the orphan",

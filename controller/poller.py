@@ -21,10 +21,9 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
-import requests
 from sqlalchemy import or_, select, update
 
-from controller.agents import NOT_MODIFIED, AgentClient
+from controller.agents import NOT_MODIFIED, Agents
 from controller.db.models import Host, utcnow
 from controller.networks import after_resync
 from controller.recovery import settle_abandoned_creates
@@ -36,7 +35,7 @@ log = logging.getLogger(__name__)
 
 
 class Poller:
-    def __init__(self, db, poll_config, client_factory=AgentClient):
+    def __init__(self, db, poll_config, agents=None):
         self.db = db
         self.interval = float(poll_config["interval_s"])
         self.timeout = float(poll_config["timeout_s"])
@@ -44,15 +43,14 @@ class Poller:
         self.jitter = float(poll_config["jitter_s"])
         self.pool = ThreadPoolExecutor(max_workers=int(poll_config["concurrency"]),
                                        thread_name_prefix="poll")
-        self.client_factory = client_factory
-        self.session = _pooled_session(int(poll_config["concurrency"]))
+        self.agents = agents or Agents(poll_config)
         self.owner = uuid.uuid4().hex
         self._stop = threading.Event()
         self._thread = None
         self.latency = self.failed = None
-        # A create's agent call may take 6 timeouts (Controller.agent); a claim older than
-        # that plus a cycle was abandoned by its controller process.
-        self.create_grace_s = 6 * self.timeout + self.interval
+        # A claim older than a create's agent call plus a cycle was abandoned by its
+        # controller process.
+        self.create_grace_s = self.agents.operation_s + self.interval
 
     def install_metrics(self, app):
         """Poll latency and failures per host (hosts only: cardinality stays the fleet's)."""
@@ -136,9 +134,8 @@ class Poller:
                                                        poll_lease_until=until))
             return list(session.scalars(select(Host).where(Host.poll_owner == self.owner)))
 
-    def _client(self, host, timeout=None):
-        return self.client_factory(host.url, host.token, timeout=timeout or self.timeout,
-                                   session=self.session)
+    def _client(self, host):
+        return self.agents.of(host)
 
     def _poll(self, host, jitter, write_seen=False, known_boot=False):
         if jitter:
@@ -211,13 +208,3 @@ def _apply_facts(row, facts, health):
     row.cpu_threads = int(cpu.get("threads") or 0)
     row.memory_mib = int(facts.get("memory_mib") or 0)
     row.iommu_ready = bool(iommu.get("kernel_enabled") and iommu.get("ready"))
-
-
-def _pooled_session(connections):
-    """One keep-alive pool for all polls: a cycle reuses connections instead of opening them."""
-    session = requests.Session()
-    adapter = requests.adapters.HTTPAdapter(pool_connections=connections * 4,
-                                            pool_maxsize=connections)
-    session.mount("http://", adapter)
-    session.mount("https://", adapter)
-    return session

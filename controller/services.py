@@ -2,7 +2,7 @@
 
 from flask import current_app, g
 
-from controller.agents import AgentClient
+from controller.agents import Agents
 from controller.db import Database
 from controller.placement import policy_from
 from controller.poller import Poller
@@ -10,27 +10,22 @@ from hostplane.errors import Forbidden
 
 
 class Controller:
-    def __init__(self, config, client_factory=AgentClient):
+    def __init__(self, config):
         self.config = config
         database = config["database"]
         self.db = Database(database["url"], database["busy_timeout_s"], database["pool_size"],
                            database["connect_timeout_s"])
         self.policy = policy_from(config)
-        self.poller = Poller(self.db, config["poll"], client_factory)
-        # every agent call shares the poller's keep-alive pool, verifying against [agents] ca
-        # (which REQUESTS_CA_BUNDLE in the environment would silently override otherwise)
-        if config["agents"]["ca"]:
-            self.poller.session.verify = config["agents"]["ca"]
-            self.poller.session.trust_env = False
-        self.client_factory = lambda url, token, timeout=5.0, session=None: client_factory(
-            url, token, timeout=timeout, session=session or self.poller.session)
+        self.agents = Agents(config["poll"], config["agents"]["ca"])
+        self.poller = Poller(self.db, config["poll"], self.agents)
 
     def agent(self, host):
-        return self.client_factory(host.url, host.token, timeout=self.agent_call_s())
+        """A client for a VM operation on `host` (the longer of the two waits)."""
+        return self.agents.of(host, operation=True)
 
     def agent_call_s(self):
         """The longest one agent call of a VM operation may wait for its answer."""
-        return float(self.config["poll"]["timeout_s"]) * 6
+        return self.agents.operation_s
 
     def close(self):
         self.poller.stop()

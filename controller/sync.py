@@ -16,6 +16,7 @@ status change goes through `hostplane.core.device_states`.
 
 from hostplane.core import device_states, vm_states
 from hostplane.core.reconcile import reconcile
+from hostplane.core.usb import version_major
 
 from controller.db.models import Device
 from controller.vm_records import expected_domains
@@ -84,7 +85,7 @@ def _copy_facts(row, device):
     row.numa_node = device.get("numa_node")
     row.upstream = device.get("upstream") or []
     row.link = device.get("link")
-    row.usb_major = _usb_major(device.get("usb_version"))
+    row.usb_major = version_major(device.get("usb_version"))
     row.reported_vm = device.get("attached_to")
     row.facts = device
 def _follow_holder(row, known_vms):
@@ -119,10 +120,3 @@ def _default_name(device):
         words = [device.get("vendor_name"), device.get("device_name")]
     name = " ".join(word for word in words if word)
     return (name or device["id"])[:255]
-
-
-def _usb_major(version):
-    try:
-        return int(str(version).split(".", 1)[0]) if version else None
-    except ValueError:
-        return None

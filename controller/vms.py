@@ -17,7 +17,7 @@ import uuid
 
 from sqlalchemy import select
 
-from controller.agents import maybe_done
+from controller.agents import maybe_done, vm_spec
 from controller.db.models import Device, Host, Vm
 from controller.moves import move_and_attach
 from controller.placement import error_for, place_and_claim, release, vm_view
@@ -26,6 +26,7 @@ from controller.vm_records import (delete_on_agent, finish_delete, forget_create
                                    undo_delete, visible)
 from controller.services import current, tenant
 from hostplane.core import vm_states
+from hostplane.core.pci import group_siblings
 from hostplane.core.scheduler import PlacementRequest
 from hostplane.errors import ApiError, Conflict, NotFound
 
@@ -40,9 +41,8 @@ def create(body):
               "spec": spec, "op_id": op_id, "op_since": time.time()}
     host_id, devices = place_and_claim(ctl.db, request, ctl.policy, new_vm,
                                        ctl.config["scheduler"]["claim_attempts"])
-    agent_spec = {"name": body.name, "vcpus": body.vcpus, "memory_mib": body.memory_mib,
-                  "networks": spec["networks"], "start": body.start, "op_id": op_id,
-                  "devices": [{"type": kind, "id": device_id} for kind, device_id in devices]}
+    agent_spec = vm_spec(body.name, body.vcpus, body.memory_mib, spec["networks"], devices,
+                         op_id, start=body.start)
     try:
         host = _host(host_id)
     except ApiError:   # deleted meanwhile: nothing was sent
@@ -153,10 +153,9 @@ def remove_device(name, host_id, device_id):
             raise NotFound(f"{name} holds no device {device_id} on {host_id}",
                            code="device_not_found")
         group = [device]
-        if device.kind == "pci" and device.iommu_group is not None:
-            group += session.scalars(select(Device).where(
-                Device.host_id == host_id, Device.vm == name, Device.kind == "pci",
-                Device.iommu_group == device.iommu_group, Device.id != device_id)).all()
+        if device.kind == "pci":
+            group += group_siblings(device, session.scalars(select(Device).where(
+                Device.host_id == host_id, Device.vm == name, Device.kind == "pci")).all())
     agent = current().agent(_host(vm.host_id))
     for member in group:
         agent.detach(name, member.id)

@@ -108,21 +108,6 @@ RENEW_HINT = ("rerun the playbook (it renews certificates inside hostplane_tls_r
               "or install a new certificate")
 
 
-def optional_modules(*modules):
-    """Blueprint modules of slices a trimmed install may lack; other import errors raise.
-
-    Each has `bp` and may name endpoints open without a token in `PUBLIC_ENDPOINTS`.
-    """
-    found = []
-    for module in modules:
-        try:
-            found.append(__import__(module, fromlist=["bp"]))
-        except ImportError as exc:
-            if exc.name != module:
-                raise
-    return found
-
-
 def public_endpoints(modules):
     return {name for module in modules for name in getattr(module, "PUBLIC_ENDPOINTS", ())}
 

@@ -2,6 +2,7 @@
 
 import pytest
 
+from tests.support import wait_for
 from tests.test_controller_support import (ADMIN, NVIDIA_A10, TENANT, gpu_host, poller,
                                            two_host_world)
 
@@ -125,8 +126,12 @@ def test_agent_event_with_its_own_token_triggers_a_fetch(world):
     assert wrong.status_code == 401
     assert client.post("/v1/hosts/host-b/events", headers=AUTH,
                        json={**event, "host_id": "host-b"}).status_code in (202, 403)
+    event["generation"] = client.get("/v1/hosts/host-a", headers=ADMIN).get_json()[
+        "generation"] + 1                 # news to the controller
+    before = _agent_calls(agents["host-a"])["devices.devices"]
     answer = client.post("/v1/hosts/host-a/events", headers=AUTH, json=event)
     assert answer.status_code == 202
+    assert wait_for(lambda: _agent_calls(agents["host-a"])["devices.devices"] > before)
 
 
 def test_event_from_the_known_agent_start_skips_health_and_a_repeat_asks_nothing(world):

@@ -26,8 +26,8 @@ from controller.db import upgrade
 from tests.conftest import TOKEN as AGENT_TOKEN
 from tests.test_controller_support import ADMIN
 from tests.test_controller_support import database_url  # noqa: F401 - fixture
-from tests.test_faults_controller_support import (AgentProcess, Api, ControllerProcess,
-                                                  agent_domains, free_port, wait_for)
+from tests.support import free_port, wait_until
+from tests.test_faults_controller_support import AgentProcess, Api, ControllerProcess, agent_domains
 
 GPU = {"vendor_id": "10de", "device_id": "1eb8"}
 GPUS = ("0000:3b:00.0", "0000:af:00.0")
@@ -63,7 +63,7 @@ def test_a_vm_being_created_cannot_be_deleted_until_its_agent_answers(world):
     create = threading.Thread(target=lambda: answers.update(
         create=api("POST", "/v1/vms", vm_body("hpl-busy"))))
     create.start()
-    wait_for("the claim", lambda: api("GET", "/v1/vms/hpl-busy")[1].get("state") == "creating")
+    wait_until("the claim", lambda: api("GET", "/v1/vms/hpl-busy")[1].get("state") == "creating")
     status, body = api("DELETE", "/v1/vms/hpl-busy")
     assert (status, body["error"]["code"]) == (409, "vm_busy"), body
     agent.thaw()
@@ -93,8 +93,8 @@ def test_an_agent_answering_after_the_timeout_keeps_the_claim_until_it_is_settle
     assert vms["hpl-late"][1] == "creating" and len(vms["hpl-late"][2]) == 2   # GPU + audio
     assert all(devices[("hpl-host", d)] == ("attached", "hpl-late") for d in vms["hpl-late"][2])
     agent.thaw()   # the agent now carries out the create it had queued
-    wait_for("the late create to be adopted",
-             lambda: api("GET", "/v1/vms/hpl-late")[1].get("state") == "stopped", timeout=120)
+    wait_until("the late create to be adopted",
+               lambda: api("GET", "/v1/vms/hpl-late")[1].get("state") == "stopped", timeout=120)
     assert_claims_match_domains(api, agent)
     assert "hpl-late" in agent_domains(agent)
     assert api("DELETE", "/v1/vms/hpl-late")[0] == 204
@@ -112,8 +112,8 @@ def test_a_delete_the_agent_never_answered_is_finished_by_the_controller(world):
     assert api("GET", "/v1/vms/hpl-gone")[1]["state"] == "deleting"   # its GPU still held
     assert api("POST", "/v1/vms", vm_body("hpl-other", gpus=[GPU, GPU]))[0] == 422
     agent.thaw()
-    wait_for("the delete to be finished",
-             lambda: api("GET", "/v1/vms/hpl-gone")[0] == 404, timeout=120)
+    wait_until("the delete to be finished",
+               lambda: api("GET", "/v1/vms/hpl-gone")[0] == 404, timeout=120)
     assert_claims_match_domains(api, agent)
     assert not agent_domains(agent)
 
@@ -128,7 +128,7 @@ def test_a_domain_made_behind_the_controllers_back_is_an_orphan_to_adopt_or_dele
                              json={"name": name, "vcpus": 1, "memory_mib": 64,
                                    "devices": [{"type": "pci", "id": f} for f in functions]})
         assert made.status_code == 201, made.text
-    wait_for("the controller to see both domains' GPUs held", lambda: {
+    wait_until("the controller to see both domains' GPUs held", lambda: {
         api("GET", f"/v1/devices/hpl-host/{gpu}")[1]["status"] for gpu in GPUS} == {"attached"})
     for gpu, name in zip(GPUS, ("hpl-virsh", "hpl-stray")):
         device = api("GET", f"/v1/devices/hpl-host/{gpu}")[1]
@@ -146,8 +146,8 @@ def test_a_domain_made_behind_the_controllers_back_is_an_orphan_to_adopt_or_dele
     assert api("DELETE", "/v1/orphans/hpl-host/hpl-virsh")[1]["error"]["code"] == "not_an_orphan"
     assert api("DELETE", "/v1/orphans/hpl-host/hpl-stray")[0] == 204
     assert "hpl-stray" not in agent_domains(agent)
-    wait_for("the stray's GPU to be ready",
-             lambda: api("GET", f"/v1/devices/hpl-host/{GPUS[1]}")[1]["status"] == "ready")
+    wait_until("the stray's GPU to be ready",
+               lambda: api("GET", f"/v1/devices/hpl-host/{GPUS[1]}")[1]["status"] == "ready")
     assert api("GET", "/v1/orphans")[1]["orphans"] == []
     assert api("DELETE", "/v1/vms/hpl-virsh")[0] == 204
     assert_claims_match_domains(api, agent)
@@ -173,7 +173,7 @@ def test_an_adopt_and_a_delete_racing_for_one_orphan_never_both_win(world):
                                    "devices": [{"type": "pci", "id": GPUS[0]},
                                                {"type": "pci", "id": GPUS[0][:-1] + "1"}]})
         assert made.status_code == 201, made.text
-        wait_for("the orphan's GPU held", lambda: api(
+        wait_until("the orphan's GPU held", lambda: api(
             "GET", f"/v1/devices/hpl-host/{GPUS[0]}")[1]["orphan"] == "hpl-contested")
         answers = {}
         adopt = threading.Thread(target=lambda: answers.update(
@@ -187,7 +187,7 @@ def test_an_adopt_and_a_delete_racing_for_one_orphan_never_both_win(world):
         assert_claims_match_domains(api, agent)
         if answers["adopt"] == 201:
             assert api("DELETE", "/v1/vms/hpl-contested")[0] == 204
-        wait_for("the GPU free again", lambda: api(
+        wait_until("the GPU free again", lambda: api(
             "GET", f"/v1/devices/hpl-host/{GPUS[0]}")[1]["status"] == "ready")
 
 

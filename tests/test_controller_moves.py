@@ -11,8 +11,8 @@ import requests
 from controller.db.models import Vm
 from tests.conftest import TOKEN as AGENT_TOKEN
 from tests.test_controller_support import (ADMIN, NVIDIA_A10, LoopbackAgent, controller_app,
-                                           controller_config, database_url, gpu_host,
-                                           needs_agent_vm_api, register, two_host_world)
+                                           controller_config, database_url, gpu_host, register,
+                                           two_host_world)
 
 __all__ = ["database_url"]   # the fixture, parametrised over SQLite and PostgreSQL
 STICK_A, STICK_B = "0781:5567:4C530001", "0781:5567:4C530002"
@@ -21,7 +21,6 @@ A10 = {"vendor_id": "10de", "device_id": "2236"}
 
 @pytest.fixture
 def world(tmp_path):
-    needs_agent_vm_api()
     with two_host_world(tmp_path) as (app, client, agents):
         yield client, agents
         for name in [vm["name"] for vm in client.get("/v1/vms", headers=ADMIN)
@@ -32,7 +31,6 @@ def world(tmp_path):
 @pytest.fixture
 def any_db_world(tmp_path, database_url):
     """The same two hosts, the controller on SQLite and on a real PostgreSQL (row locks)."""
-    needs_agent_vm_api()
     agents = {"host-a": LoopbackAgent(tmp_path, "host-a", gpu_host()),
               "host-b": LoopbackAgent(tmp_path, "host-b", gpu_host(NVIDIA_A10, "4C530002"))}
     app = controller_app(controller_config(tmp_path, database_url))

@@ -10,8 +10,7 @@ from collections import Counter
 import requests
 
 from tests.conftest import AUTH as AGENT_AUTH, TOKEN as AGENT_TOKEN
-from tests.test_controller_support import (ADMIN, GunicornController, LoopbackAgent, gpu_host,
-                                           needs_agent_vm_api)
+from tests.test_controller_support import (ADMIN, GunicornController, LoopbackAgent, gpu_host)
 from tests.test_controller_support import database_url  # noqa: F401 - fixture
 
 REQUESTS = 1000
@@ -19,7 +18,6 @@ HOSTS = 4   # two GPUs each: 8 in all
 
 
 def test_1000_concurrent_creates_for_8_gpus_make_exactly_8_vms(tmp_path, database_url):
-    needs_agent_vm_api()
     agents = [LoopbackAgent(tmp_path, f"race-host-{i}", gpu_host()) for i in range(HOSTS)]
     controller = GunicornController(database_url)
     try:

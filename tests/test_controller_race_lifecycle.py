@@ -23,8 +23,8 @@ from controller.db import upgrade
 from tests.conftest import TOKEN as AGENT_TOKEN
 from tests.test_controller_lifecycle import assert_claims_match_domains
 from tests.test_controller_support import ADMIN, drop_postgres_database, postgres_database
-from tests.test_faults_controller_support import (AgentProcess, Api, ControllerProcess,
-                                                  agent_domains, free_port, wait_for)
+from tests.support import free_port, wait_until
+from tests.test_faults_controller_support import AgentProcess, Api, ControllerProcess, agent_domains
 
 ROUNDS = int(os.environ.get("HOSTPLANE_RACE_ROUNDS", "1"))
 OPERATIONS, THREADS, NAMES = 300, 32, 12
@@ -137,7 +137,7 @@ def _settled(api):
     def quiet():
         vms = api("GET", "/v1/vms")[1]["vms"]
         return not any(vm["state"] in ("creating", "deleting", "moving") for vm in vms)
-    wait_for("every VM operation to settle", quiet, timeout=240, every=1)
+    wait_until("every VM operation to settle", quiet, timeout=240, every=1)
 
 
 def _clear(api):

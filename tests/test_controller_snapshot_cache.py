@@ -9,8 +9,7 @@ import pytest
 
 from controller.snapshot_cache import cache_for
 from tests.test_controller_support import (ADMIN, NVIDIA_A10, LoopbackAgent, controller_app,
-                                           controller_config, database_url, gpu_host,
-                                           needs_agent_vm_api, register)
+                                           controller_config, database_url, gpu_host, register)
 
 __all__ = ["database_url"]   # the fixture, parametrised over SQLite and PostgreSQL
 A10 = {"vendor_id": "10de", "device_id": "2236"}
@@ -18,7 +17,6 @@ A10 = {"vendor_id": "10de", "device_id": "2236"}
 
 @pytest.fixture
 def two_controllers(tmp_path, database_url):
-    needs_agent_vm_api()
     agents = [LoopbackAgent(tmp_path, "host-a", gpu_host()),
               LoopbackAgent(tmp_path, "host-b", gpu_host(NVIDIA_A10, "4C530002"))]
     apps = [controller_app(controller_config(tmp_path, database_url)) for _ in range(2)]

@@ -21,6 +21,8 @@ from controller.app import create_app as create_controller_app
 from controller.config import DEFAULTS as CONTROLLER_DEFAULTS
 from controller.db import upgrade
 from tests.conftest import TOKEN as AGENT_TOKEN, agent_config
+from tests.support import free_port
+from tests.support.processes import ServedProcess
 from tests.synthetic import small_gpu_host, write_proc, write_sysfs_tree
 
 ADMIN_TOKEN = "admin-token-0123456789"
@@ -133,56 +135,45 @@ def poller(app):
     return app.extensions["hostplane_controller"].poller
 
 
-def needs_agent_vm_api():
-    """Skip, saying why, while the agent's VM API (another slice) is not in the tree."""
-    import importlib.util
-    if importlib.util.find_spec("agent.api.vms") is None:
-        pytest.skip("agent.api.vms (the agent's VM API) is not in this tree yet")
-
-
-class GunicornController:
+class GunicornController(ServedProcess):
     """The controller as operators run it: gunicorn, 2 worker processes, one database."""
 
     def __init__(self, database_url, workers=2, threads=16):
-        import socket
-        import subprocess
         import sys
-        import time
+        import tempfile
 
         import requests
         upgrade(database_url)
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
+        port = free_port()
         self.url = f"http://127.0.0.1:{port}"
         env = {**os.environ, "HOSTPLANE_CONTROLLER_CONFIG": "/nonexistent",
                "HOSTPLANE_SERVER_ADMIN_TOKEN": ADMIN_TOKEN,
                "HOSTPLANE_TENANTS_ACME": TENANT_TOKEN,
                "HOSTPLANE_DATABASE_URL": database_url, "HOSTPLANE_POLL_ENABLED": "false"}
-        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}",
-             "--workers", str(workers), "--threads", str(threads), "--backlog", "2048",
-             "--timeout", "120", "controller.app:create_app()"],
-            cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
+        log = tempfile.NamedTemporaryFile(prefix="gunicorn-controller-", suffix=".log",
+                                          delete=False)
+        log.close()
+        super().__init__([sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}",
+                          "--workers", str(workers), "--threads", str(threads), "--backlog",
+                          "2048", "--timeout", "120", "controller.app:create_app()"],
+                         env, log.name)
+        self.spawn()
+
+        def answers():
             try:
-                if requests.get(self.url + "/v1/health", timeout=1).ok:
-                    return
+                return requests.get(self.url + "/v1/health", timeout=1).ok
             except requests.RequestException:
-                time.sleep(0.2)
-        self.stop()
-        raise RuntimeError("controller under gunicorn did not come up: "
-                           + self.process.stderr.read().decode()[-2000:])
+                return False
+        try:
+            self.wait_answering("the controller under gunicorn", answers, timeout=30)
+        except AssertionError:
+            self.stop()
+            raise
 
     def stop(self):
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=15)
-        except Exception:  # noqa: BLE001 - a stuck worker must not leak
-            self.process.kill()
-            self.process.wait()
+        super().stop()
+        if os.path.exists(self.log_path):
+            os.unlink(self.log_path)
 
 
 @contextlib.contextmanager

@@ -6,7 +6,7 @@ running VM only ever takes devices from its own host.
 
 import pytest
 
-from tests.test_controller_support import ADMIN, TENANT, needs_agent_vm_api, two_host_world
+from tests.test_controller_support import ADMIN, TENANT, two_host_world
 
 A10 = {"vendor_id": "10de", "device_id": "2236"}
 STICK_A = "0781:5567:4C530001"
@@ -14,7 +14,6 @@ STICK_A = "0781:5567:4C530001"
 
 @pytest.fixture
 def world(tmp_path):
-    needs_agent_vm_api()
     with two_host_world(tmp_path) as (_, client, _):
         yield client
         for name in [vm["name"] for vm in client.get("/v1/vms", headers=ADMIN)

@@ -19,7 +19,8 @@ from pyroute2 import IPRoute
 
 from tests.conftest import TOKEN
 from tests.test_net_host import links, make_ns, vxlan_facts  # noqa: F401
-from tests.test_virt_support import GunicornAgent, host_files, wait_for
+from tests.support import wait_for
+from tests.test_virt_support import GunicornAgent, host_files
 
 BODY = {"type": "vxlan", "vni": 5101, "local_ip": "192.0.2.1",
         "peers": ["192.0.2.2", "192.0.2.3"]}

@@ -26,12 +26,12 @@ from controller.db import upgrade
 from tests.conftest import TOKEN as AGENT_TOKEN
 from tests.test_controller_support import (ADMIN, LoopbackAgent, controller_app,
                                            controller_config, drop_postgres_database,
-                                           gpu_host, needs_agent_vm_api, postgres_database,
+                                           gpu_host, postgres_database,
                                            register)
 from tests.test_controller_support import database_url  # noqa: F401 - fixture
-from tests.test_faults_controller_support import (AgentProcess, Api, ControllerProcess,
-                                                  Namespaces, Relay, agent_domains,
-                                                  crash_and_restart, free_port, wait_for)
+from tests.support import free_port, wait_until
+from tests.test_faults_controller_support import (AgentProcess, Api, ControllerProcess, Namespaces,
+                                                  Relay, agent_domains, crash_and_restart)
 
 GPU = {"vendor_id": "10de", "device_id": "1eb8"}
 GPUS = ("0000:3b:00.0", "0000:af:00.0")
@@ -44,7 +44,6 @@ def test_controller_killed_mid_create_completes_or_releases_the_claim_on_restart
     """`request-delivered`: the frozen agent is thawed after the controller restarts and
     handles the dead controller's queued create. `request-lost`: the agent is killed and
     a fresh one (new boot id, no domains) takes its address."""
-    needs_agent_vm_api()
     upgrade(database_url)
     agent = AgentProcess(tmp_path, "hpf-kill-host", f"127.0.0.1:{free_port()}")
     controller = ControllerProcess(tmp_path, database_url)
@@ -55,15 +54,15 @@ def test_controller_killed_mid_create_completes_or_releases_the_claim_on_restart
         create = threading.Thread(target=api.quietly, args=("POST", "/v1/vms", {
             "name": "hpf-vm", "vcpus": 1, "memory_mib": 64, "start": False, "gpus": [GPU]}))
         create.start()
-        wait_for("the claim", lambda: api("GET", "/v1/vms/hpf-vm")[1].get("state")
-                 == "creating")
+        wait_until("the claim", lambda: api("GET", "/v1/vms/hpf-vm")[1].get("state")
+                   == "creating")
         claimed = api.claims()
         assert sum(status == "attached" for status, _ in claimed[1].values()) >= 1
         lost = agent_fate == "request-lost"    # killed between claim and agent answer
         started = crash_and_restart(controller, create, lost=[agent] if lost else [],
                                     thawed=[] if lost else [agent])
-        settled = wait_for("the abandoned create to be settled", lambda: _settled(api),
-                           timeout=180)
+        settled = wait_until("the abandoned create to be settled", lambda: _settled(api),
+                             timeout=180)
         print(f"\nfault: controller SIGKILL mid-create, {database_url.split(':')[0]}, "
               f"{agent_fate}: {settled} {time.monotonic() - started:.1f} s after restart")
         vms, devices = api.claims()
@@ -102,7 +101,6 @@ def _settled(api):
 @pytest.mark.parametrize("fault", ["refused", "blackholed"])
 def test_unreachable_agent_is_disconnected_after_max_failures_and_its_vms_are_left_alone(
         tmp_path, fault):
-    needs_agent_vm_api()
     nets = Namespaces()
     agent = relay = controller = None
     try:
@@ -124,7 +122,7 @@ def test_unreachable_agent_is_disconnected_after_max_failures_and_its_vms_are_le
 
         started = time.monotonic()
         relay.kill() if fault == "refused" else nets.blackhole_agent()
-        host = wait_for("the host to be disconnected", lambda: (
+        host = wait_until("the host to be disconnected", lambda: (
             lambda h: h if h["status"] == "disconnected" else None)(api.host("hpf-net-host")))
         detected = time.monotonic() - started
         assert host["failures"] >= 3 and "unreachable" in host["last_error"]
@@ -136,8 +134,8 @@ def test_unreachable_agent_is_disconnected_after_max_failures_and_its_vms_are_le
         assert agent_domains(agent) == domains_before   # nor the domains on the host
 
         relay.start() if fault == "refused" else nets.heal()
-        wait_for("the host to reconnect", lambda: api.host("hpf-net-host")["status"]
-                 == "connected")
+        wait_until("the host to reconnect", lambda: api.host("hpf-net-host")["status"]
+                   == "connected")
         assert api.claims() == before
         assert agent_domains(agent) == domains_before
         print(f"\nfault: agent {fault}: disconnected after {detected:.1f} s "

@@ -24,76 +24,15 @@ import time
 
 from tests.conftest import TOKEN as AGENT_TOKEN
 from tests.hardening import synthetic_agent_env
+from tests.support import free_port
+from tests.support.processes import ServedProcess
 from tests.synthetic import write_proc, write_sysfs_tree
 from tests.test_controller_support import ADMIN, ADMIN_TOKEN
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def wait_for(what, check, timeout=90, every=0.1):
-    """Poll `check()` until it returns a truthy value; fail naming `what` (not a timing test:
-    the deadline only stops a broken run from hanging)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"gave up waiting for {what}"
-        time.sleep(every)
-
-
-def free_port():
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-class _Process:
-    """A gunicorn process in its own session, logging to a file."""
-
-    def __init__(self, command, env, log_path, netns=None):
-        self.command = (["ip", "netns", "exec", netns] if netns else []) + command
-        self.env, self.log_path, self.process = env, log_path, None
-
-    def spawn(self):
-        with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(self.command, env=self.env, cwd=ROOT, stdout=log,
-                                            stderr=subprocess.STDOUT, start_new_session=True)
-
-    def pids(self):
-        """The gunicorn master and its workers."""
-        pid = self.process.pid
-        try:
-            with open(f"/proc/{pid}/task/{pid}/children", encoding="ascii") as handle:
-                return [pid] + [int(child) for child in handle.read().split()]
-        except OSError:
-            return [pid]
-
-    def signal_all(self, signum):
-        for pid in self.pids():
-            os.kill(pid, signum)
-
-    def kill(self):
-        """SIGKILL the whole session (master and workers): a crash, no clean-up."""
-        if self.process and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout=30)
-
-    def stop(self):
-        if self.process and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGCONT)
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.kill()
-
-    def log(self):
-        with open(self.log_path, encoding="utf-8", errors="replace") as handle:
-            return handle.read()[-3000:]
-
-
-class ControllerProcess(_Process):
+class ControllerProcess(ServedProcess):
     """`hostplane-controller serve` with the poller on; `url` is http(s)://... or None
     when bound to a unix socket (`http` then talks to it)."""
 
@@ -120,14 +59,9 @@ class ControllerProcess(_Process):
 
     def start(self, ready=None):
         self.spawn()
-        ready = ready or (lambda: self._answers())
-        try:
-            wait_for("the controller to answer", ready, timeout=60)
-        except AssertionError:
-            raise AssertionError("controller did not come up:\n" + self.log()) from None
+        self.wait_answering("the controller", ready or self._answers)
 
     def _answers(self):
-        assert self.process.poll() is None, "controller exited:\n" + self.log()
         try:
             if self.http:
                 return self.http.call("GET", "/v1/health")[0] == 200
@@ -143,7 +77,7 @@ class ControllerProcess(_Process):
         self.start()
 
 
-class AgentProcess(_Process):
+class AgentProcess(ServedProcess):
     """A gunicorn agent on a synthetic two-GPU host (small_gpu_host, or `host`) bound to
     `bind` (host:port or unix:)."""
 
@@ -163,10 +97,9 @@ class AgentProcess(_Process):
 
     def start(self):
         self.spawn()
-        wait_for("the agent to answer", lambda: self._answers(), timeout=60)
+        self.wait_answering("the agent", self._answers)
 
     def _answers(self):
-        assert self.process.poll() is None, "agent exited:\n" + self.log()
         try:
             return self.get("/v1/health")[0] == 200
         except OSError:

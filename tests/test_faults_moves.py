@@ -24,10 +24,10 @@ import pytest
 
 from controller.db import upgrade
 from tests.conftest import TOKEN as AGENT_TOKEN
-from tests.test_controller_support import database_url, gpu_host, needs_agent_vm_api
+from tests.test_controller_support import database_url, gpu_host
+from tests.support import free_port, wait_until
 from tests.test_faults_controller_support import (AgentProcess, Api, ControllerProcess,
-                                                  agent_domains, crash_and_restart,
-                                                  free_port, wait_for)
+                                                  agent_domains, crash_and_restart)
 
 __all__ = ["database_url"]   # the fixture, parametrised over SQLite and PostgreSQL
 STICK = "0781:5567:4C530001"   # on hpf-dst only (hpf-src has 4C530002)
@@ -39,7 +39,6 @@ EXPECTED = {"target-thawed": "hpf-src", "target-killed": "hpf-src",
 @pytest.mark.parametrize("fault", list(EXPECTED))
 def test_controller_killed_mid_move_ends_moved_or_back_and_never_stays_moving(
         tmp_path, database_url, fault):
-    needs_agent_vm_api()
     upgrade(database_url)
     for name in ("src", "dst"):
         (tmp_path / name).mkdir()
@@ -62,8 +61,8 @@ def test_controller_killed_mid_move_ends_moved_or_back_and_never_stays_moving(
         move = threading.Thread(target=api.quietly, args=(
             "POST", f"/v1/vms/{VM}/devices", {"type": "usb", "id": STICK}))
         move.start()
-        wait_for("the move's claim", lambda: api("GET", f"/v1/vms/{VM}")[1]["state"]
-                 == "moving")
+        wait_until("the move's claim", lambda: api("GET", f"/v1/vms/{VM}")[1]["state"]
+                   == "moving")
         _, devices = api.claims()
         assert devices[("hpf-dst", STICK)] == ("attached", VM)   # reserved on the target
         assert not room_on_target_for_the_vm(api)
@@ -71,14 +70,14 @@ def test_controller_killed_mid_move_ends_moved_or_back_and_never_stays_moving(
         if fault == "source-frozen-at-undefine":
             source.freeze()
             target.thaw()
-            wait_for("the define on the target", lambda: VM in agent_domains(target))
+            wait_until("the define on the target", lambda: VM in agent_domains(target))
             time.sleep(1)   # the undefine is sent to the frozen source
         started = crash_and_restart(
             controller, move, lost=[target] if fault == "target-killed" else [],
             thawed={"target-thawed": [target], "target-killed": [],
                     "source-frozen-at-undefine": [source]}[fault])
 
-        vm = wait_for("the move to be settled", lambda: (
+        vm = wait_until("the move to be settled", lambda: (
             lambda vm: vm if vm["state"] != "moving" else None)(
                 api("GET", f"/v1/vms/{VM}")[1]), timeout=240)
         print(f"\nfault: controller SIGKILL mid-move, {database_url.split(':')[0]}, {fault}:"

@@ -14,7 +14,8 @@ from tests.conftest import TOKEN as AGENT_TOKEN
 from tests.hardening import fuzz_service, private_netns, synthetic_agent_env
 from tests.test_controller_support import (ADMIN, ADMIN_TOKEN, TENANT, TENANT_TOKEN,
                                            GunicornController)
-from tests.umockdev_bed import AgentProcess, free_port
+from tests.support import free_port
+from tests.umockdev_bed import AgentProcess
 
 def dial_only_the_agent(agent_url):
     def rewrite(case):

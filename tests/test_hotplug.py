@@ -5,15 +5,16 @@ agent's pyudev monitor re-reads that device, bumps the generation, and tells the
 controller when `controller_url` is set.
 """
 
+import functools
 import http.server
 import json
 import os
 import shutil
 import threading
-import time
 
 import pytest
 
+from tests import support
 from tests.conftest import TOKEN
 from tests.umockdev_bed import HotplugBed
 
@@ -34,14 +35,7 @@ GPU = "\n".join([
     "L: iommu_group=../../../kernel/iommu_groups/40", ""])
 
 
-def wait_for(predicate, timeout=30.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.02)
-    return predicate()
+wait_for = functools.partial(support.wait_for, timeout=30.0, interval=0.02)
 
 
 @pytest.fixture

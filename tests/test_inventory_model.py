@@ -215,3 +215,19 @@ def test_device_unknown_to_pci_ids_gets_lspci_fallback_name():
     unknown_vendor = build_pci_inventory([record("0000:1b:00.0", vendor_id="1ed5")],
                                          names=lambda v, d: (None, None))["0000:1b:00.0"]
     assert unknown_vendor["device_name"] == "Vendor 1ed5 Device 1eb8"
+
+
+def test_iommu_groups_are_one_rule_for_dicts_rows_and_views():
+    from types import SimpleNamespace
+
+    from hostplane.core.pci import group_siblings, iommu_groups, sibling_ids
+    gpu, audio, nic = ({"id": a, "iommu_group": g} for a, g in
+                       (("0000:3b:00.0", 11), ("0000:3b:00.1", 11), ("0000:5e:00.0", None)))
+    assert iommu_groups([gpu, audio, nic]) == {11: [gpu, audio]}
+    assert group_siblings(gpu, [gpu, audio, nic]) == [audio] and group_siblings(nic, [nic]) == []
+    row, other = SimpleNamespace(iommu_group=4), SimpleNamespace(iommu_group=4)
+    assert iommu_groups([row, other]) == {4: [row, other]}
+    assert group_siblings(row, [row, other]) == [other]
+    assert sibling_ids({"id": "0000:3b:00.0",
+                        "iommu_group_devices": ["0000:3b:00.0", "0000:3b:00.1"]}) == \
+        ["0000:3b:00.1"]

@@ -21,8 +21,7 @@ from pydantic import RootModel, create_model
 from hostplane.api import describe, openapi_document
 from tests.conftest import AUTH as AGENT_AUTH, TOKEN as AGENT_TOKEN
 from tests.test_controller_support import (ADMIN, ADMIN_TOKEN, NVIDIA_A10, LoopbackAgent,
-                                           Served, controller_app, controller_config, gpu_host,
-                                           needs_agent_vm_api)
+                                           Served, controller_app, controller_config, gpu_host)
 
 A10 = {"vendor_id": NVIDIA_A10[0], "device_id": NVIDIA_A10[1]}
 
@@ -31,7 +30,6 @@ A10 = {"vendor_id": NVIDIA_A10[0], "device_id": NVIDIA_A10[1]}
 def world(tmp_path_factory):
     """A real agent (synthetic host with two 10de:2236 GPUs) and a real controller that
     does not know it yet, both serving HTTP on loopback."""
-    needs_agent_vm_api()
     base = tmp_path_factory.mktemp("openapi")
     agent = LoopbackAgent(base, "host-gen", gpu_host(NVIDIA_A10))
     app = controller_app(controller_config(base))

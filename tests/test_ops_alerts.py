@@ -26,7 +26,8 @@ from tests.conftest import AUTH as AGENT_AUTH, TOKEN as AGENT_TOKEN, agent_confi
 from controller.db import upgrade
 from tests.test_controller_support import (ADMIN, LoopbackAgent, Served, gpu_host, poller,
                                            two_host_world)
-from tests.test_faults_controller_support import ControllerProcess, wait_for
+from tests.support import wait_until
+from tests.test_faults_controller_support import ControllerProcess
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RULES = os.path.join(ROOT, "deploy", "prometheus", "hostplane-rules.yml")
@@ -147,7 +148,7 @@ def test_promtool_accepts_the_metrics_of_a_controller_under_gunicorn(world, tmp_
             return text if 'hostplane_controller_poll_seconds_count{host="host-a"}' in text \
                 else None
 
-        text = wait_for("a poll of host-a in /metrics", polled)
+        text = wait_until("a poll of host-a in /metrics", polled)
     finally:
         controller.stop()
     result = promtool("check", "metrics", stdin=text)

@@ -14,6 +14,7 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import time
 
 import pytest
@@ -23,11 +24,11 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from tests.test_ops_systemd import ensure_systemd_analyze
-from tests.test_ops_helpers import free_port, wait_for
+from tests.support import free_port, wait_for_url
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ANSIBLE = os.path.join(REPO, "ansible")
-VENV_BIN = os.path.join(REPO, ".venv/bin")
+VENV_BIN = os.path.dirname(sys.executable)   # the venv running the tests
 CACHE = "/var/cache/hostplane-ops"
 MIRROR = "http://deb.debian.org/debian"
 # What a node's image brings before the role runs: Python for Ansible's modules.
@@ -209,8 +210,8 @@ def test_site_yml_deploys_an_all_in_one_node_that_systemd_then_runs(tmp_path, no
     # both over HTTPS with certificates from the cluster CA the role made.
     ca = str(tmp_path / "credentials/ca/ca.crt")
     container = boot(node)
-    wait_for(controller + "/v1/health", timeout=180, verify=ca)
-    wait_for(agent + "/v1/health", timeout=180, verify=ca)
+    wait_for_url(controller + "/v1/health", timeout=180, verify=ca)
+    wait_for_url(agent + "/v1/health", timeout=180, verify=ca)
     health = healthy_agent(agent, ca)   # libvirtd may still be coming up for a moment
     assert health["host_id"] == host_id and health["libvirt"]["ok"] is True, health
     for unit in ("hostplane-controller.service", "hostplane-agent.service"):
@@ -240,7 +241,7 @@ def test_site_yml_deploys_an_all_in_one_node_that_systemd_then_runs(tmp_path, no
     while unit_state(container, "hostplane-agent.service")["NRestarts"] == "0":
         assert time.monotonic() < deadline, "systemd did not restart the killed agent"
         time.sleep(0.5)
-    wait_for(agent + "/v1/health", timeout=120, verify=ca)
+    wait_for_url(agent + "/v1/health", timeout=120, verify=ca)
     assert requests.get(agent + "/v1/health", timeout=10,
                         verify=ca).json()["boot_id"] != health["boot_id"]
 

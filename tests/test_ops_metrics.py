@@ -1,8 +1,7 @@
 """What an operator's Prometheus scrapes, checked against the APIs it summarises.
 
-A real controller serving two real agents (the controller slice's loopback helpers). The
-families the issue asks for that no slice exports yet are strict xfails naming the gap:
-they turn into failures, to be un-marked, the day they appear.
+A real controller serving two real agents (the controller's loopback helpers); each
+family is checked by what changes in it when the thing it counts happens.
 """
 
 from collections import Counter
@@ -82,10 +81,23 @@ def test_controller_exports_poll_latency_and_failures_per_host(world):
 
 def test_controller_counts_scheduler_decisions_and_refusals(world):
     url, _agents = world
-    requests.post(url + "/v1/schedule/explain", headers=ADMIN, timeout=10, json={
+
+    def counts():
+        metrics = scrape(url)
+        decisions = {(labels["operation"], labels["outcome"]): value for labels, value
+                     in metrics.get("hostplane_controller_scheduler_decisions", [])}
+        refusals = sum(value for _, value in metrics.get(
+            "hostplane_controller_scheduler_refusals", []))
+        return decisions.get(("explain", "refused"), 0), refusals
+
+    before = counts()
+    answer = requests.post(url + "/v1/schedule/explain", headers=ADMIN, timeout=10, json={
         "name": "m", "vcpus": 1, "memory_mib": 64,
         "gpus": [{"vendor_id": "10de", "device_id": "1eb8", "count": 9}]})
-    assert families_like(scrape(url), "schedul")
+    assert answer.status_code == 200 and answer.json()["chosen"] is None
+    decided, refused = counts()
+    assert decided == before[0] + 1     # one explain, refused
+    assert refused > before[1]          # and counted by its reasons
 
 
 def test_agent_exports_attach_latency(world):

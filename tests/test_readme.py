@@ -26,7 +26,7 @@ import time
 import pytest
 import requests
 
-from tests.test_ops_helpers import free_port
+from tests.support import free_port
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 README = os.path.join(REPO, "README.rst")

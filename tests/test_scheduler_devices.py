@@ -2,7 +2,8 @@
 
 import dataclasses
 
-from hostplane.core.scheduler import USB_LIMITS, GpuAsk, Snapshot, VmView, place
+from hostplane.core.scheduler import GpuAsk, Snapshot, VmView, place
+from hostplane.core.usb import PER_VM_LIMITS
 from tests.hosts import q35_node, small_gpu_host
 from tests.test_scheduler import GPU_MODEL, host, inventory, request
 
@@ -54,7 +55,7 @@ def test_usb_hub_and_held_usb_devices_say_why():
 
 
 def test_per_vm_usb_limits_by_major_version():
-    assert USB_LIMITS == {1: 1, 2: 6, 3: 4}
+    assert PER_VM_LIMITS == {1: 1, 2: 6, 3: 4}
     base = two_hosts()
     more = extra_usb(base, KEYBOARD, 1, 1) + extra_usb(base, STICK, 6, 2)
     snapshot = Snapshot.build(base.hosts, base.devices + tuple(more), ())
@@ -65,6 +66,17 @@ def test_per_vm_usb_limits_by_major_version():
     two_old = place(request(usb=[KEYBOARD, more[0].id]), snapshot)
     assert two_old.rejected["host-b"] == ("USB 1.x limit: 2 for this VM, at most 1",)
     assert two_old.rejected["host-a"][0] == "USB 1.x limit: 2 for this VM, at most 1"
+
+
+def test_usb_devices_of_unknown_version_count_as_usb_2_as_the_agent_does():
+    base = two_hosts()
+    unknown = extra_usb(base, STICK, 7, None)
+    snapshot = Snapshot.build(base.hosts, base.devices + tuple(unknown), ())
+    seven = place(request(usb=[d.id for d in unknown]), snapshot)
+    assert seven.chosen is None
+    assert seven.rejected["host-b"] == ("USB 2.x limit: 7 for this VM, at most 6",)
+    six = place(request(usb=[d.id for d in unknown[:6]]), snapshot)
+    assert six.chosen.host_id == "host-b"
 
 
 def test_usb_already_held_by_an_existing_vm_counts_toward_its_limit():

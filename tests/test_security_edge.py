@@ -1,8 +1,6 @@
-"""Findings of the security review that wait on their owners, pinned as strict xfails.
-
-Each test states what an operator expects; it fails today (xfail) and, once the owner's
-fix lands, passes — which `strict=True` turns into a failure so the marker is removed and
-the test keeps guarding the fix.
+"""Findings of the security review (F2, F3 in README), each pinned by what an operator
+expects now that it is fixed: a name with a trailing newline is refused, and a disk
+outside the agent's storage directory is refused rather than deleted with the VM.
 """
 
 import pytest

@@ -20,7 +20,9 @@ from cryptography.x509.oid import NameOID
 
 from tests.conftest import AUTH, TOKEN
 from tests.hardening import synthetic_agent_env
-from tests.umockdev_bed import AgentProcess, free_port
+from tests.support import free_port
+from tests.support.processes import ServedProcess
+from tests.umockdev_bed import AgentProcess
 
 
 def _name(text):
@@ -83,21 +85,21 @@ def serve_tls_agent(tmp, paths, host_id):
     port = free_port()
     env = synthetic_agent_env(tmp, host_id, tls_cert=paths["cert"], tls_key=paths["key"],
                               require_tls="true")
-    process = subprocess.Popen([sys.executable, "-m", "agent.cli", "serve", "--bind",
-                                f"127.0.0.1:{port}"], env=env, stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True)
+    served = ServedProcess([sys.executable, "-m", "agent.cli", "serve", "--bind",
+                            f"127.0.0.1:{port}"], env, tmp / f"{host_id}-serve.log")
+    served.spawn()
     url = f"https://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        assert process.poll() is None, process.stdout.read()
+
+    def answers():
         try:
             requests.get(url + "/v1/health", verify=paths["ca"], timeout=5)
-            return process, url, port
         except requests.exceptions.SSLError:
-            return process, url, port   # up, and not for this client: the test's business
+            pass   # up, and not for this client: the test's business
         except requests.ConnectionError:
-            assert time.monotonic() < deadline, "TLS agent did not answer"
-            time.sleep(0.2)
+            return False
+        return True
+    served.wait_answering("the TLS agent", answers)
+    return served.process, url, port
 
 
 def test_agent_serves_https_verified_against_the_operators_ca(tls_agent):

@@ -11,9 +11,10 @@ such a VM, and the agent reports that as a 409, not a 500.
 import pytest
 
 from tests.conftest import AUTH
+from tests.support import wait_for
 from tests.test_virt_support import (GPU, GPU_AUDIO, KEYBOARD, OTHER_GPU, STICK, agent_client,
                                      busy_host, create_vm, holders_in_xml, inactive_xml, lv,  # noqa: F401
-                                     pci_source, prefix, wait_for)
+                                     pci_source, prefix)
 
 
 @pytest.fixture
@@ -253,3 +254,15 @@ def test_persistent_only_attach_to_a_running_vm_waits_for_its_next_boot(agent, l
     detached = client.delete(f"/v1/vms/{vm}/devices/{STICK}", headers=AUTH)
     assert detached.status_code == 200 and detached.get_json()["devices"] == []
     assert attach(client, vm, "usb", STICK, live=False, persistent=False).status_code == 400
+
+
+@pytest.mark.parametrize("short", ["3b:00.0", "3B:00.0", " 3b:00.0"])
+def test_a_short_pci_address_detaches_what_it_attached(agent, lv, prefix, short):  # noqa: F811
+    client, _ = agent
+    vm = f"{prefix}-short"
+    new_vm_with(client, vm, "pci", short)
+    assert attached_to(client, "pci", GPU) == vm
+    detached = client.delete(f"/v1/vms/{vm}/devices/{short}", headers=AUTH)
+    assert detached.status_code == 200, detached.get_json()
+    assert detached.get_json()["devices"] == []
+    assert pci_source(GPU) not in inactive_xml(lv, vm)

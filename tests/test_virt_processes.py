@@ -11,7 +11,8 @@ import threading
 import pytest
 
 from tests.test_virt_support import (GPU, GPU_AUDIO, STICK, GunicornAgent, holders_in_xml, lv,  # noqa: F401
-                                     pci_source, prefix, toml_config, wait_for)
+                                     pci_source, prefix, toml_config)
+from tests.support import wait_for
 
 CLIENTS = 20
 

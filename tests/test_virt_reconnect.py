@@ -16,8 +16,9 @@ import pytest
 
 from agent.virt import connection
 from tests.conftest import AUTH
-from tests.test_virt_support import (GPU, agent_client, create_vm, lv, pci_source, prefix,  # noqa: F401
-                                     wait_for)
+from tests.support import wait_for
+from tests.test_virt_support import (GPU, agent_client, create_vm, lv, pci_source,  # noqa: F401
+                                     prefix)
 
 LIBVIRT_SOCKET = "/var/run/libvirt/libvirt-sock"
 

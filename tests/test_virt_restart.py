@@ -23,8 +23,9 @@ import pytest
 
 from agent.virt import connection
 from tests.conftest import AUTH
+from tests.support import wait_for
 from tests.test_virt_support import (GPU, GPU_AUDIO, OTHER_GPU, RUN_PREFIX, agent_client,
-                                     create_vm, libvirt_or_skip, pci_source, wait_for)
+                                     create_vm, libvirt_or_skip, pci_source)
 
 PRIVATE_DIRS = ("/run/libvirt", "/var/lib/libvirt", "/var/cache/libvirt", "/var/log/libvirt",
                 "/etc/libvirt/qemu")

@@ -15,8 +15,9 @@ from agent.check import readiness_rows
 from agent.virt.attach import detach_live
 from hostplane.errors import Conflict
 from tests.conftest import AUTH
+from tests.support import wait_for
 from tests.test_virt_support import (GPU, OTHER_GPU, agent_client, config_for, create_vm,  # noqa: F401
-                                     lv, pci_source, prefix, wait_for)
+                                     lv, pci_source, prefix)
 
 
 @pytest.fixture

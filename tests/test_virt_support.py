@@ -12,11 +12,7 @@ holders, and nobody else's domains are ever touched.
 
 import contextlib
 import os
-import signal
-import socket
-import subprocess
 import sys
-import time
 import uuid
 
 import pytest
@@ -24,11 +20,12 @@ import requests
 
 from agent.app import create_app
 from tests.conftest import AUTH, TOKEN, agent_config, libvirtd_running
+from tests.support import free_port
+from tests.support.processes import ServedProcess
 from tests.synthetic import UsbDevice, small_gpu_host, write_proc, write_sysfs_tree
 
 URI = "qemu:///system"
 RUN_PREFIX = f"hp-{uuid.uuid4().hex[:6]}-"      # this pytest run's domains
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GPU, GPU_AUDIO, OTHER_GPU = "0000:3b:00.0", "0000:3b:00.1", "0000:af:00.0"
 STICK, KEYBOARD = "0781:5567:4C530001", "046d:c31c@1-1.2"
 
@@ -144,41 +141,27 @@ def pci_source(address):
     return f"<address domain='0x{domain}' bus='0x{bus}' slot='0x{slot}' function='0x{function}'/>"
 
 
-def wait_for(predicate, timeout=10.0, interval=0.1):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    return predicate()
-
-
-class GunicornAgent:
+class GunicornAgent(ServedProcess):
     """The agent as production runs it: gunicorn, 2 worker processes, on 127.0.0.1."""
 
     def __init__(self, base, config_text, env=None, workers=2):
         self.base = base
         self.config_path = base / "agent.toml"
         self.config_path.write_text(config_text)
-        self.env = {**os.environ, "HOSTPLANE_AGENT_CONFIG": str(self.config_path), **(env or {})}
+        super().__init__([], {**os.environ, "HOSTPLANE_AGENT_CONFIG": str(self.config_path),
+                              **(env or {})}, None)
         self.workers = workers
-        self.process = None
         self.start()
 
     def start(self):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.log = open(self.base / f"gunicorn-{self.port}.log", "w")  # noqa: SIM115
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "-w", str(self.workers), "--threads", "8",
-             "-b", f"127.0.0.1:{self.port}", "--timeout", "120", "agent.app:create_app()"],
-            cwd=REPO, env=self.env, stdout=self.log, stderr=subprocess.STDOUT,
-            start_new_session=True)
-        ok = wait_for(self._answers, timeout=30)
-        assert ok, (self.base / f"gunicorn-{self.port}.log").read_text()[-3000:]
+        self.log_path = self.base / f"gunicorn-{self.port}.log"
+        self.command = [sys.executable, "-m", "gunicorn", "-w", str(self.workers), "--threads",
+                        "8", "-b", f"127.0.0.1:{self.port}", "--timeout", "120",
+                        "agent.app:create_app()"]
+        self.spawn()
+        self.wait_answering("the agent", self._answers, timeout=30)
 
     def _answers(self):
         try:
@@ -188,22 +171,6 @@ class GunicornAgent:
 
     def call(self, method, path, **kwargs):
         return requests.request(method, self.url + path, headers=AUTH, timeout=60, **kwargs)
-
-    def kill(self):
-        """SIGKILL the whole process group: master and workers, no clean-up."""
-        if self.process and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(10)
-        self.log.close()
-
-    def stop(self):
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.kill()
-        self.log.close()
 
 
 def toml_config(base, host=None, uri=URI, cmdline=None):

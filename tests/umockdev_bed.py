@@ -11,12 +11,14 @@ hot-plug would, on the test's command (JSON lines over a pipe).
 import ctypes
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
+import tempfile
 
 import requests
+
+from tests.support import free_port
+from tests.support.processes import ServedProcess
 
 PRELOAD = "libumockdev-preload.so.0"
 
@@ -58,47 +60,42 @@ class Testbed:
         return env
 
 
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class AgentProcess:
+class AgentProcess(ServedProcess):
     """`gunicorn 'agent.app:create_app()'` on a loopback port, configured by environment."""
 
     def __init__(self, env, token, workers=1, timeout=60):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.headers = {"Authorization": f"Bearer {token}"}
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{self.port}",
-             "--workers", str(workers), "agent.app:create_app()"],
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError("agent exited:\n" + self.process.stdout.read())
-            try:
-                requests.get(self.url + "/v1/health", timeout=5)
-                return
-            except requests.RequestException:   # not listening yet, or worker still booting
-                time.sleep(0.1)
-        self.stop()
-        raise RuntimeError("agent did not answer in time")
+        log = tempfile.NamedTemporaryFile(prefix="gunicorn-agent-", suffix=".log", delete=False)
+        log.close()
+        super().__init__([sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{self.port}",
+                          "--workers", str(workers), "agent.app:create_app()"], env, log.name)
+        self.spawn()
+        try:
+            self.wait_answering("the agent", self._answers, timeout=timeout)
+        except AssertionError:
+            self.stop()
+            raise
+
+    def _answers(self):
+        try:
+            return requests.get(self.url + "/v1/health", timeout=5) is not None
+        except requests.RequestException:   # not listening yet, or worker still booting
+            return False
 
     def get(self, path, **kwargs):
         kwargs.setdefault("headers", self.headers)
         return requests.get(self.url + path, timeout=10, **kwargs)
 
     def stop(self):
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-        output = self.process.stdout.read() if self.process.stdout else ""
+        """Stop it; what it wrote (its whole log)."""
+        super().stop()
+        if not os.path.exists(self.log_path):
+            return ""   # stopped before
+        with open(self.log_path, encoding="utf-8", errors="replace") as handle:
+            output = handle.read()
+        os.unlink(self.log_path)
         return output
 
 

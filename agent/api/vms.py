@@ -3,28 +3,25 @@
 from typing import Literal
 
 from flask import Blueprint, jsonify, request
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from agent.services import current_agent
 from agent.virt import attach as attaching
 from hostplane.api import checked, describe, parse_body
-from hostplane.core.ids import (OPERATION_ID, PCI_ADDRESS, check_name, check_operation_id,
+from hostplane.bodies import StrictBody, VmBasics, VmStop
+from hostplane.core.ids import (OPERATION_ID, check_name, check_operation_id, device_kind_and_id,
                                 normalize_pci_address, normalize_usb_id)
 from hostplane.errors import DependencyDown
 
 bp = Blueprint("vms", __name__)
 
 
-class _Body(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class DeviceRef(_Body):
+class DeviceRef(StrictBody):
     type: Literal["pci", "usb"]
     id: str = Field(max_length=200)
 
 
-class DiskBody(_Body):
+class DiskBody(StrictBody):
     """An image in the agent's storage directory (`[libvirt] storage_dir`), by absolute
     path or by name, or a new one of `size_mib` that the agent creates there."""
     path: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_./+-]{1,1023}$")
@@ -45,31 +42,20 @@ class DiskBody(_Body):
         return self
 
 
-class NetworkBody(_Body):
-    bridge: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,15}$")
-
-
-class VmCreate(_Body):
-    name: str
-    vcpus: int = Field(ge=1, le=1024)
-    memory_mib: int = Field(ge=16, le=16 * 1024 * 1024)
+class VmCreate(VmBasics):
     disks: list[DiskBody] = Field(default_factory=list, max_length=16)
-    networks: list[NetworkBody] = Field(default_factory=list, max_length=16)
     devices: list[DeviceRef] = Field(default_factory=list, max_length=32)
     start: bool = False
     accel: Literal["auto", "kvm", "tcg"] = "auto"
     # The controller's id of this create: a retry of it answers the VM it made (200).
     op_id: str | None = Field(default=None, pattern=OPERATION_ID.pattern)
 
-    _name = field_validator("name")(lambda v: check_name(v, "VM name"))   # InvalidId is a ValueError
 
-
-class StopBody(_Body):
-    force: bool = False
+class StopBody(VmStop):
     timeout_s: float | None = Field(default=None, ge=0, le=3600)
 
 
-class OperationBody(_Body):
+class OperationBody(StrictBody):
     op_id: str = Field(pattern=OPERATION_ID.pattern)
     expected: str | None = Field(default=None, pattern=OPERATION_ID.pattern)
 
@@ -167,8 +153,8 @@ def attach_device(name):
           responses=(200, 409, 503), tags=["vms"])
 def detach_device(name, device_id):
     name = _name(name)
-    kind = "pci" if PCI_ADDRESS.match(device_id.lower()) else "usb"
-    return jsonify(attaching.detach(_virt(), name, kind, _device_id(kind, device_id)))
+    kind, device_id = checked(device_kind_and_id, device_id)
+    return jsonify(attaching.detach(_virt(), name, kind, device_id))
 
 
 def _virt():

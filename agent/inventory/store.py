@@ -15,7 +15,7 @@ import json
 import threading
 import time
 
-from hostplane.core.pci import build_pci_inventory
+from hostplane.core.pci import build_pci_inventory, iommu_groups
 from hostplane.core.usb import build_usb_device
 
 
@@ -130,10 +130,7 @@ class Inventory:
             return [self._with_holder("usb", d) for d in self._usb.values()]
 
     def iommu_groups(self):
-        groups = {}
-        for device in self.pci_devices():
-            if device["iommu_group"] is not None:
-                groups.setdefault(device["iommu_group"], []).append(device)
+        groups = iommu_groups(self.pci_devices())
         return [{"group": number, "devices": sorted(d["id"] for d in members),
                  "viable": all(d["assignable"] for d in members),
                  "attached_to": sorted({d["attached_to"] for d in members if d["attached_to"]})}
@@ -203,11 +200,6 @@ class Inventory:
         if key in self._conflicts:
             device["conflicts"] = list(self._conflicts[key])
         return device
-
-    def conflicts(self):
-        """{key: [vm, ...]}: devices found in more than one domain's XML."""
-        with self._lock:
-            return dict(self._conflicts)
 
     def document(self):
         """`GET /v1/devices` as values, all but its generation."""

@@ -13,26 +13,26 @@ finishing reuses what exists: nothing is built twice.
 """
 
 import logging
-import os
 
 from agent.net.netlink import Netlink, NetlinkError
 from agent.net.state import DesiredSet
 from hostplane.core.networks import (InvalidNetwork, choose_vtep, network_alias,
                                      network_of_alias, parse_spec, peer_changes, plan_network)
-from agent.testhooks import pause
+from agent.testhooks import never
 from hostplane.errors import ApiError, BadRequest, Conflict, NotFound
 
 log = logging.getLogger(__name__)
-TEST_PAUSE_ENV = "HOSTPLANE_NET_TEST_PAUSE"   # "created-<kind>:<seconds>", tests only
 
 
 class HostNetworks:
     """The networks of one host (or one network namespace), with their desired set on disk."""
 
-    def __init__(self, netns="", state_path=None):
+    def __init__(self, netns="", state_path=None, pause=never):
+        """`pause(step)`: the fault-injection seam (`agent.testhooks`), a no-op unless a
+        test asks."""
         self.netlink = Netlink(netns)
         self.desired = DesiredSet(state_path)
-        self.state_dir = os.path.dirname(state_path) if state_path else None
+        self.pause = pause
         self.problems = {}  # network name -> why the last reconcile could not build it
 
     def close(self):
@@ -197,7 +197,7 @@ class HostNetworks:
         if state is None:
             created.append(self.netlink.add(link, alias, lambda ifname: links[ifname].index))
             changes.append(f"created {link.kind} {link.ifname}")
-            pause(self.state_dir, TEST_PAUSE_ENV, f"created-{link.kind}")
+            self.pause(f"created-{link.kind}")
 
     def _enslave(self, port, bridge, changes):
         if port.master != bridge.index:

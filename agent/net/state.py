@@ -10,12 +10,13 @@ means the process died mid-apply; `HostNetworks` then finishes it (or rolls it b
 """
 
 import contextlib
-import fcntl
 import json
 import logging
 import os
 
 from agent.atomic import write_json as _write_json
+from hostplane.filelock import exclusive
+
 log = logging.getLogger(__name__)
 
 
@@ -44,12 +45,8 @@ class DesiredSet:
             yield lambda data: None
             return
         os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
-        with open(self.path + ".lock", "a", encoding="utf-8") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            try:
-                yield self._write
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
+        with exclusive(self.path + ".lock"):
+            yield self._write
 
     def begin(self, name, spec, previous):
         """Call with the set locked, before touching any link."""

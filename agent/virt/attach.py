@@ -7,19 +7,17 @@ Detach: live first, waiting for libvirt's device-removed event (bounded) *withou
 host lock, so a guest slow to let go of one device does not stall every other attach
 on the host; then the persistent config, under the lock again. A managed PCI device
 returns to its host driver and the inventory re-reads it. Both are timed into the
-shared `hostplane_agent_attach_seconds` histogram (operation, kind, outcome).
+`hostplane_agent_attach_seconds` histogram (operation, kind, outcome).
 """
 
 import functools
 import time
 import xml.etree.ElementTree as ET
 
-from agent.testhooks import pause
 from agent.virt import domxml, rules
 from agent.virt.connection import libvirt
+from hostplane.core.usb import limit_class
 from hostplane.errors import ApiError, BadRequest, Conflict, NotFound
-
-TEST_PAUSE_ENV = "HOSTPLANE_VIRT_TEST_PAUSE"   # "<step>:<seconds>", tests only
 
 
 def timed(operation):
@@ -37,8 +35,8 @@ def timed(operation):
                 outcome = exc.code
                 raise
             finally:
-                virt.latency.observe(time.perf_counter() - started, operation=operation,
-                                     kind=kind, outcome=outcome)
+                virt.latency.labels(operation, kind, outcome).observe(
+                    time.perf_counter() - started)
         return run
     return decorate
 
@@ -112,7 +110,7 @@ def _held_entry(virt, dom, vm, kind, device_id, required=False):
 def _attach_all(virt, dom, vm, kind, targets, flags):
     """Journal, attach each target; a libvirt refusal undoes the ones already attached."""
     virt.journal.begin(vm, [f"{kind}:{t['id']}" for t in targets])
-    _test_pause(virt, "claimed")
+    virt.pause("claimed")
     done = []
     try:
         with virt.connection.errors(vm):
@@ -120,7 +118,7 @@ def _attach_all(virt, dom, vm, kind, targets, flags):
                 element = _hostdev_for(dom, kind, target, flags)
                 _attach_device(dom, element, flags)
                 done.append(element)
-                _test_pause(virt, "attached-one")
+                virt.pause("attached-one")
     except Exception:
         for element in done:
             try:
@@ -137,7 +135,7 @@ def _attach_all(virt, dom, vm, kind, targets, flags):
 
 def _hostdev_for(dom, kind, device, flags):
     """Hostdev XML; a USB 3 device goes on an xHCI controller, added when the VM has none."""
-    if kind == "pci" or rules.usb_major(device.get("usb_version")) < 3:
+    if kind == "pci" or limit_class(device.get("usb_version"))[0] < 3:
         return domxml.to_text(domxml.hostdev_xml(kind, device))
     controllers = domxml.read_domain(dom.XMLDesc(0 if flags & libvirt.VIR_DOMAIN_AFFECT_LIVE
                                                  else libvirt.VIR_DOMAIN_XML_INACTIVE)
@@ -227,7 +225,3 @@ def _usb_versions(virt, current):
             device = virt.inventory.usb(entry["id"])
             versions.append(device.get("usb_version") if device else None)
     return versions
-
-
-def _test_pause(virt, step):
-    pause(virt.state_dir, TEST_PAUSE_ENV, step)

@@ -9,13 +9,14 @@ records what the domain XML shows was and was not done, so nothing stays unrepor
 """
 
 import contextlib
-import fcntl
 import json
 import logging
 import os
 import time
 
 from agent.atomic import write_json as _write_json
+from hostplane.filelock import exclusive
+
 log = logging.getLogger(__name__)
 KEEP_REPORTS = 50
 KEEP_CANCELLED = 4096
@@ -26,16 +27,9 @@ class HostLock:
         os.makedirs(state_dir, exist_ok=True)
         self.path = os.path.join(state_dir, "virt.lock")
 
-    @contextlib.contextmanager
     def held(self):
-        """Exclusive across processes and threads: each holder opens its own descriptor."""
-        handle = open(self.path, "a+", encoding="utf-8")  # noqa: SIM115 - closed below
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-            handle.close()
+        """Exclusive across processes and threads (`with lock.held(): ...`)."""
+        return exclusive(self.path)
 
 
 class Journal:

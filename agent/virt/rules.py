@@ -5,7 +5,8 @@
 with a code and a sentence an operator can act on, or returns quietly.
 """
 
-from hostplane.core.usb import PER_VM_LIMITS, version_major
+from hostplane.core.pci import sibling_ids
+from hostplane.core.usb import limit_class
 from hostplane.errors import Conflict
 
 
@@ -20,9 +21,9 @@ def check_pci(device, vm, holders, iommu_ready):
         raise Conflict("the host IOMMU is not ready (no IOMMU groups): enable VT-d/AMD-Vi and "
                        "intel_iommu=on/amd_iommu=on; see `hostplane-agent check`",
                        code="iommu_not_ready", details={"device": address})
-    for member in device["iommu_group_devices"]:
+    for member in sibling_ids(device):
         holder = holders.get(f"pci:{member}")
-        if member != address and holder not in (None, vm):
+        if holder not in (None, vm):
             raise Conflict(f"{address} shares IOMMU group {device['iommu_group']} with {member}, "
                            f"which VM {holder} holds", code="group_member_busy",
                            details={"device": address, "member": member, "vm": holder,
@@ -36,10 +37,9 @@ def check_usb(device, vm, holders, vm_usb_versions):
     if device.get("is_hub"):
         raise Conflict(f"{device_id} is a USB hub; pass the devices behind it instead",
                        code="device_not_assignable", details={"device": device_id})
-    major = usb_major(device.get("usb_version"))
-    limit = PER_VM_LIMITS.get(major)
-    used = sum(1 for version in vm_usb_versions if usb_major(version) == major)
-    if limit is not None and used >= limit:
+    major, limit = limit_class(device.get("usb_version"))
+    used = sum(1 for version in vm_usb_versions if limit_class(version)[0] == major)
+    if used >= limit:
         raise Conflict(f"VM {vm} already holds {used} USB {major}.x devices (limit {limit})",
                        code="usb_limit_reached",
                        details={"device": device_id, "usb_major": major, "limit": limit})
@@ -54,18 +54,12 @@ def check_no_conflict(kind, device_id, conflicts):
                        code="device_conflict", details={"device": device_id, "vms": vms})
 
 
-def usb_major(version):
-    """USB major version; devices that do not say are counted as USB 2."""
-    major = version_major(version)
-    return major if major in PER_VM_LIMITS else 2
-
-
 def group_endpoints(device, lookup):
     """The device and every other endpoint of its IOMMU group (a GPU and its audio)."""
     members = [device]
-    for member in device["iommu_group_devices"]:
+    for member in sibling_ids(device):
         other = lookup(member)
-        if member != device["id"] and other is not None and other["type"] != "bridge":
+        if other is not None and other["type"] != "bridge":
             members.append(other)
     return members
 

@@ -11,7 +11,9 @@ import tempfile
 import threading
 import time
 
-from agent.shared_histogram import SharedHistogram
+from prometheus_client import Histogram
+
+from agent.testhooks import never
 from agent.virt import domxml, rules
 from agent.virt.claims import CancelledOperations, ChangeMark, HostLock, Journal
 from agent.virt.connection import Connection, libvirt
@@ -22,6 +24,7 @@ from agent.virt.storage import Storage
 from hostplane.errors import BadRequest, Conflict, NotFound
 
 log = logging.getLogger(__name__)
+LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 STATES = {1: "running", 2: "running", 3: "paused", 4: "stopping", 5: "stopped",
           6: "crashed", 7: "suspended"}
 # Everything libvirt keeps beside a persistent domain, dropped with it where offered.
@@ -30,10 +33,13 @@ UNDEFINE_FLAGS = ("VIR_DOMAIN_UNDEFINE_MANAGED_SAVE", "VIR_DOMAIN_UNDEFINE_SNAPS
 
 
 class Virt:
-    def __init__(self, config, inventory, iommu_ready):
-        """`iommu_ready()` answers whether the host's IOMMU groups exist right now."""
+    def __init__(self, config, inventory, iommu_ready, pause=never):
+        """`iommu_ready()` answers whether the host's IOMMU groups exist right now;
+        `pause(step)` is the fault-injection seam (`agent.testhooks`), a no-op unless a
+        test asks."""
         section = config["libvirt"]
         self.inventory = inventory
+        self.pause = pause
         self.iommu_ready = iommu_ready
         self.detach_timeout_s = float(section["detach_timeout_s"])
         self.stop_timeout_s = float(section["stop_timeout_s"])
@@ -45,10 +51,12 @@ class Virt:
                                                                 "hostplane-agent")
         self.state_dir = state_dir
         self.lock = HostLock(state_dir)
-        self.latency = SharedHistogram(
-            os.path.join(state_dir, "attach-latency.json"), "hostplane_agent_attach_seconds",
+        # In no registry: the app's collector yields it, and under several gunicorn
+        # workers prometheus-client's multiprocess mode sums every worker's samples.
+        self.latency = Histogram(
+            "hostplane_agent_attach_seconds",
             "Time to attach or detach a passthrough device, across all workers",
-            ["operation", "kind", "outcome"])
+            ["operation", "kind", "outcome"], registry=None, buckets=LATENCY_BUCKETS)
         self.journal = Journal(state_dir)
         self.cancelled = CancelledOperations(state_dir)
         self.changes = ChangeMark(state_dir)

@@ -4,15 +4,15 @@ an immediate fetch of the host (the event says when, never what)."""
 from flask import Blueprint, g, jsonify
 from pydantic import Field
 
-from controller.api.schemas import _Body
 from controller.services import current
 from hostplane.api import describe, parse_body
+from hostplane.bodies import StrictBody
 from hostplane.errors import Forbidden
 
 bp = Blueprint("events", __name__)
 
 
-class HostEvent(_Body):
+class HostEvent(StrictBody):
     host_id: str = Field(min_length=1, max_length=128)
     boot_id: str | None = Field(default=None, max_length=64)
     generation: int | None = None

@@ -54,7 +54,7 @@ def _verified_health(ctl, body):
                          "is set (its token would cross the network in clear)",
                          code="agent_tls_required",
                          details={"url": body.url, "setting": "[server] require_agent_tls"})
-    client = ctl.client_factory(body.url, body.token, timeout=ctl.poller.timeout)
+    client = ctl.agents.at(body.url, body.token)
     try:
         health = client.health()
     except DependencyDown as exc:

@@ -8,13 +8,14 @@ import ipaddress
 from typing import Annotated, Literal, Optional, Union
 
 from flask import Blueprint, jsonify
-from pydantic import (BaseModel, ConfigDict, Field, RootModel, StrictInt, ValidationError,
+from pydantic import (Field, RootModel, StrictInt, ValidationError,
                       ValidationInfo, field_validator)
 
 from controller import networks
 from controller.api.schemas import check_path_ids
 from controller.services import current, require_admin
 from hostplane.api import describe, parse_body
+from hostplane.bodies import StrictBody
 from hostplane.core.ids import check_name
 from hostplane.core.networks import VXLAN_PORT, NovlanSpec, VlanSpec, VxlanSpec
 from hostplane.errors import BadRequest
@@ -23,8 +24,7 @@ bp = Blueprint("networks", __name__)
 check_path_ids(bp, "network name")
 
 
-class _Named(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class _Named(StrictBody):
     name: str
     clusters: list[str] = Field(default_factory=list, max_length=64,
                                 description="clusters whose hosts get the network")
@@ -103,8 +103,7 @@ class VxlanCreate(_Named):
         return self.model_dump(exclude={"name", "clusters", "type", "vni"}, exclude_none=True)
 
 
-class VtepsPatch(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class VtepsPatch(StrictBody):
     vteps: dict[str, str]
 
 
@@ -193,8 +192,7 @@ def _show(name):
 def agents_of(ctl):
     """How network pushes reach agents: a client per host, and as many at once as the
     poller polls (`[poll] concurrency`)."""
-    timeout = float(ctl.config["poll"]["timeout_s"])
-    return {"client_for": lambda host: ctl.client_factory(host.url, host.token, timeout=timeout),
+    return {"client_for": ctl.agents.of,
             "concurrency": int(ctl.config["poll"]["concurrency"])}
 
 

@@ -4,9 +4,10 @@ from flask import Blueprint, jsonify
 from pydantic import Field, field_validator
 
 from controller import orphans
-from controller.api.schemas import _Body, check_path_ids
+from controller.api.schemas import check_path_ids
 from controller.services import current, require_admin
 from hostplane.api import describe, parse_body
+from hostplane.bodies import StrictBody
 from hostplane.core.ids import check_name
 from hostplane.errors import BadRequest
 
@@ -14,7 +15,7 @@ bp = Blueprint("orphans", __name__)
 check_path_ids(bp, "domain name")
 
 
-class OrphanAdopt(_Body):
+class OrphanAdopt(StrictBody):
     tenant: str | None = Field(default=None, description="the tenant the VM will belong to")
 
     _tenant = field_validator("tenant")(

@@ -4,9 +4,10 @@ from typing import Literal
 from urllib.parse import urlsplit
 
 from flask import request
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from hostplane.api import checked
+from hostplane.bodies import StrictBody, VmBasics, VmStop  # noqa: F401 (VmStop: the vms API's)
 from hostplane.core.ids import (check_device_id, check_host_id, check_name, normalize_pci_address,
                                 normalize_usb_id)
 from hostplane.core.scheduler import GpuAsk, PlacementRequest
@@ -30,11 +31,7 @@ def check_path_ids(bp, name_of="name"):
                 args[key] = checked(check, args[key], code=code)
 
 
-class _Body(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class HostCreate(_Body):
+class HostCreate(StrictBody):
     url: str = Field(pattern=r"^https?://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.\-]+)(:[0-9]{1,5})?/?$",
                      max_length=512)
 
@@ -55,7 +52,7 @@ class HostCreate(_Body):
     _cluster = field_validator("cluster")(lambda v: check_name(v))
 
 
-class HostPatch(_Body):
+class HostPatch(StrictBody):
     state: Literal["enabled", "disabled", "maintenance"] | None = None
     iommu_enabled: bool | None = None
     cluster: str | None = None
@@ -63,13 +60,13 @@ class HostPatch(_Body):
     _cluster = field_validator("cluster")(lambda v: v if v is None else check_name(v))
 
 
-class DevicePatch(_Body):
+class DevicePatch(StrictBody):
     state: Literal["enabled", "disabled"] | None = None
     name: str | None = Field(default=None, min_length=1, max_length=255)
     shared: bool | None = None
 
 
-class GpuBody(_Body):
+class GpuBody(StrictBody):
     id: str | None = None
     vendor_id: str | None = Field(default=None, pattern=HEX4)
     device_id: str | None = Field(default=None, pattern=HEX4)
@@ -94,26 +91,18 @@ class GpuBody(_Body):
                       count=self.count)
 
 
-class UsbBody(_Body):
+class UsbBody(StrictBody):
     id: str
 
     _id = field_validator("id")(lambda v: normalize_usb_id(v))
 
 
-class NetworkBody(_Body):
-    bridge: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,15}$")
-
-
-class DeviceAsks(_Body):
+class DeviceAsks(StrictBody):
     gpus: list[GpuBody] = Field(default_factory=list, max_length=16)
     usb: list[UsbBody] = Field(default_factory=list, max_length=16)
 
 
-class VmCreate(DeviceAsks):
-    name: str
-    vcpus: int = Field(ge=1, le=1024)
-    memory_mib: int = Field(ge=16, le=16 * 1024 * 1024)
-    networks: list[NetworkBody] = Field(default_factory=list, max_length=16)
+class VmCreate(VmBasics, DeviceAsks):
     host: str | None = Field(default=None, min_length=1, max_length=128)
     cluster: str | None = None
     anti_affinity_group: str | None = None
@@ -121,7 +110,6 @@ class VmCreate(DeviceAsks):
     strategy: Literal["least-cpu", "least-memory"] = "least-cpu"
     start: bool = True
 
-    _name = field_validator("name")(lambda v: check_name(v))
     _names = field_validator("cluster", "anti_affinity_group")(
         lambda v: v if v is None else check_name(v))
 
@@ -151,6 +139,3 @@ class VmDevicesAdd(DeviceAsks):
             raise ValueError("name at least one device: {type, id}, gpus or usb")
         return self
 
-
-class VmStop(_Body):
-    force: bool = False

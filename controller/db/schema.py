@@ -6,13 +6,14 @@ file lock beside the database because gunicorn's workers start together. Postgre
 shared and upgraded deliberately: the controller refuses to start and prints the command.
 """
 
-import fcntl
+import contextlib
 import logging
 
 from sqlalchemy import create_engine, pool
 from sqlalchemy.exc import SQLAlchemyError
 
 from hostplane.config import ConfigError
+from hostplane.filelock import exclusive
 
 log = logging.getLogger(__name__)
 
@@ -68,29 +69,8 @@ def ensure_schema(url, upgrade):
 def _lock_beside(url):
     path = url.split(":///", 1)[-1]
     if not path or path == ":memory:":
-        return _NoLock()
-    return _FileLock(path + ".schema-lock")
-
-
-class _FileLock:
-    def __init__(self, path):
-        self.path = path
-
-    def __enter__(self):
-        self.handle = open(self.path, "a")   # noqa: SIM115 - held until __exit__
-        fcntl.flock(self.handle, fcntl.LOCK_EX)
-
-    def __exit__(self, *_):
-        fcntl.flock(self.handle, fcntl.LOCK_UN)
-        self.handle.close()
-
-
-class _NoLock:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *_):
-        return None
+        return contextlib.nullcontext()
+    return exclusive(path + ".schema-lock")
 
 
 def _connect_args(url):

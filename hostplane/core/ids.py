@@ -77,9 +77,15 @@ def check_host_id(text):
 
 def check_device_id(text):
     """A PCI address or a USB id, normalised as the inventory stores it."""
-    for normalize in (normalize_pci_address, normalize_usb_id):
+    return device_kind_and_id(text)[1]
+
+
+def device_kind_and_id(text):
+    """("pci" | "usb", normalised id) for any form an attach accepts (`3b:00.0` too), so
+    that whatever names a device in a body names it in a path as well."""
+    for kind, normalize in (("pci", normalize_pci_address), ("usb", normalize_usb_id)):
         try:
-            return normalize(text)
+            return kind, normalize(text)
         except InvalidId:
             pass
     raise InvalidId(f"{str(text)[:80]!r} is neither a PCI address like 0000:01:00.0 nor a "

@@ -113,7 +113,8 @@ def build_pci_inventory(records, critical_drivers=DEFAULT_CRITICAL_DRIVERS, name
     """
     records = {r["address"]: r for r in records}
     kinds = {address: device_type(r) for address, r in records.items()}
-    groups = group_members(records.values())
+    groups = {number: sorted(r["address"] for r in members)
+              for number, members in iommu_groups(records.values()).items()}
     gpu_slots = {slot_of(a) for a, kind in kinds.items() if kind == "gpu"}
     context = _Context(records, kinds, groups, critical_drivers, host_uses)
     devices = {}
@@ -125,14 +126,38 @@ def build_pci_inventory(records, critical_drivers=DEFAULT_CRITICAL_DRIVERS, name
     return devices
 
 
-def group_members(records):
-    """{group number: [addresses]} from each record's `iommu_group` (sorted lists)."""
+def iommu_groups(devices):
+    """{group number: [device, ...]} in the order given; a device with no group is in none.
+
+    The one answer to "which functions share an IOMMU group" (VFIO hands a whole group to
+    one VM or to none): the inventory, the agent's group listing, the scheduler's index and
+    the controller's releases and adoptions all ask it. A device is a record or model dict
+    (its "iommu_group") or an object with an `iommu_group` attribute (rows, views).
+    """
     groups = {}
-    for record in records:
-        group = record.get("iommu_group")
-        if group is not None:
-            groups.setdefault(group, []).append(record["address"])
-    return {group: sorted(members) for group, members in groups.items()}
+    for device in devices:
+        number = _group_of(device)
+        if number is not None:
+            groups.setdefault(number, []).append(device)
+    return groups
+
+
+def group_siblings(device, devices):
+    """The other members of `device`'s IOMMU group among `devices` (none without a group)."""
+    number = _group_of(device)
+    if number is None:
+        return []
+    return [other for other in devices if other is not device and _group_of(other) == number]
+
+
+def sibling_ids(model):
+    """Addresses of the other functions in a PCI model's IOMMU group (its
+    `iommu_group_devices`, which `build_pci_inventory` filled from `iommu_groups`)."""
+    return [member for member in model["iommu_group_devices"] if member != model["id"]]
+
+
+def _group_of(device):
+    return device.get("iommu_group") if isinstance(device, dict) else device.iommu_group
 
 
 class _Context:

@@ -7,7 +7,7 @@ a group to one VM or to none. Tenants see only devices an admin shared, and neve
 
 from hostplane.core.placement_index import device_blocker
 from hostplane.core.placement_locality import no_gpu_model, no_pci_device
-from hostplane.core.usb import PER_VM_LIMITS
+from hostplane.core.usb import limit_class
 
 
 def pick_pci(asks, host_id, index, shared_only):
@@ -116,19 +116,19 @@ def usb_global_reasons(request, index):
     reasons = []
     if request.tenant is not None:
         reasons.append("USB devices are admin-only")
-    majors = {}
+    counts = {}   # (major, limit) → devices of that class the VM would hold
     for usb_id in dict.fromkeys(request.usb):
         hosts = index.usb_hosts(usb_id)
         if not hosts:
             continue   # "not found on any host" comes from Locality
-        major = index.device(hosts[0], "usb", usb_id).usb_major
-        majors[major] = majors.get(major, 0) + 1
+        usb_class = limit_class(index.device(hosts[0], "usb", usb_id).usb_major)
+        counts[usb_class] = counts.get(usb_class, 0) + 1
     if request.existing_vm is not None:
         for device in index.held.get(request.existing_vm.name, ()):
             if device.kind == "usb" and device.id not in request.usb:
-                majors[device.usb_major] = majors.get(device.usb_major, 0) + 1
-    for major, count in sorted(majors.items(), key=lambda item: item[0] or 0):
-        limit = PER_VM_LIMITS.get(major)
-        if limit is not None and count > limit:
+                usb_class = limit_class(device.usb_major)
+                counts[usb_class] = counts.get(usb_class, 0) + 1
+    for (major, limit), count in sorted(counts.items()):
+        if count > limit:
             reasons.append(f"USB {major}.x limit: {count} for this VM, at most {limit}")
     return reasons

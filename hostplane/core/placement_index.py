@@ -7,6 +7,8 @@ disabled, its IOMMU group not viable). A placement then only reads dictionaries.
 
 import bisect
 
+from hostplane.core.pci import iommu_groups
+
 HOST_STATUS_REASONS = {"connecting": "still connecting", "disconnected": "disconnected"}
 HOST_STATE_REASONS = {"disabled": "disabled", "maintenance": "in maintenance"}
 
@@ -59,7 +61,8 @@ class SnapshotIndex:
         reasons = self.host_reasons[host_id] = host_reasons(host)
         if reasons:
             self.troubled[host_id] = reasons
-        groups, ungrouped, gpus = {}, [], {}
+        groups = iommu_groups(device for device in devices if device.kind == "pci")
+        ungrouped, gpus = [], {}
         for device in devices:
             self.devices[(host_id, device.kind, device.id)] = device
             if device.vm is not None:
@@ -68,9 +71,7 @@ class SnapshotIndex:
                 bisect.insort(self.usb_locations.setdefault(device.id, []), host_id)
                 continue
             self.pci_locations.setdefault(device.id, {})[host_id] = device
-            if device.iommu_group is not None:
-                groups.setdefault(device.iommu_group, []).append(device)
-            else:
+            if device.iommu_group is None:
                 ungrouped.append(device)
             if device.type == "gpu":
                 gpus.setdefault((device.vendor_id, device.product_id), []).append(device)

@@ -15,9 +15,7 @@ from hostplane.core.placement_devices import (by_id_first, first_free_gpu, one_g
                                               pick_pci, pick_usb, usb_global_reasons)
 from hostplane.core.placement_index import SnapshotIndex
 from hostplane.core.placement_locality import Locality
-from hostplane.core.usb import PER_VM_LIMITS
 
-USB_LIMITS = PER_VM_LIMITS
 STRATEGIES = ("least-cpu", "least-memory")
 ANTI_AFFINITY_MODES = ("enforced", "soft")
 STRATEGY_MODES = ("enforced", "preferred")

@@ -5,6 +5,7 @@ from hostplane.core.ids import usb_id
 HUB_CLASS = "09"
 # Per-VM limits by USB major version (ZStack's rule): 1 × 1.x, 6 × 2.x, 4 × 3.x.
 PER_VM_LIMITS = {1: 1, 2: 6, 3: 4}
+UNKNOWN_VERSION_CLASS = 2
 
 
 def usb_version(text):
@@ -22,6 +23,19 @@ def version_major(version):
         return int(str(version).split(".", 1)[0])
     except (TypeError, ValueError):
         return None
+
+
+def limit_class(version):
+    """(class, per-VM limit) for a device whose version is "2.10", 2 or None.
+
+    The one rule the agent's attach check and the controller's placement both apply: the
+    class is the major version; a device that reports no version, or one outside 1-3,
+    counts as USB 2 (what every port speaks), so it is always under a limit and the
+    controller never claims what the agent would then refuse.
+    """
+    major = version_major(version)
+    usb_class = major if major in PER_VM_LIMITS else UNKNOWN_VERSION_CLASS
+    return usb_class, PER_VM_LIMITS[usb_class]
 
 
 def speed_mbps(text):
