@@ -16,21 +16,11 @@ from sqlalchemy.exc import IntegrityError
 
 from controller.db.models import Device, Host, Vm
 from hostplane.core import device_states, vm_states
+from hostplane.core.reasons import Reason, as_records, code_of
 from hostplane.core.scheduler import (DeviceView, HostView, Policy, Snapshot, VmView,
                                       place)
 from hostplane.errors import Conflict, Unplaceable
 from hostplane.metrics import counter
-
-# Kind of a refusal reason, by the first phrase found in it (reasons are sentences).
-REASON_KINDS = (("not enough CPU", "cpu"), ("not enough memory", "memory"),
-                ("use would be", "strategy"), ("anti-affinity", "anti_affinity"),
-                (" is running on ", "vm_pinned"), (" holds devices on ", "vm_pinned"),
-                (" is defined on ", "vm_pinned"), ("may move only", "vm_pinned"),
-                ("requested host", "request"), ("not in cluster", "request"),
-                ("USB", "usb"), ("IOMMU", "iommu"), ("GPU", "gpu"), ("PCI", "gpu"),
-                ("connect", "host_status"), ("disabled", "host_state"),
-                ("maintenance", "host_state"))
-
 
 def policy_from(config):
     scheduler = config["scheduler"]
@@ -97,7 +87,7 @@ def install_metrics(app):
                 "Scheduler decisions by operation (explain, create, attach) and outcome "
                 "(placed, refused, contended)", ["operation", "outcome"]),
         counter(app, "hostplane_controller_scheduler_refusals",
-                "Refused placements by kind of reason (each kind present counts once)",
+                "Refused placements by reason code (each code present counts once)",
                 ["reason"]))
 
 
@@ -123,19 +113,16 @@ def _count(operation, placement, outcome=None):
         outcome = "placed" if placement.chosen is not None else "refused"
     decisions.labels(operation, outcome).inc()
     if outcome == "refused":
-        for kind in reason_kinds(placement.rejected.values()):
-            refusals.labels(kind).inc()
+        for code in reason_codes(placement.rejected.values()):
+            refusals.labels(code).inc()
 
 
-def reason_kinds(reason_lists):
-    """The kinds among per-host reasons; hosts rejected alike share one tuple, so
+def reason_codes(reason_lists):
+    """The codes among per-host reasons; hosts rejected alike share one tuple, so
     distinct tuples are few even over ten thousand hosts."""
-    kinds = set()
-    for reasons in {id(reasons): reasons for reasons in reason_lists}.values():
-        for reason in reasons:
-            kinds.add(next((kind for phrase, kind in REASON_KINDS if phrase in reason),
-                           "other"))
-    return sorted(kinds)
+    return sorted({code_of(reason)
+                   for reasons in {id(reasons): reasons for reasons in reason_lists}.values()
+                   for reason in reasons})
 
 
 _HOLDER = re.compile(r"(attached to (?:VM )?|held by (?:VM )?|which VM )"
@@ -145,12 +132,23 @@ _HOLDER_DETAILS = ("vm", "vms", "holder", "conflicts")
 
 def rejected_for(db, tenant, rejected):
     """{host: [reasons]} as `tenant` may read them: a device held by a VM that is not the
-    tenant's own is "attached to another VM" (the admin reads every name)."""
+    tenant's own is "attached to another VM" (the admin reads every name); codes are kept."""
     hosts = {host_id: list(reasons) for host_id, reasons in sorted(rejected.items())}
     if tenant is None or not hosts:
         return hosts
     hide = _hider(db, tenant)
-    return {host_id: [hide(reason) for reason in reasons] for host_id, reasons in hosts.items()}
+    return {host_id: [_reworded(reason, hide(reason)) for reason in reasons]
+            for host_id, reasons in hosts.items()}
+
+
+def _reworded(reason, message):
+    return reason.reworded(message) if isinstance(reason, Reason) else message
+
+
+def refusal_details(hosts):
+    """The API's per-host refusal: sentences (`hosts`) and the same with codes (`reasons`)."""
+    return {"hosts": hosts,
+            "reasons": {host_id: as_records(reasons) for host_id, reasons in hosts.items()}}
 
 
 def error_for(db, tenant, error):
@@ -278,9 +276,9 @@ def unplaceable(request, placement, db):
         vm_host = request.existing_vm.host_id
         why = "; ".join(hosts.get(vm_host, [])) or "no host can take these devices"
         return Conflict(f"{request.name} on {vm_host} cannot take these devices: {why}",
-                        code="device_not_attachable", details={"hosts": hosts})
+                        code="device_not_attachable", details=refusal_details(hosts))
     if not hosts:
         message = "no hosts are registered"
     else:
         message = f"{request.name} fits on none of {len(hosts)} hosts"
-    return Unplaceable(message, code="unplaceable", details={"hosts": hosts})
+    return Unplaceable(message, code="unplaceable", details=refusal_details(hosts))

@@ -88,12 +88,23 @@ def test_schedule_explain_lists_every_rejected_host_with_its_reasons(capsys, wor
                          "--memory-mib", "1024", "--gpu", "10de:1eb8x3")
     assert status == 1
     assert out.startswith("not placeable on any host")
-    expected = api(world, "/v1/schedule/explain", "POST", json={
+    answer = api(world, "/v1/schedule/explain", "POST", json={
         "name": "explain-probe", "vcpus": 2, "memory_mib": 1024,
-        "gpus": [{"vendor_id": "10de", "device_id": "1eb8", "count": 3}]})["rejected"]
+        "gpus": [{"vendor_id": "10de", "device_id": "1eb8", "count": 3}]})
+    expected = answer["rejected"]
     rejected = columns(out.split("rejected:\n", 1)[1])
     assert [(row["HOST"], row["REASON"]) for row in rejected] == \
         [(host, reason) for host in sorted(expected) for reason in expected[host]]
+    assert [row["CODE"] for row in rejected] == \
+        [r["code"] for host in sorted(expected) for r in answer["reasons"][host]]
+    assert {row["HOST"]: row["CODE"] for row in rejected} == \
+        {"host-a": "not_enough_gpus", "host-b": "no_gpu_model"}
+
+    status, out, _ = run(capsys, world, "schedule", "--explain", "--vcpus", "2",
+                         "--memory-mib", "1024", "--gpu", "10de:1eb8x3",
+                         "--code", "no_gpu_model")
+    assert [(row["HOST"], row["CODE"]) for row in columns(out.split("rejected:\n", 1)[1])] \
+        == [("host-b", "no_gpu_model")]
 
     status, out, _ = run(capsys, world, "schedule", "--explain", "--vcpus", "2",
                          "--memory-mib", "1024", "--gpu", "10de:2236x2")

@@ -2,7 +2,8 @@
 
 import dataclasses
 
-from hostplane.core.scheduler import USB_LIMITS, GpuAsk, Snapshot, VmView, place
+from hostplane.core.scheduler import GpuAsk, Snapshot, VmView, place
+from hostplane.core.usb import PER_VM_LIMITS
 from tests.hosts import q35_node, small_gpu_host
 from tests.test_scheduler import GPU_MODEL, host, inventory, request
 
@@ -54,7 +55,7 @@ def test_usb_hub_and_held_usb_devices_say_why():
 
 
 def test_per_vm_usb_limits_by_major_version():
-    assert USB_LIMITS == {1: 1, 2: 6, 3: 4}
+    assert PER_VM_LIMITS == {1: 1, 2: 6, 3: 4}
     base = two_hosts()
     more = extra_usb(base, KEYBOARD, 1, 1) + extra_usb(base, STICK, 6, 2)
     snapshot = Snapshot.build(base.hosts, base.devices + tuple(more), ())
