@@ -17,8 +17,9 @@ from sqlalchemy.exc import IntegrityError
 from controller.db.models import Device, Host, Vm
 from hostplane.core import device_states, vm_states
 from hostplane.core.reasons import Reason, as_records, code_of
-from hostplane.core.scheduler import (DeviceView, HostView, Policy, Snapshot, VmView,
-                                      place)
+from hostplane.config import ConfigError
+from hostplane.core.scheduler import (STRATEGIES, DeviceView, HostView, Policy, Snapshot,
+                                      VmView, place)
 from hostplane.errors import Conflict, Unplaceable
 from hostplane.metrics import counter
 
@@ -27,6 +28,15 @@ def policy_from(config):
     return Policy(cpu_overcommit=float(scheduler["cpu_overcommit"]),
                   memory_overcommit=float(scheduler["memory_overcommit"]),
                   strategy_mode=scheduler["strategy_mode"])
+
+
+def strategy_from(config):
+    """`[scheduler] strategy`, the ranking of requests that name none."""
+    strategy = config["scheduler"]["strategy"]
+    if strategy not in STRATEGIES:
+        raise ConfigError(f"[scheduler] strategy must be one of {', '.join(STRATEGIES)}, "
+                          f"not {strategy!r}")
+    return strategy
 
 
 def snapshot(session, host_ids=None, lock=None):

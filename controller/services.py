@@ -4,7 +4,7 @@ from flask import current_app, g
 
 from controller.agents import AgentClient
 from controller.db import Database
-from controller.placement import policy_from
+from controller.placement import policy_from, strategy_from
 from controller.poller import Poller
 from hostplane.errors import Forbidden
 
@@ -16,6 +16,7 @@ class Controller:
         self.db = Database(database["url"], database["busy_timeout_s"], database["pool_size"],
                            database["connect_timeout_s"])
         self.policy = policy_from(config)
+        self.strategy = strategy_from(config)   # for requests that name none
         self.poller = Poller(self.db, config["poll"], client_factory)
         # every agent call shares the poller's keep-alive pool, verifying against [agents] ca
         # (which REQUESTS_CA_BUNDLE in the environment would silently override otherwise)

@@ -32,7 +32,7 @@ from hostplane.errors import ApiError, Conflict, NotFound
 
 def create(body):
     ctl = current()
-    request = body.placement(tenant())
+    request = body.placement(tenant(), ctl.strategy)
     op_id = uuid.uuid4().hex
     spec = {"networks": [n.model_dump() for n in body.networks], "start": body.start}
     new_vm = {"name": body.name, "tenant": request.tenant, "vcpus": body.vcpus,
@@ -125,7 +125,7 @@ def add_devices(name, body):
                                gpus=[gpu.ask() for gpu in body.gpus],
                                usb=[usb.id for usb in body.usb], tenant=tenant(),
                                anti_affinity_group=vm.anti_affinity_group,
-                               existing_vm=vm_view(vm))
+                               strategy=ctl.strategy, existing_vm=vm_view(vm))
     host_id, devices = place_and_claim(ctl.db, request, ctl.policy, None,
                                        ctl.config["scheduler"]["claim_attempts"])
     if host_id != vm.host_id:   # stopped, device-less, asked for USB elsewhere: it moves

@@ -273,3 +273,30 @@ def test_a_gpu_held_by_a_vm_named_like_usb_is_counted_by_its_code(world):
         assert grown == {"device_attached", "not_requested_host"}
     finally:
         assert client.delete("/v1/vms/USB-kiosk", headers=ADMIN).status_code == 204
+
+
+def test_a_request_without_strategy_ranks_by_the_configured_one(tmp_path):
+    """host-a busy in CPU, host-b in memory: least-memory (configured) picks host-a."""
+    from tests.test_controller_support import (LoopbackAgent, controller_app,
+                                               controller_config, gpu_host, register)
+    agents = [LoopbackAgent(tmp_path, host_id, gpu_host()) for host_id in ("host-a", "host-b")]
+    app = controller_app(controller_config(tmp_path, scheduler={"strategy": "least-memory"}))
+    client = app.test_client()
+    try:
+        for agent in agents:
+            register(client, agent)
+        for name, host, vcpus, memory in (("cpu-heavy", "host-a", 16, 64),
+                                          ("memory-heavy", "host-b", 1, 200000)):
+            made = client.post("/v1/vms", headers=ADMIN, json={
+                "name": name, "host": host, "vcpus": vcpus, "memory_mib": memory,
+                "start": False})
+            assert made.status_code == 201, made.get_json()
+        assert explain(client)["chosen"] == "host-a"
+        assert explain(client, strategy="least-cpu")["chosen"] == "host-b"
+        made = client.post("/v1/vms", headers=ADMIN, json={
+            "name": "unnamed-strategy", "vcpus": 1, "memory_mib": 64, "start": False})
+        assert made.status_code == 201 and made.get_json()["host"] == "host-a"
+    finally:
+        for agent in agents:
+            agent.stop()
+        app.extensions["hostplane_controller"].close()

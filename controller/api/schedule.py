@@ -23,7 +23,7 @@ def explain():
     if body.usb:   # the same answer whether the USB device exists or not
         require_admin("USB passthrough")
     ctl = current()
-    placement = run_placement(ctl.db, body.placement(tenant()), ctl.policy)
+    placement = run_placement(ctl.db, body.placement(tenant(), ctl.strategy), ctl.policy)
     refusals = refusal_details(rejected_for(ctl.db, tenant(), placement.rejected))
     return jsonify({
         "chosen": placement.chosen.host_id if placement.chosen else None,
