@@ -27,7 +27,7 @@ from sqlalchemy import select
 
 from controller.agents import maybe_done
 from controller.db.models import Vm, utcnow
-from controller.placement import release_held
+from controller.claims import release_held
 from controller.vm_records import delete_on_agent, pending_error
 from hostplane.core import vm_states
 from hostplane.errors import ApiError, Conflict

@@ -18,9 +18,12 @@ import uuid
 from sqlalchemy import select
 
 from controller.agents import maybe_done
+from controller.claims import release
 from controller.db.models import Device, Host, Vm
 from controller.moves import move_and_attach
-from controller.placement import error_for, place_and_claim, release, vm_view
+from controller.placement import place_and_claim
+from controller.placement_views import vm_view
+from controller.refusals import error_for
 from controller.vm_records import (delete_on_agent, finish_delete, forget_create, held,
                                    locked_vm, pending_error, render, settle_create,
                                    undo_delete, visible)

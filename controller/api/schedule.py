@@ -3,8 +3,8 @@
 from flask import Blueprint, jsonify
 
 from controller.api.schemas import VmCreate
-from controller.placement import (explain as run_placement, install_metrics, refusal_details,
-                                  rejected_for)
+from controller.placement import explain as run_placement
+from controller.refusals import install_metrics, refusal_details, rejected_for
 from controller.services import current, require_admin, tenant
 from hostplane.api import describe, parse_body
 
