@@ -80,8 +80,8 @@ def release_held(session, db, name, host_id=None):
     if host_id is not None:
         query = query.where(Device.host_id == host_id)
     for device in session.scalars(db.locked(query)):
-        if device.status == "attached":
+        if device.status == device_states.ATTACHED:
             device_states.release(device, name)
         else:
-            device.vm = None
+            device_states.forget_holder(device)
 

@@ -117,7 +117,7 @@ def settle(db, name, target_id, moved, state):
         spec.pop("moving_since", None)
         target_op = spec.pop("moving_op", None)
         if moved:
-            vm.host_id, vm.op_id = target_id, target_op
+            vm_states.arrive(vm, target_op)
         else:
             release_held(session, db, name, target_id)
         vm_states.end_move(vm, state)

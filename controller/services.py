@@ -29,6 +29,14 @@ class Controller:
     def agent(self, host):
         return self.client_factory(host.url, host.token, timeout=self.agent_call_s())
 
+    def network_agents(self):
+        """How network pushes reach agents: a client per host, and as many at once as
+        the poller polls (`[poll] concurrency`)."""
+        timeout = float(self.config["poll"]["timeout_s"])
+        return {"client_for": lambda host: self.client_factory(host.url, host.token,
+                                                                timeout=timeout),
+                "concurrency": int(self.config["poll"]["concurrency"])}
+
     def agent_call_s(self):
         """The longest one agent call of a VM operation may wait for its answer."""
         return float(self.config["poll"]["timeout_s"]) * 6

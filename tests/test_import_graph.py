@@ -85,3 +85,33 @@ def test_no_import_cycle_among_the_services_modules():
 
 def test_a_lazy_back_import_is_a_cycle():
     assert cycles({"a": {"b"}, "b": {"a"}, "c": {"a"}}) == [["a", "b"]]
+
+
+def test_blueprints_keep_http_only():
+    """A blueprint (controller/api) calls its service module: no SQL of its own, and no
+    private name of another blueprint."""
+    known = modules()
+    blueprints = {}
+    for name, path in known.items():
+        if name.startswith("controller.api."):
+            with open(path) as source:
+                tree = ast.parse(source.read())
+            if any(isinstance(node, ast.Assign) and any(
+                    getattr(target, "id", None) == "bp" for target in node.targets)
+                   for node in tree.body):
+                blueprints[name] = tree
+    assert len(blueprints) >= 8
+    found = []
+    for name, tree in blueprints.items():
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                if node.module.split(".")[0] == "sqlalchemy" or node.module.startswith(
+                        "controller.db"):
+                    found.append(f"{name} imports {node.module}")
+                if node.module in blueprints:
+                    found += [f"{name} imports {node.module}.{alias.name}"
+                              for alias in node.names if alias.name.startswith("_")]
+            elif isinstance(node, ast.Import):
+                found += [f"{name} imports {alias.name}" for alias in node.names
+                          if alias.name.split(".")[0] == "sqlalchemy"]
+    assert found == []

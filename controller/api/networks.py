@@ -125,7 +125,7 @@ def create():
     body = parse_body(_kind_model)
     ctl = current()
     name = networks.create(ctl.db, body)
-    networks.push(ctl.db, names=[name], **agents_of(ctl))
+    networks.push(ctl.db, names=[name], **ctl.network_agents())
     return _show(name), 201
 
 
@@ -160,7 +160,7 @@ def patch(name):
     except ValueError as exc:
         raise BadRequest(f"vteps: {exc}", code="invalid_request") from None
     users = networks.set_vteps(ctl.db, name, vteps)
-    networks.push(ctl.db, names=users, **agents_of(ctl))
+    networks.push(ctl.db, names=users, **ctl.network_agents())
     return _show(name)
 
 
@@ -170,7 +170,7 @@ def patch(name):
 def delete(name):
     require_admin("deleting networks")
     ctl = current()
-    hosts = networks.delete(ctl.db, name=name, **agents_of(ctl))
+    hosts = networks.delete(ctl.db, name=name, **ctl.network_agents())
     return jsonify({"name": name, "hosts": hosts})
 
 
@@ -188,14 +188,6 @@ def _kind_model(data):
 def _show(name):
     with current().db.read() as session:
         return jsonify(networks.render_one(session, name))
-
-
-def agents_of(ctl):
-    """How network pushes reach agents: a client per host, and as many at once as the
-    poller polls (`[poll] concurrency`)."""
-    timeout = float(ctl.config["poll"]["timeout_s"])
-    return {"client_for": lambda host: ctl.client_factory(host.url, host.token, timeout=timeout),
-            "concurrency": int(ctl.config["poll"]["concurrency"])}
 
 
 def _core_vxlan_field(field, value):
