@@ -13,7 +13,8 @@ from flask import request
 from sqlalchemy.exc import (InterfaceError, OperationalError, ProgrammingError,
                             TimeoutError as PoolTimeout)
 
-from controller.api import devices, events, hosts, meta, networks, orphans, schedule, vms
+from controller.api import (dashboard, devices, events, hosts, meta, networks, orphans,
+                            schedule, vms)
 from controller.config import check_serving_config, load_controller_config, principals
 from controller.db import upgrade
 from controller.db.models import Host
@@ -25,9 +26,9 @@ from hostplane.core.ids import HOST_ID
 from hostplane.core.device_states import IllegalTransition
 from hostplane.core.vm_states import IllegalVmTransition
 from hostplane.errors import DatabaseUnavailable, envelope
-from hostplane.service import base_app, optional_modules, public_endpoints
+from hostplane.service import base_app, public_endpoints
 
-MODULES = [meta, hosts, devices, vms, orphans, schedule, events, networks]
+MODULES = [meta, hosts, devices, vms, orphans, schedule, events, networks, dashboard]
 log = logging.getLogger(__name__)
 
 
@@ -39,11 +40,10 @@ def create_app(config=None, start=True):
     ensure_schema(config["database"]["url"], upgrade)
     insecure = config["server"]["insecure"] and not config["server"]["admin_token"]
     tokens = principals(config)
-    modules = MODULES + optional_modules("controller.api.dashboard")
     app, registry = base_app(
         "hostplane-controller", config,
         lambda given: "admin" if insecure else _resolve(tokens, given),
-        public_endpoints(modules), "hostplane_controller")
+        public_endpoints(MODULES), "hostplane_controller")
     controller = Controller(config)
     app.extensions["hostplane_controller"] = controller
 
@@ -81,7 +81,7 @@ def create_app(config=None, start=True):
 
     registry.register(InventoryCollector(controller))
     controller.poller.install_metrics(app)
-    for module in modules:
+    for module in MODULES:
         app.register_blueprint(module.bp)
     if start and config["poll"]["enabled"]:
         controller.poller.start()
