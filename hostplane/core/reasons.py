@@ -40,21 +40,31 @@ CODES = {
 
 
 class Reason(str):
-    """A refusal sentence with its code: `Reason("not enough memory: ...", "not_enough_memory")`."""
+    """A refusal sentence with its code: `Reason("not enough memory: ...", "not_enough_memory")`.
+
+    Each code has its own subclass carrying `code` as a class attribute, so a reason costs
+    what its string costs (placements over ten thousand hosts build many)."""
+
+    __slots__ = ()
+    code = None
 
     def __new__(cls, message, code):
-        if code not in CODES:
-            raise ValueError(f"unknown reason code {code!r}")
-        reason = super().__new__(cls, message)
-        reason.code = code
-        return reason
+        try:
+            kind = _KINDS[code]
+        except KeyError:
+            raise ValueError(f"unknown reason code {code!r}") from None
+        return str.__new__(kind, message)
 
-    def __getnewargs__(self):
-        return str(self), self.code
+    def __reduce__(self):
+        return Reason, (str(self), self.code)
 
     def reworded(self, message):
         """The same code with another sentence (a tenant's redacted view)."""
         return Reason(message, self.code)
+
+
+_KINDS = {code: type(f"Reason[{code}]", (Reason,), {"__slots__": (), "code": code})
+          for code in CODES}
 
 
 def code_of(reason):
