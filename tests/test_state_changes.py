@@ -22,8 +22,9 @@ ALLOWED = {
 
 
 def hand_assignments(tree):
-    """(line, attribute) of each `x.attr = ...` of a guarded attribute (not on `self`),
-    and of each `setattr` whose attribute is not a constant outside the guarded ones."""
+    """(line, attribute) of each `x.attr = ...` of a guarded attribute (not on `self`), each
+    SQL `.values(attr=...)` of one, and each `setattr` whose attribute is not a constant
+    outside the guarded ones."""
     found = []
     for node in ast.walk(tree):
         targets = []
@@ -36,6 +37,10 @@ def hand_assignments(tree):
                 if (isinstance(part, ast.Attribute) and part.attr in GUARDED
                         and not (isinstance(part.value, ast.Name) and part.value.id == "self")):
                     found.append((node.lineno, part.attr))
+        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                and node.func.attr == "values"):   # UPDATE ... SET status = ...
+            found += [(node.lineno, keyword.arg) for keyword in node.keywords
+                      if keyword.arg in GUARDED]
         if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
                 and node.func.id == "setattr" and len(node.args) == 3):
             name = node.args[1]
@@ -67,5 +72,7 @@ def test_no_state_is_set_by_hand_outside_the_transitions():
 
 def test_the_walk_finds_hand_assignments():
     tree = ast.parse("row.status = 'x'\nvm.host_id, vm.state = 1, 2\nself.state = 3\n"
-                     "setattr(host, field, value)\nsetattr(host, 'name', 'n')\n")
-    assert hand_assignments(tree) == [(1, "status"), (2, "state"), (4, "setattr")]
+                     "setattr(host, field, value)\nsetattr(host, 'name', 'n')\n"
+                     "session.execute(update(Device).values(vm=None, name='n'))\n")
+    assert sorted(hand_assignments(tree)) == [(1, "status"), (2, "state"), (4, "setattr"),
+                                              (6, "vm")]

@@ -118,7 +118,9 @@ class VmCreate(DeviceAsks):
     cluster: str | None = None
     anti_affinity_group: str | None = None
     anti_affinity: Literal["enforced", "soft"] = "enforced"
-    strategy: Literal["least-cpu", "least-memory"] | None = None   # None: [scheduler] strategy
+    strategy: Literal["least-cpu", "least-memory"] | None = Field(
+        default=None, description="how hosts are ranked; absent: the controller's "
+                                  "[scheduler] strategy")
     start: bool = True
 
     _name = field_validator("name")(lambda v: check_name(v))
