@@ -125,6 +125,16 @@ def test_schedule_creates_a_vm_that_vms_then_lists(capsys, world):
     assert len(gpu) == 1 and gpu[0]["id"] in rows[0]["DEVICES"]
 
 
+def test_a_refused_create_prints_each_hosts_reasons_with_their_codes(capsys, world):
+    status, _, err = run(capsys, world, "schedule", "--name", "opcli-big", "--vcpus", "1",
+                         "--memory-mib", "64", "--gpu", "10de:2236x3")
+    assert status == 1
+    assert "fits on none of 2 hosts (unplaceable, HTTP 422)" in err
+    assert "  host-a: no GPU 10de:2236 on this host [no_gpu_model]" in err.splitlines()
+    assert "  host-b: only 2 of 3 GPUs 10de:2236 free [not_enough_gpus]" in err.splitlines()
+    assert "reasons" not in err   # the codes are on the lines, not dumped again as JSON
+
+
 def test_errors_are_the_apis_message_and_a_nonzero_exit(capsys, world):
     status, _, err = run(capsys, world, "hosts", token="wrong-token")
     assert status == 1 and "missing or wrong bearer token (unauthorized, HTTP 401)" in err
