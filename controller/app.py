@@ -13,8 +13,8 @@ from flask import request
 from sqlalchemy.exc import (InterfaceError, OperationalError, ProgrammingError,
                             TimeoutError as PoolTimeout)
 
-from controller.api import (dashboard, devices, events, hosts, meta, networks, orphans, schedule,
-                            vms)
+from controller.api import (dashboard, devices, events, hosts, meta, networks, orphans,
+                            schedule, vms)
 from controller.config import check_serving_config, load_controller_config, principals
 from controller.db import upgrade
 from controller.db.models import Host

@@ -27,7 +27,7 @@ from sqlalchemy import select
 
 from controller.agents import maybe_done, vm_spec
 from controller.db.models import Vm, utcnow
-from controller.placement import release_held
+from controller.claims import release_held
 from controller.vm_records import delete_on_agent, pending_error
 from hostplane.core import vm_states
 from hostplane.errors import ApiError, Conflict
@@ -116,7 +116,7 @@ def settle(db, name, target_id, moved, state):
         spec.pop("moving_since", None)
         target_op = spec.pop("moving_op", None)
         if moved:
-            vm.host_id, vm.op_id = target_id, target_op
+            vm_states.arrive(vm, target_op)
         else:
             release_held(session, db, name, target_id)
         vm_states.end_move(vm, state)

@@ -81,13 +81,16 @@ def parser():
     schedule.add_argument("--explain", action="store_true",
                           help="change nothing: ranked candidates and every rejected host")
     schedule.add_argument("--name", default="explain-probe", help="VM name")
+    schedule.add_argument("--code", action="append", default=[], metavar="CODE",
+                          help="with --explain: show only rejections with this reason code "
+                               "(repeatable; e.g. not_enough_memory, device_attached)")
     placement_arguments(schedule)
     vm_verbs = opcli_actions.register(commands, gpu_asks)
     create = vm_verbs.add_parser("create", help="place and create a VM (as schedule without "
                                  "--explain), a progress line while it waits")
     create.add_argument("name")
     placement_arguments(create)
-    create.set_defaults(explain=False)
+    create.set_defaults(explain=False, code=[])
     return top
 
 
@@ -182,7 +185,7 @@ def schedule_vm(client, args):
         if args.json:
             emit_json(answer)
         else:
-            print_explanation(answer)
+            print_explanation(answer, set(args.code))
         return 0 if answer.get("chosen") else 1
     vm = client.call("POST", "/v1/vms", body, progress=f"creating VM {body['name']}")
     if args.json:
@@ -223,7 +226,8 @@ def gpu_asks(texts):
     return gpus
 
 
-def print_explanation(answer):
+def print_explanation(answer, codes=frozenset()):
+    """Candidates, then each rejected host's reasons with their codes (only `codes`, if any)."""
     chosen = answer.get("chosen")
     print(f"placeable: {chosen} would be chosen" if chosen else "not placeable on any host")
     if answer.get("candidates"):
@@ -231,11 +235,12 @@ def print_explanation(answer):
         print_table(answer["candidates"], [
             ("HOST", "host"), ("SCORE", "score"),
             ("DEVICES", lambda c: ",".join(d["id"] for d in c.get("devices", [])))])
-    if answer.get("rejected"):
+    rows = [{"host": host, **record}
+            for host, records in sorted((answer.get("reasons") or {}).items())
+            for record in records if not codes or record["code"] in codes]
+    if rows:
         print("\nrejected:")
-        print_table([{"host": host, "reason": reason}
-                     for host, reasons in sorted(answer["rejected"].items())
-                     for reason in reasons], [("HOST", "host"), ("REASON", "reason")])
+        print_table(rows, [("HOST", "host"), ("CODE", "code"), ("REASON", "message")])
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ host; registering; draining) print a progress line on stderr while they wait.
 from functools import partial
 from urllib.parse import quote
 
-from controller.opcli_base import CliError, emit_json, print_table, with_progress
+from controller.opcli_base import CliError, emit_json, print_table
 
 
 def register(commands, gpu_asks):

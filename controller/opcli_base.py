@@ -66,9 +66,12 @@ def describe_error(response):
         return f"the controller answered {response.status_code}"
     lines = [f"{error.get('message')} ({error.get('code')}, HTTP {response.status_code})"]
     details = error.get("details") or {}
+    coded = details.get("reasons") or {}
     for host, reasons in sorted((details.get("hosts") or {}).items()):
-        lines += [f"  {host}: {reason}" for reason in reasons]
-    other = {key: value for key, value in details.items() if key != "hosts"}
+        codes = [record.get("code") for record in coded.get(host, ())]
+        lines += [f"  {host}: {reason}" + (f" [{codes[n]}]" if n < len(codes) else "")
+                  for n, reason in enumerate(reasons)]
+    other = {key: value for key, value in details.items() if key not in ("hosts", "reasons")}
     if other:
         lines.append("  " + json.dumps(other, sort_keys=True))
     return "\n".join(lines)

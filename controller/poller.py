@@ -28,6 +28,7 @@ from controller.db.models import Host, utcnow
 from controller.networks import after_resync
 from controller.recovery import settle_abandoned_creates
 from controller.sync import apply_report
+from hostplane.core import host_states
 from hostplane.errors import ApiError
 from hostplane.metrics import counter, histogram
 
@@ -174,7 +175,7 @@ class Poller:
             if body is not NOT_MODIFIED:
                 apply_report(session, row.id, body)
                 row.etag, row.generation = etag, body.get("generation")
-            row.status, row.failures, row.last_error = "connected", 0, None
+            host_states.answered(row)
             row.last_seen = utcnow()
             return True
         if not self.db.transaction(record):
@@ -191,10 +192,7 @@ class Poller:
             row = session.get(Host, host_id)
             if row is None:
                 return "deleted"
-            row.failures += 1
-            row.last_error = message[:500]
-            if row.failures >= self.max_failures:
-                row.status = "disconnected"
+            host_states.poll_failed(row, message, self.max_failures)
         log.info("host %s: poll failed (%s)", host_id, message)
         return "failed"
 

@@ -4,7 +4,7 @@ from flask import current_app, g
 
 from controller.agents import Agents
 from controller.db import Database
-from controller.placement import policy_from
+from controller.placement import policy_from, strategy_from
 from controller.poller import Poller
 from hostplane.errors import Forbidden
 
@@ -16,12 +16,19 @@ class Controller:
         self.db = Database(database["url"], database["busy_timeout_s"], database["pool_size"],
                            database["connect_timeout_s"])
         self.policy = policy_from(config)
+        self.strategy = strategy_from(config)   # for requests that name none
         self.agents = Agents(config["poll"], config["agents"]["ca"])
         self.poller = Poller(self.db, config["poll"], self.agents)
 
     def agent(self, host):
         """A client for a VM operation on `host` (the longer of the two waits)."""
         return self.agents.of(host, operation=True)
+
+    def network_agents(self):
+        """How network pushes reach agents: a client per host, and as many at once as
+        the poller polls (`[poll] concurrency`)."""
+        return {"client_for": self.agents.of,
+                "concurrency": int(self.config["poll"]["concurrency"])}
 
     def agent_call_s(self):
         """The longest one agent call of a VM operation may wait for its answer."""

@@ -22,7 +22,7 @@ import weakref
 from sqlalchemy import func, select
 
 from controller.db.models import Host
-from controller.placement import cluster_views, snapshot
+from controller.placement_views import cluster_views, snapshot
 from hostplane.core.scheduler import place
 
 # Reload everything when more than this share of hosts (and more than a few chunks of

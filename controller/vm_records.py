@@ -9,7 +9,7 @@ the row's name alone may have been deleted and taken again while an agent was si
 from sqlalchemy import or_, select
 
 from controller.db.models import Device, Vm
-from controller.placement import release_held
+from controller.claims import release_held
 from hostplane.core import vm_states
 from hostplane.errors import ApiError, Conflict, DependencyDown, NotFound
 

@@ -18,9 +18,12 @@ import uuid
 from sqlalchemy import select
 
 from controller.agents import maybe_done, vm_spec
+from controller.claims import release
 from controller.db.models import Device, Host, Vm
 from controller.moves import move_and_attach
-from controller.placement import error_for, place_and_claim, release, vm_view
+from controller.placement import place_and_claim
+from controller.placement_views import vm_view
+from controller.refusals import error_for
 from controller.vm_records import (delete_on_agent, finish_delete, forget_create, held,
                                    locked_vm, pending_error, render, settle_create,
                                    undo_delete, visible)
@@ -33,7 +36,7 @@ from hostplane.errors import ApiError, Conflict, NotFound
 
 def create(body):
     ctl = current()
-    request = body.placement(tenant())
+    request = body.placement(tenant(), ctl.strategy)
     op_id = uuid.uuid4().hex
     spec = {"networks": [n.model_dump() for n in body.networks], "start": body.start}
     new_vm = {"name": body.name, "tenant": request.tenant, "vcpus": body.vcpus,
@@ -125,7 +128,7 @@ def add_devices(name, body):
                                gpus=[gpu.ask() for gpu in body.gpus],
                                usb=[usb.id for usb in body.usb], tenant=tenant(),
                                anti_affinity_group=vm.anti_affinity_group,
-                               existing_vm=vm_view(vm))
+                               strategy=ctl.strategy, existing_vm=vm_view(vm))
     host_id, devices = place_and_claim(ctl.db, request, ctl.policy, None,
                                        ctl.config["scheduler"]["claim_attempts"])
     if host_id != vm.host_id:   # stopped, device-less, asked for USB elsewhere: it moves

@@ -72,3 +72,25 @@ def test_app_on_a_database_without_tables_says_schema_missing(tmp_path):
     assert answer.status_code == 503
     assert answer.get_json()["error"]["code"] == "schema_missing"
     app.extensions["hostplane_controller"].close()
+
+
+def test_check_never_prints_the_database_password():
+    """A password holding ':' (the hand-written masking kept its first part)."""
+    from tests.test_ops_helpers import free_port
+    url = f"postgresql://hostplane:s3cr:et-9xq@127.0.0.1:{free_port()}/hostplane"
+    done = run("check", HOSTPLANE_DATABASE_URL=url, HOSTPLANE_DATABASE_CONNECT_TIMEOUT_S="1",
+               HOSTPLANE_SERVER_ADMIN_TOKEN="a" * 32)
+    database = [line for line in done.stdout.splitlines() if "database" in line]
+    assert done.returncode == 1 and database and database[0].startswith("FAIL"), done.stdout
+    assert "s3cr" not in done.stdout + done.stderr and "9xq" not in done.stdout + done.stderr
+
+
+def test_database_urls_are_shown_with_the_password_masked():
+    from controller.db.schema import safe_url
+    assert safe_url("postgresql://hostplane:s3cr:et@db.example:5432/hp") == \
+        "postgresql://hostplane:***@db.example:5432/hp"
+    assert safe_url("postgresql+psycopg://u:p%40ss@db/hp?sslmode=require") == \
+        "postgresql+psycopg://u:***@db/hp?sslmode=require"
+    assert safe_url("sqlite:////var/lib/hostplane/controller.db") == \
+        "sqlite:////var/lib/hostplane/controller.db"
+    assert "secret" not in safe_url("not a url: secret")

@@ -43,6 +43,9 @@ def test_more_gpus_than_any_host_has_is_422_with_reasons_per_host(world):
     error = answer.get_json()["error"]
     assert set(error["details"]["hosts"]) == {"host-a", "host-b"}
     assert any("2 of 3" in r for r in error["details"]["hosts"]["host-a"])
+    assert [r["message"] for r in error["details"]["reasons"]["host-a"]] == \
+        error["details"]["hosts"]["host-a"]
+    assert {r["code"] for r in error["details"]["reasons"]["host-a"]} == {"not_enough_gpus"}
     assert client.get("/v1/vms/greedy", headers=ADMIN).status_code == 404
     assert {d["status"] for d in client.get("/v1/devices?type=gpu", headers=ADMIN)
             .get_json()["devices"]} == {"ready"}
@@ -247,5 +250,53 @@ def test_scheduler_decisions_and_refusal_kinds_are_counted(world):
 
     assert grew(decisions, operation="explain", outcome="refused") == 1
     assert grew(decisions, operation="explain", outcome="placed") == 1
-    assert grew(refusals, reason="gpu") == 1
-    assert grew(refusals, reason="memory") == 0
+    assert grew(refusals, reason="not_enough_gpus") == 1   # host-a has 2 of 9
+    assert grew(refusals, reason="no_gpu_model") == 1      # host-b has none
+    assert grew(refusals, reason="not_enough_memory") == 0
+
+
+def test_a_gpu_held_by_a_vm_named_like_usb_is_counted_by_its_code(world):
+    _, client, _ = world
+    made = client.post("/v1/vms", headers=ADMIN, json={
+        "name": "USB-kiosk", "vcpus": 1, "memory_mib": 64, "start": False,
+        "gpus": [{"id": "0000:3b:00.0"}]})
+    assert made.status_code == 201, made.get_json()
+    try:
+        before = scheduler_counts(client)
+        result = explain(client, host="host-a", gpus=[{"id": "0000:3b:00.0"}])
+        after = scheduler_counts(client)
+        assert result["reasons"]["host-a"] == [
+            {"code": "device_attached", "message": "GPU 0000:3b:00.0 attached to USB-kiosk"}]
+        grown = {dict(labels)["reason"] for (family, labels), value in after.items()
+                 if family == "hostplane_controller_scheduler_refusals"
+                 and value > before.get((family, labels), 0)}
+        assert grown == {"device_attached", "not_requested_host"}
+    finally:
+        assert client.delete("/v1/vms/USB-kiosk", headers=ADMIN).status_code == 204
+
+
+def test_a_request_without_strategy_ranks_by_the_configured_one(tmp_path):
+    """host-a busy in CPU, host-b in memory: least-memory (configured) picks host-a."""
+    from tests.test_controller_support import (LoopbackAgent, controller_app,
+                                               controller_config, gpu_host, register)
+    agents = [LoopbackAgent(tmp_path, host_id, gpu_host()) for host_id in ("host-a", "host-b")]
+    app = controller_app(controller_config(tmp_path, scheduler={"strategy": "least-memory"}))
+    client = app.test_client()
+    try:
+        for agent in agents:
+            register(client, agent)
+        for name, host, vcpus, memory in (("cpu-heavy", "host-a", 16, 64),
+                                          ("memory-heavy", "host-b", 1, 200000)):
+            made = client.post("/v1/vms", headers=ADMIN, json={
+                "name": name, "host": host, "vcpus": vcpus, "memory_mib": memory,
+                "start": False})
+            assert made.status_code == 201, made.get_json()
+        assert explain(client)["chosen"] == "host-a"
+        assert explain(client, strategy="least-cpu")["chosen"] == "host-b"
+        made = client.post("/v1/vms", headers=ADMIN, json={
+            "name": "unnamed-strategy", "vcpus": 1, "memory_mib": 64, "start": False})
+        assert made.status_code == 201 and made.get_json()["host"] == "host-a"
+    finally:
+        for agent in agents:
+            agent.stop()
+        app.extensions["hostplane_controller"].close()

@@ -89,12 +89,23 @@ def test_schedule_explain_lists_every_rejected_host_with_its_reasons(capsys, wor
                          "--memory-mib", "1024", "--gpu", "10de:1eb8x3")
     assert status == 1
     assert out.startswith("not placeable on any host")
-    expected = api(world, "/v1/schedule/explain", "POST", json={
+    answer = api(world, "/v1/schedule/explain", "POST", json={
         "name": "explain-probe", "vcpus": 2, "memory_mib": 1024,
-        "gpus": [{"vendor_id": "10de", "device_id": "1eb8", "count": 3}]})["rejected"]
+        "gpus": [{"vendor_id": "10de", "device_id": "1eb8", "count": 3}]})
+    expected = answer["rejected"]
     rejected = columns(out.split("rejected:\n", 1)[1])
     assert [(row["HOST"], row["REASON"]) for row in rejected] == \
         [(host, reason) for host in sorted(expected) for reason in expected[host]]
+    assert [row["CODE"] for row in rejected] == \
+        [r["code"] for host in sorted(expected) for r in answer["reasons"][host]]
+    assert {row["HOST"]: row["CODE"] for row in rejected} == \
+        {"host-a": "not_enough_gpus", "host-b": "no_gpu_model"}
+
+    status, out, _ = run(capsys, world, "schedule", "--explain", "--vcpus", "2",
+                         "--memory-mib", "1024", "--gpu", "10de:1eb8x3",
+                         "--code", "no_gpu_model")
+    assert [(row["HOST"], row["CODE"]) for row in columns(out.split("rejected:\n", 1)[1])] \
+        == [("host-b", "no_gpu_model")]
 
     status, out, _ = run(capsys, world, "schedule", "--explain", "--vcpus", "2",
                          "--memory-mib", "1024", "--gpu", "10de:2236x2")
@@ -112,6 +123,16 @@ def test_schedule_creates_a_vm_that_vms_then_lists(capsys, world):
     gpu = [d for d in api(world, "/v1/devices?host=host-b&type=gpu")["devices"]
            if d["vm"] == "opcli-vm1"]
     assert len(gpu) == 1 and gpu[0]["id"] in rows[0]["DEVICES"]
+
+
+def test_a_refused_create_prints_each_hosts_reasons_with_their_codes(capsys, world):
+    status, _, err = run(capsys, world, "schedule", "--name", "opcli-big", "--vcpus", "1",
+                         "--memory-mib", "64", "--gpu", "10de:2236x3")
+    assert status == 1
+    assert "fits on none of 2 hosts (unplaceable, HTTP 422)" in err
+    assert "  host-a: no GPU 10de:2236 on this host [no_gpu_model]" in err.splitlines()
+    assert "  host-b: only 2 of 3 GPUs 10de:2236 free [not_enough_gpus]" in err.splitlines()
+    assert "reasons" not in err   # the codes are on the lines, not dumped again as JSON
 
 
 def test_errors_are_the_apis_message_and_a_nonzero_exit(capsys, world):

@@ -116,6 +116,28 @@ def test_gpu_attached_to_another_vm_is_named_with_its_holder():
     assert one.chosen.devices == (("pci", "0000:af:00.0"), ("pci", "0000:af:00.1"))
 
 
+def test_reasons_carry_codes_whatever_their_sentence_mentions():
+    devices = inventory("host-b", small_gpu_host(),
+                        **{"0000:3b:00.0": {"status": "attached", "vm": "USB-kiosk"}})
+    snapshot = world([host("host-b", memory_mib=1024), host("care", state="maintenance")],
+                     devices)
+    placement = place(request(gpus=[GpuAsk(id="0000:3b:00.0")]), snapshot)
+    assert [(r.code, r) for r in placement.rejected["host-b"]] == [
+        ("not_enough_memory", "not enough memory: 1024 MiB free, 4096 asked"),
+        ("device_attached", "GPU 0000:3b:00.0 attached to USB-kiosk")]
+    assert [r.code for r in placement.rejected["care"]] == ["host_maintenance", "no_such_device"]
+
+
+def test_every_reason_code_is_documented_once_with_its_meaning():
+    import os
+    import re
+    from hostplane.core.reasons import CODES
+    docs = os.path.join(os.path.dirname(os.path.dirname(__file__)), "docs", "controller.rst")
+    with open(docs) as text:
+        rows = re.findall(r"^``([a-z_]+)``\s{2,}(.+)$", text.read(), re.M)
+    assert dict(rows) == CODES
+
+
 @pytest.mark.parametrize("sibling, why", [
     ({"state": "disabled"}, "held by host"),
     ({"assignable": False}, "held by host"),

@@ -2,13 +2,15 @@
 
 An operator relies on these whatever the inventory looks like: every host is either ranked
 or given reasons; a candidate never gets a device someone else holds, always gets the whole
-IOMMU group, and has the room asked for; tenants get only shared devices.
+IOMMU group, and has the room asked for; tenants get only shared devices; every reason
+carries a documented code.
 """
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hostplane.core.placement_devices import first_free_gpu, one_gpu_shortcut, pick_pci
+from hostplane.core.reasons import CODES, code_of
 from hostplane.core.scheduler import (DeviceView, GpuAsk, HostView, PlacementRequest, Policy,
                                       Snapshot, VmView, place)
 
@@ -62,6 +64,8 @@ def test_any_world_every_host_is_ranked_or_explained_and_claims_are_sound(snapsh
     ranked_ids = [c.host_id for c in placement.ranked]
     assert sorted(ranked_ids + list(placement.rejected)) == sorted(h.id for h in snapshot.hosts)
     assert all(placement.rejected.values())
+    assert all(code_of(reason) in CODES for reasons in placement.rejected.values()
+               for reason in reasons), "every refusal carries a documented code"
     scores = [c.score for c in placement.ranked]
     assert scores == sorted(scores, reverse=True)
     index = snapshot.index

@@ -184,6 +184,10 @@ def test_a_tenant_never_reads_the_name_of_a_vm_that_is_not_its_own(world):
         for answer in (explained, refused):
             assert b"secret-admin-vm" not in answer.data, answer.data
         assert "another VM" in str(explained.get_json()["rejected"])
+        hidden = [r for r in explained.get_json()["reasons"]["host-a"]
+                  if "another VM" in r["message"]]
+        assert hidden and {r["code"] for r in hidden} == {"device_attached"}
+        assert refused.get_json()["error"]["details"]["reasons"]["host-a"] == hidden
         assert taken.status_code == 409 and taken.get_json()["error"]["code"] == "name_taken"
         assert "exists" not in taken.get_json()["error"]["message"]   # nor whose it is
         # a domain made on the agent behind the controller's back, before any poll:

@@ -1,7 +1,6 @@
 """Health, Prometheus metrics and the OpenAPI description generated from the routes."""
 
 from flask import jsonify
-from sqlalchemy import text
 
 from controller.services import current
 from hostplane import __version__
@@ -16,8 +15,7 @@ PUBLIC_ENDPOINTS = ("meta.health",)
 @describe("Controller liveness and database reachability (no token needed)", tags=["meta"])
 def health():
     try:
-        with current().db.read() as session:
-            session.execute(text("SELECT 1"))
+        current().db.ping()
         database = {"ok": True}
     except Exception as exc:  # noqa: BLE001 - health reports, never fails
         database = {"ok": False, "error": type(exc).__name__}

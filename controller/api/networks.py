@@ -8,14 +8,13 @@ import ipaddress
 from typing import Annotated, Literal, Optional, Union
 
 from flask import Blueprint, jsonify
-from pydantic import (Field, RootModel, StrictInt, ValidationError,
+from pydantic import (BaseModel, ConfigDict, Field, RootModel, StrictInt, ValidationError,
                       ValidationInfo, field_validator)
 
 from controller import networks
 from controller.api.schemas import check_path_ids
 from controller.services import current, require_admin
 from hostplane.api import describe, parse_body
-from hostplane.bodies import StrictBody
 from hostplane.core.ids import check_name
 from hostplane.core.networks import VXLAN_PORT, NovlanSpec, VlanSpec, VxlanSpec
 from hostplane.errors import BadRequest
@@ -24,7 +23,8 @@ bp = Blueprint("networks", __name__)
 check_path_ids(bp, "network name")
 
 
-class _Named(StrictBody):
+class _Named(BaseModel):
+    model_config = ConfigDict(extra="forbid")
     name: str
     clusters: list[str] = Field(default_factory=list, max_length=64,
                                 description="clusters whose hosts get the network")
@@ -103,7 +103,8 @@ class VxlanCreate(_Named):
         return self.model_dump(exclude={"name", "clusters", "type", "vni"}, exclude_none=True)
 
 
-class VtepsPatch(StrictBody):
+class VtepsPatch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
     vteps: dict[str, str]
 
 
@@ -124,7 +125,7 @@ def create():
     body = parse_body(_kind_model)
     ctl = current()
     name = networks.create(ctl.db, body)
-    networks.push(ctl.db, names=[name], **agents_of(ctl))
+    networks.push(ctl.db, names=[name], **ctl.network_agents())
     return _show(name), 201
 
 
@@ -159,7 +160,7 @@ def patch(name):
     except ValueError as exc:
         raise BadRequest(f"vteps: {exc}", code="invalid_request") from None
     users = networks.set_vteps(ctl.db, name, vteps)
-    networks.push(ctl.db, names=users, **agents_of(ctl))
+    networks.push(ctl.db, names=users, **ctl.network_agents())
     return _show(name)
 
 
@@ -169,7 +170,7 @@ def patch(name):
 def delete(name):
     require_admin("deleting networks")
     ctl = current()
-    hosts = networks.delete(ctl.db, name=name, **agents_of(ctl))
+    hosts = networks.delete(ctl.db, name=name, **ctl.network_agents())
     return jsonify({"name": name, "hosts": hosts})
 
 
@@ -187,13 +188,6 @@ def _kind_model(data):
 def _show(name):
     with current().db.read() as session:
         return jsonify(networks.render_one(session, name))
-
-
-def agents_of(ctl):
-    """How network pushes reach agents: a client per host, and as many at once as the
-    poller polls (`[poll] concurrency`)."""
-    return {"client_for": ctl.agents.of,
-            "concurrency": int(ctl.config["poll"]["concurrency"])}
 
 
 def _core_vxlan_field(field, value):

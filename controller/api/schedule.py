@@ -3,7 +3,8 @@
 from flask import Blueprint, jsonify
 
 from controller.api.schemas import VmCreate
-from controller.placement import explain as run_placement, install_metrics, rejected_for
+from controller.placement import explain as run_placement
+from controller.refusals import install_metrics, refusal_details, rejected_for
 from controller.services import current, require_admin, tenant
 from hostplane.api import describe, parse_body
 
@@ -12,7 +13,9 @@ bp.record_once(lambda setup: install_metrics(setup.app))
 
 
 @bp.post("/v1/schedule/explain")
-@describe("Ranked candidate hosts and every rejected host with its reasons", body=VmCreate,
+@describe("Ranked candidate hosts and every rejected host with its reasons: `rejected` "
+          "{host: [sentence]} and `reasons` {host: [{code, message}]} (codes: see the "
+          "controller docs)", body=VmCreate,
           responses=(200, 403),
           tags=["schedule"])
 def explain():
@@ -20,12 +23,14 @@ def explain():
     if body.usb:   # the same answer whether the USB device exists or not
         require_admin("USB passthrough")
     ctl = current()
-    placement = run_placement(ctl.db, body.placement(tenant()), ctl.policy)
+    placement = run_placement(ctl.db, body.placement(tenant(), ctl.strategy), ctl.policy)
+    refusals = refusal_details(rejected_for(ctl.db, tenant(), placement.rejected))
     return jsonify({
         "chosen": placement.chosen.host_id if placement.chosen else None,
         "candidates": [{"host": c.host_id, "score": round(c.score, 4),
                         "devices": [{"type": kind, "id": device_id}
                                     for kind, device_id in c.devices]}
                        for c in placement.ranked],
-        "rejected": rejected_for(ctl.db, tenant(), placement.rejected),
+        "rejected": refusals["hosts"],
+        "reasons": refusals["reasons"],
     })

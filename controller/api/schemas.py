@@ -107,19 +107,22 @@ class VmCreate(VmBasics, DeviceAsks):
     cluster: str | None = None
     anti_affinity_group: str | None = None
     anti_affinity: Literal["enforced", "soft"] = "enforced"
-    strategy: Literal["least-cpu", "least-memory"] = "least-cpu"
+    strategy: Literal["least-cpu", "least-memory"] | None = Field(
+        default=None, description="how hosts are ranked; absent: the controller's "
+                                  "[scheduler] strategy")
     start: bool = True
 
     _names = field_validator("cluster", "anti_affinity_group")(
         lambda v: v if v is None else check_name(v))
 
-    def placement(self, tenant):
+    def placement(self, tenant, default_strategy):
+        """The scheduler's request; without a strategy of its own, the configured one."""
         return PlacementRequest(
             name=self.name, vcpus=self.vcpus, memory_mib=self.memory_mib,
             gpus=[gpu.ask() for gpu in self.gpus], usb=[usb.id for usb in self.usb],
             host=self.host, cluster=self.cluster,
             anti_affinity_group=self.anti_affinity_group, anti_affinity=self.anti_affinity,
-            strategy=self.strategy, tenant=tenant)
+            strategy=self.strategy or default_strategy, tenant=tenant)
 
 
 class VmDevicesAdd(DeviceAsks):

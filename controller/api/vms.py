@@ -12,7 +12,9 @@ check_path_ids(bp, "VM name")
 
 
 @bp.post("/v1/vms")
-@describe("Place, claim devices and capacity, create on the chosen host", body=VmCreate,
+@describe("Place, claim devices and capacity, create on the chosen host; 422 when it fits "
+          "nowhere, with details.hosts {host: [sentence]} and details.reasons "
+          "{host: [{code, message}]}", body=VmCreate,
           responses=(201, 403, 409, 422, 503), tags=["vms"])
 def create():
     body = parse_body(VmCreate)
@@ -55,7 +57,9 @@ def stop(name):
 
 
 @bp.post("/v1/vms/<name>/devices")
-@describe("Attach more devices (a running VM: only from its own host)", body=VmDevicesAdd,
+@describe("Attach more devices (a running VM: only from its own host); 409 when the VM "
+          "cannot take them, with details.hosts and details.reasons as for a create",
+          body=VmDevicesAdd,
           responses=(200, 403, 409, 422, 503), tags=["vms"])
 def add_devices(name):
     body = parse_body(VmDevicesAdd)

@@ -17,7 +17,7 @@ import os
 import random
 import time
 
-from sqlalchemy import create_engine, event, select
+from sqlalchemy import create_engine, event, select, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import sessionmaker
 
@@ -87,8 +87,10 @@ class Database:
                 log.info("transaction retried after %s (attempt %d)", state, attempt)
                 time.sleep(random.uniform(0.01, 0.05) * attempt)  # nosec B311 - backoff
 
-    def upgrade(self):
-        upgrade(self.url)
+    def ping(self):
+        """Raise unless the database answers a query (the health check)."""
+        with self.read() as session:
+            session.execute(text("SELECT 1"))
 
     def close(self):
         self.engine.dispose()

@@ -9,8 +9,8 @@ shared and upgraded deliberately: the controller refuses to start and prints the
 import contextlib
 import logging
 
-from sqlalchemy import create_engine, pool
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy import create_engine, make_url, pool
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from hostplane.config import ConfigError
 from hostplane.filelock import exclusive
@@ -78,6 +78,9 @@ def _connect_args(url):
 
 
 def safe_url(url):
-    """The URL without its password."""
-    head, at, tail = url.rpartition("@")
-    return f"{head.rsplit(':', 1)[0]}:***@{tail}" if at and head.count(":") >= 2 else url
+    """The URL as printed or logged: SQLAlchemy's rendering, the password masked (a URL
+    it cannot read is not shown at all)."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "(a database URL that cannot be parsed)"

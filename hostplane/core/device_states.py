@@ -79,6 +79,13 @@ def mark_unavailable(device):
     device.status = UNAVAILABLE
 
 
+def forget_holder(device):
+    """An unavailable device whose VM let go of it (deleted, moved back): it keeps its
+    record for the operator, without a holder. A claimed device is released instead."""
+    _expect(device, (UNAVAILABLE,))
+    device.vm = None
+
+
 def start_free(device):
     """A device first reported, held by nobody: ready only when it can be assigned."""
     device.status = _free_status(device)

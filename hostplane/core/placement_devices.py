@@ -7,6 +7,7 @@ a group to one VM or to none. Tenants see only devices an admin shared, and neve
 
 from hostplane.core.placement_index import device_blocker
 from hostplane.core.placement_locality import no_gpu_model, no_pci_device
+from hostplane.core.reasons import Reason
 from hostplane.core.usb import limit_class
 
 
@@ -51,7 +52,7 @@ def _pick_by_id(device_id, host_id, index, shared_only, taken, counted, reasons)
         reasons.append(no_pci_device(device_id))
         return
     if device_id in counted:
-        reasons.append(f"PCI device {device_id} asked twice")
+        reasons.append(Reason(f"PCI device {device_id} asked twice", "device_asked_twice"))
         return
     if device_id not in taken:
         blocker = index.blockers.get((host_id, device_id))
@@ -86,7 +87,8 @@ def _pick_by_model(ask, host_id, index, shared_only, taken, counted, reasons):
     if got < ask.count:
         reasons.extend(blocked)
         plural = "GPU" if ask.count == 1 else "GPUs"
-        reasons.append(f"only {got} of {ask.count} {plural} {ask.vendor_id}:{ask.device_id} free")
+        reasons.append(Reason(f"only {got} of {ask.count} {plural} "
+                              f"{ask.vendor_id}:{ask.device_id} free", "not_enough_gpus"))
 
 
 def _take(claim, taken):
@@ -115,7 +117,7 @@ def usb_global_reasons(request, index):
         return []
     reasons = []
     if request.tenant is not None:
-        reasons.append("USB devices are admin-only")
+        reasons.append(Reason("USB devices are admin-only", "usb_admin_only"))
     counts = {}   # (major, limit) → devices of that class the VM would hold
     for usb_id in dict.fromkeys(request.usb):
         hosts = index.usb_hosts(usb_id)
@@ -130,5 +132,6 @@ def usb_global_reasons(request, index):
                 counts[usb_class] = counts.get(usb_class, 0) + 1
     for (major, limit), count in sorted(counts.items()):
         if count > limit:
-            reasons.append(f"USB {major}.x limit: {count} for this VM, at most {limit}")
+            reasons.append(Reason(f"USB {major}.x limit: {count} for this VM, at most {limit}",
+                                  "usb_limit"))
     return reasons

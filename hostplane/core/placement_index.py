@@ -8,9 +8,12 @@ disabled, its IOMMU group not viable). A placement then only reads dictionaries.
 import bisect
 
 from hostplane.core.pci import iommu_groups
+from hostplane.core.reasons import Reason
 
-HOST_STATUS_REASONS = {"connecting": "still connecting", "disconnected": "disconnected"}
-HOST_STATE_REASONS = {"disabled": "disabled", "maintenance": "in maintenance"}
+HOST_STATUS_REASONS = {"connecting": Reason("still connecting", "host_not_connected"),
+                       "disconnected": Reason("disconnected", "host_not_connected")}
+HOST_STATE_REASONS = {"disabled": Reason("disabled", "host_disabled"),
+                      "maintenance": Reason("in maintenance", "host_maintenance")}
 
 
 class SnapshotIndex:
@@ -145,7 +148,8 @@ class SnapshotIndex:
             if blocker is None:
                 for other, why in zip(members, holds):
                     if why and other is not device:
-                        blocker = f"IOMMU group {number} not viable: {other.id} {why}"
+                        blocker = Reason(f"IOMMU group {number} not viable: {other.id} {why}",
+                                         "iommu_group_not_viable")
                         break
             if blocker:
                 self.blockers[(host_id, device.id)] = blocker
@@ -173,15 +177,15 @@ def device_blocker(device):
     """Why this device itself cannot be claimed by anyone, or None."""
     name = f"{label(device)} {device.id}"
     if device.status == "unavailable":
-        return f"{name} unavailable"
+        return Reason(f"{name} unavailable", "device_unavailable")
     if device.vm is not None:
-        return f"{name} attached to {device.vm}"
+        return Reason(f"{name} attached to {device.vm}", "device_attached")
     if device.status != "ready":
-        return f"{name} {device.status}"
+        return Reason(f"{name} {device.status}", "device_busy")
     if device.state != "enabled":
-        return f"{name} disabled by admin"
+        return Reason(f"{name} disabled by admin", "device_disabled")
     if not device.assignable:
-        return f"{name} not assignable"
+        return Reason(f"{name} not assignable", "device_not_assignable")
     return None
 
 

@@ -6,13 +6,15 @@ state, without weighing capacity or anti-affinity on them. Only the hosts left a
 full, which keeps a one-GPU placement over 10,000 hosts within milliseconds.
 """
 
+from hostplane.core.reasons import Reason
+
 
 def no_gpu_model(ask):
-    return f"no GPU {ask.vendor_id}:{ask.device_id} on this host"
+    return Reason(f"no GPU {ask.vendor_id}:{ask.device_id} on this host", "no_gpu_model")
 
 
 def no_pci_device(device_id):
-    return f"no PCI device {device_id} on this host"
+    return Reason(f"no PCI device {device_id} on this host", "no_such_device")
 
 
 class Locality:
@@ -23,10 +25,11 @@ class Locality:
         self.checks = []     # (host ids that pass, reason for the others)
         shared_only = request.tenant is not None
         if request.host is not None:
-            self._narrow({request.host}, f"not the requested host {request.host}")
+            self._narrow({request.host}, Reason(f"not the requested host {request.host}",
+                                                "not_requested_host"))
         if request.cluster is not None:
             self._narrow(index.clusters.get(request.cluster, ()),
-                         f"not in cluster {request.cluster}")
+                         Reason(f"not in cluster {request.cluster}", "not_in_cluster"))
         self._existing_vm(request, index)
         for ask in request.gpus:
             if ask.id is not None:
@@ -36,8 +39,9 @@ class Locality:
                              no_gpu_model(ask))
         for usb_id in request.usb:
             holders = index.usb_hosts(usb_id)
-            self._narrow(holders, f"USB {usb_id} is on {', '.join(holders)}" if holders
-                         else f"USB {usb_id} not found on any host")
+            self._narrow(holders, Reason(f"USB {usb_id} is on {', '.join(holders)}",
+                                         "usb_elsewhere") if holders
+                         else Reason(f"USB {usb_id} not found on any host", "usb_not_found"))
 
     def rejected(self, all_ids):
         """{host id: reasons} for the hosts outside `possible`, built by set operations.
@@ -80,9 +84,10 @@ class Locality:
             home = index.hosts.get(vm.host_id)
             if home is not None:
                 self._narrow(index.clusters.get(home.cluster, ()),
-                             f"{vm.name} may move only within cluster {home.cluster}")
+                             Reason(f"{vm.name} may move only within cluster {home.cluster}",
+                                    "vm_pinned"))
             return
-        self._narrow({vm.host_id}, pinned)
+        self._narrow({vm.host_id}, Reason(pinned, "vm_pinned"))
 
     def _narrow(self, host_ids, reason):
         host_ids = host_ids if isinstance(host_ids, (set, frozenset, dict)) else set(host_ids)

@@ -7,9 +7,11 @@ that it becomes `unavailable` — never freed silently, since a VM may still hol
 
 from dataclasses import dataclass, field
 
-# Agent fields that, when present on the known record too, are kept in step.
-SYNCED_FIELDS = ("type", "assignable", "not_assignable_reason", "iommu_group", "driver",
-                 "numa_node", "upstream", "link", "usb_version", "serial", "port")
+# The agent's device fields a resync copies into device columns of the same name
+# (controller.sync, with a default where the agent leaves one out); every name is a column
+# of the controller's device table, so none is silently dropped.
+SYNCED_FIELDS = ("type", "assignable", "not_assignable_reason", "iommu_group", "numa_node",
+                 "upstream", "link")
 
 
 @dataclass
@@ -17,9 +19,6 @@ class Reconciliation:
     added: list = field(default_factory=list)      # reported, unknown so far
     vanished: list = field(default_factory=list)   # known, no longer reported
     moved: list = field(default_factory=list)      # the id now holds another vendor/product
-    updated: list = field(default_factory=list)    # same device, some field changed
-    holder_mismatch: list = field(default_factory=list)  # (id, known vm, vm the agent sees)
-    returned: list = field(default_factory=list)   # was unavailable, reported again, same device
 
     @property
     def unavailable(self):
@@ -39,14 +38,6 @@ def reconcile(known, reported):
             continue
         if identity(fresh) != (row.kind, row.vendor_id, row.product_id):
             result.moved.append(device_id)
-            continue
-        if row.status == "unavailable":
-            result.returned.append(device_id)
-        elif _differs(row, fresh):
-            result.updated.append(device_id)
-        holder = fresh.get("attached_to")
-        if holder != row.vm:
-            result.holder_mismatch.append((device_id, row.vm, holder))
     return result
 
 
@@ -55,13 +46,3 @@ def identity(reported_device):
     if "device_id" in reported_device:
         return "pci", reported_device["vendor_id"], reported_device["device_id"]
     return "usb", reported_device["vendor_id"], reported_device["product_id"]
-
-
-def _differs(row, fresh):
-    missing = object()
-    for name in SYNCED_FIELDS:
-        if name in fresh:
-            current = getattr(row, name, missing)
-            if current is not missing and current != fresh[name]:
-                return True
-    return False

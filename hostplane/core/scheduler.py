@@ -2,8 +2,9 @@
 
 Pure and deterministic. The controller builds a `Snapshot` from its database, asks `place`,
 then claims `Placement.chosen.devices` in one transaction. Every rejected host carries the
-reasons an operator reads in a 422 or in `POST /v1/schedule/explain`, so a reason names the
-thing to fix ("GPU 0000:3b:00.0 attached to vm-7"), never a code.
+reasons an operator reads in a 422 or in `POST /v1/schedule/explain`: a sentence naming the
+thing to fix ("GPU 0000:3b:00.0 attached to vm-7") that carries a stable code for programs
+(hostplane.core.reasons).
 
 Scores: the share of the strategy's resource (CPU or memory) left free on the host after the
 placement, minus one per VM of the same soft anti-affinity group already there; higher is better.
@@ -15,10 +16,13 @@ from hostplane.core.placement_devices import (by_id_first, first_free_gpu, one_g
                                               pick_pci, pick_usb, usb_global_reasons)
 from hostplane.core.placement_index import SnapshotIndex
 from hostplane.core.placement_locality import Locality
+from hostplane.core.reasons import Reason
 
 STRATEGIES = ("least-cpu", "least-memory")
 ANTI_AFFINITY_MODES = ("enforced", "soft")
 STRATEGY_MODES = ("enforced", "preferred")
+IOMMU_OFF = Reason("host IOMMU switched off", "iommu_off")
+IOMMU_NOT_READY = Reason("host IOMMU not ready", "iommu_not_ready")
 
 
 @dataclass(frozen=True, slots=True)
@@ -240,27 +244,29 @@ class _Judge:
         memory_total = host.memory_mib * policy.memory_overcommit
         cpu_free, memory_free = cpu_total - host.used_vcpus, memory_total - host.used_memory_mib
         if vcpus > cpu_free:
-            reasons.append(f"not enough CPU: {max(int(cpu_free), 0)} vCPUs free, {vcpus} asked")
+            reasons.append(Reason(f"not enough CPU: {max(int(cpu_free), 0)} vCPUs free, "
+                                  f"{vcpus} asked", "not_enough_cpu"))
         if memory > memory_free:
-            reasons.append(f"not enough memory: {max(int(memory_free), 0)} MiB free, "
-                           f"{memory} asked")
+            reasons.append(Reason(f"not enough memory: {max(int(memory_free), 0)} MiB free, "
+                                  f"{memory} asked", "not_enough_memory"))
         if self.cpu_strategy:
             use = (host.used_vcpus + vcpus) / cpu_total if cpu_total > 0 else 1.0
         else:
             use = (host.used_memory_mib + memory) / memory_total if memory_total > 0 else 1.0
         if self.limit is not None and use > self.limit:
             what = "CPU" if self.cpu_strategy else "memory"
-            reasons.append(f"{what} use would be {use:.0%}, over the "
-                           f"{self.limit:.0%} limit of {request.strategy}")
+            reasons.append(Reason(f"{what} use would be {use:.0%}, over the "
+                                  f"{self.limit:.0%} limit of {request.strategy}",
+                                  "strategy_limit"))
         score = 1.0 - use
         if self.group_hosts:
             score -= self._anti_affinity(host, reasons)
         devices = ()
         if self.gpu_asks:
             if not host.iommu_enabled:
-                reasons.append("host IOMMU switched off")
+                reasons.append(IOMMU_OFF)
             elif not host.iommu_ready:
-                reasons.append("host IOMMU not ready")
+                reasons.append(IOMMU_NOT_READY)
             if self.shortcut is not None:
                 devices = first_free_gpu(self.shortcut, host.id, self.index)
             if not devices:
@@ -278,6 +284,7 @@ class _Judge:
         if not others:
             return 0
         if self.enforce_group:
-            reasons.append(f"anti-affinity group {self.group_name} has {', '.join(others)} here")
+            reasons.append(Reason(f"anti-affinity group {self.group_name} has "
+                                  f"{', '.join(others)} here", "anti_affinity"))
             return 0
         return len(others)

@@ -76,6 +76,13 @@ def begin_move(vm, target):
     vm.moving_to, vm.state = target, MOVING
 
 
+def arrive(vm, op_id):
+    """moving → its target becomes its host (the domain there carries `op_id`); the move
+    ends with `end_move`."""
+    _expect(vm, {MOVING})
+    vm.host_id, vm.op_id = vm.moving_to, op_id
+
+
 def end_move(vm, agent_state):
     """moving → what the agent reports, wherever the VM ended."""
     _expect(vm, {MOVING})

@@ -1,0 +1,87 @@
+"""Claims and releases: the write side of placement, under the chosen host's row lock.
+
+A claim takes the write lock of the chosen host — `BEGIN IMMEDIATE` on SQLite, `SELECT ...
+FOR UPDATE` of the host and device rows on PostgreSQL — re-runs the scheduler on that host's
+rows as they are now, and flips the devices it picks to `attached` (device_states) in the
+same transaction that records the VM (vm_states). A release gives them back.
+"""
+
+from sqlalchemy import select
+
+from controller.db.models import Device, Vm
+from controller.placement_views import snapshot
+from hostplane.core import device_states, vm_states
+from hostplane.core.scheduler import place
+from hostplane.errors import Conflict
+
+
+def name_taken(request):
+    """409 for a create of a name in use; a tenant is not told whose it is, or whether
+    the name is used at all rather than merely unavailable."""
+    if request.tenant is not None:
+        return Conflict(f"the name {request.name} is not available; choose another",
+                        code="name_taken")
+    return Conflict(f"VM {request.name} already exists", code="name_taken")
+
+
+def claim_on(session, db, request, policy, host_id, new_vm):
+    if new_vm is not None and session.get(Vm, new_vm["name"]) is not None:
+        raise name_taken(request)
+    moving = request.existing_vm is not None and request.existing_vm.host_id != host_id
+    # both hosts' rows when moving, in id order, as every writer takes them
+    db.lock_hosts(session, {host_id, request.existing_vm.host_id} if moving else {host_id})
+    local, rows = snapshot(session, [host_id], lock=db.locked)
+    if moving:
+        _reserve_move(session, db, request.existing_vm, host_id)
+    chosen = place(request, local, policy).chosen
+    if chosen is None:
+        return None
+    by_key = {(row.kind, row.id): row for row in rows}
+    if new_vm is not None:
+        row = Vm(host_id=host_id, **new_vm)
+        vm_states.begin_create(row, new_vm["op_id"], new_vm["op_since"])
+        session.add(row)
+        session.flush()   # PostgreSQL: a racing insert of the name fails here, in the retry
+    for key in chosen.devices:
+        device_states.claim(by_key[key], request.name)
+    return list(chosen.devices)
+
+
+def _reserve_move(session, db, seen, target):
+    """Count the VM on `target` too (`moving_to`) while it moves, if it is still the
+    stopped, device-less VM the placement saw; a second move of it at once is refused."""
+    vm = session.scalars(db.locked(select(Vm).where(Vm.name == seen.name))).first()
+    if vm is None:
+        raise Conflict(f"VM {seen.name} was deleted meanwhile", code="vm_gone")
+    if vm.moving_to is not None or vm.host_id != seen.host_id or vm.state != "stopped":
+        raise Conflict(f"{seen.name} changed meanwhile ({vm.state} on {vm.host_id}"
+                       + (f", moving to {vm.moving_to}" if vm.moving_to else "") + ")",
+                       code="vm_busy")
+    vm_states.begin_move(vm, target)
+
+
+def release(db, host_id, vm_name, devices):
+    """Give back what a failed attach reserved (the host's row locked first)."""
+    def undo(session):
+        db.lock_hosts(session, [host_id])
+        for _kind, device_id in devices:
+            row = session.scalars(db.locked(select(Device).where(
+                Device.host_id == host_id, Device.id == device_id))).first()
+            if row is not None and row.vm == vm_name and row.status == "attached":
+                device_states.release(row, vm_name)
+    db.transaction(undo)
+
+
+def release_held(session, db, name, host_id=None):
+    """Give back the devices `name` holds (on `host_id` only, if given); an unavailable one
+    keeps its record for the operator but loses its holder. The caller has locked the
+    hosts concerned (Database.lock_hosts) first."""
+    query = select(Device).where(Device.vm == name)
+    if host_id is not None:
+        query = query.where(Device.host_id == host_id)
+    for device in session.scalars(db.locked(query)):
+        if device.status == device_states.ATTACHED:
+            device_states.release(device, name)
+        else:
+            device_states.forget_holder(device)
+
