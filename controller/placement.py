@@ -108,9 +108,9 @@ def explain(db, request, policy):
     return placement
 
 
-def _placement(db, request, policy):
+def _placement(db, request, policy, every_host=True):
     from controller.snapshot_cache import cache_for   # it builds on this module's views
-    return cache_for(db).place(request, policy)
+    return cache_for(db).place(request, policy, every_host)
 
 
 def _count(operation, placement, outcome=None):
@@ -180,7 +180,7 @@ def place_and_claim(db, request, policy, new_vm, attempts=5):
     devices are added to `request.existing_vm`.
     """
     operation = "create" if new_vm is not None else "attach"
-    placement = _placement(db, request, policy)
+    placement = _placement(db, request, policy, every_host=False)
     for _ in range(attempts):
         if placement.chosen is None:
             _count(operation, placement)
@@ -193,7 +193,7 @@ def place_and_claim(db, request, policy, new_vm, attempts=5):
         if claimed is not None:
             _count(operation, placement)
             return placement.chosen.host_id, claimed
-        placement = _placement(db, request, policy)
+        placement = _placement(db, request, policy, every_host=False)
     _count(operation, placement, "contended")
     raise Conflict("lost the race for these devices several times; try again",
                    code="claim_contended")

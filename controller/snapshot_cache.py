@@ -23,7 +23,7 @@ from sqlalchemy import func, select
 
 from controller.db.models import Host
 from controller.placement import cluster_views, snapshot
-from hostplane.core.scheduler import place
+from hostplane.core.scheduler import choose, place
 
 # Reload everything when more than this share of hosts (and more than a few chunks of
 # them) changed: one full read is then cheaper than many small ones.
@@ -56,8 +56,9 @@ class SnapshotCache:
         self.fingerprint = None        # (host count, sum of revisions) when last refreshed
         self.reloads = {"full": 0, "hosts": 0}   # what refreshes cost (bench, tests)
 
-    def place(self, request, policy):
-        """`place` on a snapshot no older than this call's read of the revisions."""
+    def place(self, request, policy, every_host=True):
+        """`place` on a snapshot no older than this call's read of the revisions; without
+        `every_host`, `choose`: the chosen host alone (all reasons when none fits)."""
         with self.db.read() as session:
             fingerprint = tuple(session.execute(
                 select(func.count(), func.coalesce(func.sum(Host.revision), 0))).one())
@@ -65,7 +66,7 @@ class SnapshotCache:
                 if fingerprint != self.fingerprint:
                     self._refresh(session)
                     self.fingerprint = fingerprint
-                return place(request, self.snapshot, policy)
+                return (place if every_host else choose)(request, self.snapshot, policy)
 
     def _refresh(self, session):
         current = dict(session.execute(select(Host.__table__.c.id,

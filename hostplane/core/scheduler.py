@@ -11,6 +11,7 @@ placement, minus one per VM of the same soft anti-affinity group already there; 
 
 from dataclasses import dataclass, field
 
+from hostplane.core.placement_capacity import MARGIN
 from hostplane.core.placement_devices import (by_id_first, first_free_gpu, one_gpu_shortcut,
                                               pick_pci, pick_usb, usb_global_reasons)
 from hostplane.core.placement_index import SnapshotIndex
@@ -21,6 +22,7 @@ USB_LIMITS = PER_VM_LIMITS
 STRATEGIES = ("least-cpu", "least-memory")
 ANTI_AFFINITY_MODES = ("enforced", "soft")
 STRATEGY_MODES = ("enforced", "preferred")
+DIRECT_LIMIT = 512   # `choose` judges this many possible hosts outright rather than by index
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,6 +213,61 @@ def place(request, snapshot, policy=Policy()):
         rejected = outside
     ranked.sort(key=lambda c: (-c.score, c.host_id))
     return Placement(tuple(ranked), rejected)
+
+
+def choose(request, snapshot, policy=Policy()):
+    """The host `place` would choose, found by judging the best few hosts, not all.
+
+    Hosts are taken best score first from the capacity index (hosts with a claimable GPU
+    of an asked model, or every host that can take a VM), so a placement on a large
+    cluster costs the hosts it looks at. The answer is `place`'s first candidate alone,
+    without the rejected hosts; when no host fits it is `place`'s whole answer, since the
+    refusal lists every host's reasons.
+    """
+    index = snapshot.index
+    if (request.usb and usb_global_reasons(request, index)) or min(
+            policy.cpu_overcommit, policy.memory_overcommit) <= 0:
+        return place(request, snapshot, policy)
+    possible = Locality(request, index).possible
+    judge = _Judge(request, policy, index)
+    special = set(judge.group_hosts) | {judge.home}   # scores the index does not know
+    if possible is not None and len(possible) <= DIRECT_LIMIT:
+        special, possible, stream = possible, None, ()
+    else:
+        stream = _stream(judge, index, policy)
+    best = None
+    for host_id in special:
+        if host_id in index.hosts and (possible is None or host_id in possible):
+            best = _better(best, index.hosts[host_id], judge)
+    limit = (1.0 if judge.limit is None else judge.limit) + MARGIN
+    for use, score, host in stream:
+        if best is not None and (-score, host.id) > (-best.score, best.host_id):
+            break
+        if use > limit:   # over capacity or the enforced limit, and every later host too
+            break
+        if host.id not in special and (possible is None or host.id in possible):
+            best = _better(best, host, judge)
+    if best is None:
+        return place(request, snapshot, policy)
+    return Placement((best,), {})
+
+
+def _stream(judge, index, policy):
+    """Hosts best score first: those holding the rarest asked GPU model, or all."""
+    keys = [("gpu", ask.vendor_id, ask.device_id) for ask in judge.gpu_asks if ask.id is None]
+    key = min(keys, key=index.capacity.size) if keys else None
+    if judge.cpu_strategy:
+        return index.capacity.best_first(key, "cpu", judge.request.vcpus,
+                                         policy.cpu_overcommit, index.hosts)
+    return index.capacity.best_first(key, "memory", judge.request.memory_mib,
+                                     policy.memory_overcommit, index.hosts)
+
+
+def _better(best, host, judge):
+    reasons, score, devices = judge(host)
+    if reasons or (best is not None and (-score, host.id) > (-best.score, best.host_id)):
+        return best
+    return Candidate(host.id, score, devices)
 
 
 class _Judge:
