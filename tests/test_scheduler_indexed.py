@@ -4,7 +4,7 @@ fits the same reasons for every host. Random clusters from hypothesis: host size
 near-equal and far apart, over-full and empty hosts, disconnected, disabled and
 maintenance hosts, IOMMU switched off, shared and held GPUs, tenants, anti-affinity
 enforced and soft, enforced strategy limits, overcommit, existing VMs, hosts changed in
-place (`Snapshot.apply`)."""
+place (`Snapshot.apply`), NUMA nodes and PCIe switches under numa and locality policies."""
 
 from unittest import mock
 
@@ -12,11 +12,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hostplane.core import scheduler
+from hostplane.core.placement_topology import NumaNode
 from hostplane.core.scheduler import (DeviceView, GpuAsk, HostView, PlacementRequest, Policy,
                                       Snapshot, VmView, choose, place)
 
 MODELS = (("10de", "1eb8"), ("10de", "20b5"), ("1002", "740f"))
 SIZES = (0, 1, 8, 16, 16, 17, 32, 32, 33, 64, 96, 128)
+SWITCHES = ((), ("0000:00:01.0",), ("0000:00:01.0", "0000:10:00.0"),
+            ("0000:00:02.0", "0000:20:00.0", "0000:21:08.0"))
 
 
 def mostly(usual, *rare):
@@ -32,7 +35,10 @@ def host_parts(draw, number):
                     draw(mostly("connected", "disconnected", "connecting")),
                     draw(mostly("enabled", "maintenance", "disabled")),
                     draw(mostly(True, False)), draw(mostly(True, False)), threads, memory,
-                    draw(st.integers(0, threads * 5 + 2)), draw(st.integers(0, memory + 4096)))
+                    draw(st.integers(0, threads * 5 + 2)), draw(st.integers(0, memory + 4096)),
+                    draw(st.sampled_from([(), (NumaNode(0, threads, memory),),
+                                          (NumaNode(0, threads // 2, memory // 2),
+                                           NumaNode(1, threads // 2, memory // 2))])))
     devices, vms = [], []
     for slot in range(draw(st.integers(0, 4))):
         vendor, product = draw(st.sampled_from(MODELS))
@@ -43,11 +49,13 @@ def host_parts(draw, number):
                 host_id, "pci", f"0000:{slot + 1:02x}:00.{fn}", kind, vendor,
                 product if kind == "gpu" else "10f8", draw(mostly("enabled", "disabled")),
                 "attached" if held else draw(mostly("ready", "unavailable")), held,
-                draw(st.booleans()), draw(mostly(True, False)), group, None))
+                draw(st.booleans()), draw(mostly(True, False)), group, None, None,
+                draw(st.sampled_from([None, 0, 1, -1])), draw(st.sampled_from(SWITCHES))))
     for slot in range(draw(st.integers(0, 2))):
         vms.append(VmView(f"vm-{number}-{slot}", host_id, draw(mostly("running", "stopped")),
                           draw(st.sampled_from([None, "db", "web"])),
-                          draw(st.sampled_from([None, "acme"]))))
+                          draw(st.sampled_from([None, "acme"])), draw(st.sampled_from([None, 0, 1])),
+                          draw(st.integers(1, 16)), draw(st.integers(1, 16384))))
     return host, devices, vms
 
 
@@ -86,7 +94,10 @@ def requests(draw, snapshot):
         anti_affinity_group=draw(st.sampled_from([None, "db", "web"])),
         anti_affinity=draw(st.sampled_from(["enforced", "soft"])),
         strategy=draw(st.sampled_from(["least-cpu", "least-memory"])),
-        tenant=draw(st.sampled_from([None, None, "acme"])), existing_vm=existing)
+        tenant=draw(st.sampled_from([None, None, "acme"])), existing_vm=existing,
+        numa=draw(mostly("none", "preferred", "required")),
+        locality=draw(mostly("any", "same-switch", "same-numa")),
+        locality_mode=draw(st.sampled_from(["preferred", "required"])))
 
 
 policies = st.builds(Policy, cpu_overcommit=st.sampled_from([1.0, 1.5, 4.0]),

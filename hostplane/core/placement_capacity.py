@@ -58,6 +58,15 @@ class CapacityIndex:
                 bucket.entries.sort()
         self.bulk = False
 
+    def __eq__(self, other):
+        """Same hosts filed alike (a snapshot updated in place equals one built afresh)."""
+        return isinstance(other, CapacityIndex) and self._contents() == other._contents()
+
+    def _contents(self):
+        return ({name: {number: (b.entries, b.sizes, b.largest) for number, b in table.items()}
+                 for name, table in self.tables.items()},
+                {host_id: sorted(filed, key=repr) for host_id, filed in self.entries.items()})
+
     def size(self, key):
         return sum(len(b.entries) for b in self.tables.get((key, "cpu"), {}).values())
 

@@ -16,6 +16,8 @@ from hostplane.core.placement_devices import (by_id_first, first_free_gpu, one_g
                                               pick_pci, pick_usb, usb_global_reasons)
 from hostplane.core.placement_index import SnapshotIndex
 from hostplane.core.placement_locality import Locality
+from hostplane.core.placement_topology import (LOCALITIES, LOCALITY_MODES, NUMA_POLICIES,
+                                               Topology)
 from hostplane.core.usb import PER_VM_LIMITS
 
 USB_LIMITS = PER_VM_LIMITS
@@ -37,6 +39,7 @@ class HostView:
     memory_mib: int
     used_vcpus: int        # sums over VMs placed or claimed on the host
     used_memory_mib: int
+    numa_nodes: tuple = ()  # NumaNode per node, as the agent reports them; () unknown
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +58,8 @@ class DeviceView:
     iommu_group: int | None
     usb_major: int | None
     name: str | None = None
+    numa_node: int | None = None
+    upstream: tuple = ()   # PCI functions above it, root port first
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +69,9 @@ class VmView:
     state: str
     anti_affinity_group: str | None = None
     tenant: str | None = None
+    numa_node: int | None = None   # the node it is pinned to, counted against that node
+    vcpus: int = 0
+    memory_mib: int = 0
 
 
 @dataclass(frozen=True, init=False)
@@ -142,6 +150,9 @@ class PlacementRequest:
     strategy: str = "least-cpu"
     tenant: str | None = None          # None: admin
     existing_vm: VmView | None = None  # adding devices to a VM that already exists
+    numa: str = "none"                 # required | preferred | none (placement_topology)
+    locality: str = "any"              # same-switch | same-numa | any, for count > 1
+    locality_mode: str = "preferred"   # required | preferred
 
     def __post_init__(self):
         object.__setattr__(self, "gpus", tuple(self.gpus))
@@ -152,6 +163,10 @@ class PlacementRequest:
             raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}")
         if self.anti_affinity not in ANTI_AFFINITY_MODES:
             raise ValueError(f"anti_affinity must be one of {', '.join(ANTI_AFFINITY_MODES)}")
+        for name, allowed in (("numa", NUMA_POLICIES), ("locality", LOCALITIES),
+                              ("locality_mode", LOCALITY_MODES)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {', '.join(allowed)}")
 
 
 @dataclass(frozen=True)
@@ -171,6 +186,8 @@ class Candidate:
     host_id: str
     score: float
     devices: tuple   # ((kind, id), ...) to claim, IOMMU-group siblings included
+    numa_node: int | None = None   # where the agent pins the VM (numa or locality asked)
+    found: str | None = None       # the free GPUs' switches and nodes (locality asked)
 
 
 @dataclass(frozen=True)
@@ -198,11 +215,11 @@ def place(request, snapshot, policy=Policy()):
     hosts = snapshot.hosts if possible is None else [
         index.hosts[host_id] for host_id in sorted(possible) if host_id in index.hosts]
     for host in hosts:
-        reasons, score, devices = judge(host)
+        reasons, candidate = judge(host)
         if everywhere or reasons:
             rejected[host.id] = everywhere + tuple(reasons)
         else:
-            ranked.append(Candidate(host.id, score, devices))
+            ranked.append(candidate)
     if possible is not None:   # built last: a young 10,000-entry dict slows every GC pass
         outside = locality.rejected(index.host_ids)
         for host_id in index.troubled.keys() & outside.keys():
@@ -241,7 +258,8 @@ def choose(request, snapshot, policy=Policy()):
             best = _better(best, index.hosts[host_id], judge)
     limit = (1.0 if judge.limit is None else judge.limit) + MARGIN
     for use, score, host in stream:
-        if best is not None and (-score, host.id) > (-best.score, best.host_id):
+        if best is not None and (-(score + judge.max_bonus), host.id) > (-best.score,
+                                                                         best.host_id):
             break
         if use > limit:   # over capacity or the enforced limit, and every later host too
             break
@@ -264,10 +282,11 @@ def _stream(judge, index, policy):
 
 
 def _better(best, host, judge):
-    reasons, score, devices = judge(host)
-    if reasons or (best is not None and (-score, host.id) > (-best.score, best.host_id)):
+    reasons, candidate = judge(host)
+    if reasons or (best is not None and (-candidate.score, host.id) > (-best.score,
+                                                                       best.host_id)):
         return best
-    return Candidate(host.id, score, devices)
+    return candidate
 
 
 class _Judge:
@@ -287,9 +306,14 @@ class _Judge:
         self.gpu_asks = by_id_first(request.gpus)
         self.shared_only = request.tenant is not None
         self.shortcut = one_gpu_shortcut(self.gpu_asks, index, self.shared_only)
+        self.topology = None
+        if Topology.wanted(request):
+            self.topology = Topology(request, policy, index, self.gpu_asks, self.shared_only)
+            self.shortcut = None
+        self.max_bonus = self.topology.max_bonus if self.topology else 0
 
     def __call__(self, host):
-        """(reasons, score, devices) for one host."""
+        """(reasons, Candidate) for one host."""
         request, policy = self.request, self.policy
         reasons = list(self.index.host_reasons[host.id])
         vcpus, memory = request.vcpus, request.memory_mib
@@ -314,7 +338,7 @@ class _Judge:
         score = 1.0 - use
         if self.group_hosts:
             score -= self._anti_affinity(host, reasons)
-        devices = ()
+        devices, picked = (), True
         if self.gpu_asks:
             if not host.iommu_enabled:
                 reasons.append("host IOMMU switched off")
@@ -325,11 +349,18 @@ class _Judge:
             if not devices:
                 devices, found = pick_pci(self.gpu_asks, host.id, self.index, self.shared_only)
                 reasons += found
+                picked = not found
+        node = where = None
+        if self.topology is not None and picked:   # the host can give them: arrange them
+            arranged = self.topology.arrange(host, vcpus, memory)
+            reasons += arranged.reasons
+            score += arranged.bonus
+            devices, node, where = arranged.devices, arranged.numa_node, arranged.found
         if request.usb:
             usb, found = pick_usb(request.usb, host.id, self.index)
             reasons += found
             devices += usb
-        return reasons, score, devices
+        return reasons, Candidate(host.id, score, devices, node, where)
 
     def _anti_affinity(self, host, reasons):
         """Penalty for soft anti-affinity; a reason when enforced."""
