@@ -83,11 +83,13 @@ def host_view(host, usage=(0, 0)):
 def device_view(device):
     return DeviceView(device.host_id, device.kind, device.id, device.type, device.vendor_id,
                       device.product_id, device.state, device.status, device.vm, device.shared,
-                      device.assignable, device.iommu_group, device.usb_major, device.name)
+                      device.assignable, device.iommu_group, device.usb_major, device.name,
+                      device.numa_node, tuple(device.upstream or ()))
 
 
 def vm_view(vm):
-    return VmView(vm.name, vm.host_id, vm.state, vm.anti_affinity_group, vm.tenant)
+    return VmView(vm.name, vm.host_id, vm.state, vm.anti_affinity_group, vm.tenant,
+                  (vm.spec or {}).get("numa_node"), vm.vcpus, vm.memory_mib)
 
 
 def install_metrics(app):
@@ -223,6 +225,8 @@ def _claim_on(session, db, request, policy, host_id, new_vm):
     by_key = {(row.kind, row.id): row for row in rows}
     if new_vm is not None:
         row = Vm(host_id=host_id, **new_vm)
+        if chosen.numa_node is not None:   # counted against its node (VmView.numa_node)
+            row.spec = {**row.spec, "numa_node": chosen.numa_node}
         vm_states.begin_create(row, new_vm["op_id"], new_vm["op_since"])
         session.add(row)
         session.flush()   # PostgreSQL: a racing insert of the name fails here, in the retry

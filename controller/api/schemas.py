@@ -119,6 +119,9 @@ class VmCreate(DeviceAsks):
     anti_affinity_group: str | None = None
     anti_affinity: Literal["enforced", "soft"] = "enforced"
     strategy: Literal["least-cpu", "least-memory"] = "least-cpu"
+    numa: Literal["required", "preferred", "none"] = "none"
+    locality: Literal["same-switch", "same-numa", "any"] = "any"
+    locality_mode: Literal["required", "preferred"] = "preferred"
     start: bool = True
 
     _name = field_validator("name")(lambda v: check_name(v))
@@ -131,7 +134,8 @@ class VmCreate(DeviceAsks):
             gpus=[gpu.ask() for gpu in self.gpus], usb=[usb.id for usb in self.usb],
             host=self.host, cluster=self.cluster,
             anti_affinity_group=self.anti_affinity_group, anti_affinity=self.anti_affinity,
-            strategy=self.strategy, tenant=tenant)
+            strategy=self.strategy, tenant=tenant, numa=self.numa, locality=self.locality,
+            locality_mode=self.locality_mode)
 
 
 class VmDevicesAdd(DeviceAsks):
