@@ -186,7 +186,7 @@ def start_controller(url, threads):
            "HOSTPLANE_DATABASE_POOL_SIZE": str(threads + 2), "HOSTPLANE_POLL_ENABLED": "false"}
     process = subprocess.Popen(
         [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}", "--workers", "1",
-         "--threads", str(threads), "--backlog", "2048", "--timeout", "300",
+         "--threads", str(threads), "--backlog", "2048", "--timeout", "300", "--keep-alive", "60",
          "controller.app:create_app()"], cwd=ROOT, env=env,
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return process, f"http://127.0.0.1:{port}"
@@ -238,11 +238,6 @@ def main():
         processes.append(subprocess.Popen([sys.executable, os.path.abspath(__file__),
                                            "--serve-agents", ports_file,
                                            "--agents", str(args.agents)], cwd=ROOT))
-        controllers = []
-        for _ in range(2):
-            process, controller_url = start_controller(url, args.threads)
-            processes.append(process)
-            controllers.append(controller_url)
         deadline = time.monotonic() + 120
         while not os.path.exists(ports_file) and time.monotonic() < deadline:
             time.sleep(0.2)
@@ -250,6 +245,11 @@ def main():
             agents = {host_id: f"http://127.0.0.1:{port}" for host_id, port in
                       json.load(found).items()}
         os.unlink(ports_file)
+        controllers = []   # after the agents took their ports, none of which they can take
+        for _ in range(2):
+            process, controller_url = start_controller(url, args.threads)
+            processes.append(process)
+            controllers.append(controller_url)
         for controller_url in controllers:
             wait_up(controller_url)
         measure(args, controllers, agents, url)
@@ -262,12 +262,22 @@ def main():
 
 
 def measure(args, controllers, agents, database_url):
+    import requests
     admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
     def register(number):
         body = {"url": agents[f"sim-{number:05d}"], "token": TOKEN}
-        return lambda session: session.post(controllers[number % 2] + "/v1/hosts", json=body,
-                                            headers=admin, timeout=120).status_code
+
+        def call(session):
+            for _ in range(5):   # a dropped connection is asked again (409: it was done)
+                try:
+                    code = session.post(controllers[number % 2] + "/v1/hosts", json=body,
+                                        headers=admin, timeout=300).status_code
+                    return 201 if code == 409 else code
+                except requests.ConnectionError:
+                    time.sleep(1)
+            return "connection error"
+        return call
     start = time.perf_counter()
     codes = run_all([register(n) for n in range(args.agents)], 16)
     took = time.perf_counter() - start
@@ -280,8 +290,11 @@ def measure(args, controllers, agents, database_url):
 
         def call(session):
             started = time.perf_counter()
-            answer = session.post(controllers[number % 2] + "/v1/vms", json=body,
-                                  headers=admin, timeout=120)
+            try:
+                answer = session.post(controllers[number % 2] + "/v1/vms", json=body,
+                                      headers=admin, timeout=300)
+            except requests.ConnectionError:
+                return "connection error", time.perf_counter() - started
             code = answer.status_code
             if code != 201:
                 code = f"{code} {answer.json().get('error', {}).get('code')}"
@@ -304,7 +317,6 @@ def measure(args, controllers, agents, database_url):
           f"{placed / took:.0f} placements/s (goal ≥ 200: {'met' if placed / took >= 200 else 'MISSED'}); "
           f"latency p50 {statistics.median(latencies):.0f} ms, p99 {p99:.0f} ms; "
           f"answers {codes}")
-    import requests
     stats = requests.get(agents["sim-00000"] + "/stats", timeout=30).json()
     from sqlalchemy import create_engine, text
     engine = create_engine(database_url)

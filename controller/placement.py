@@ -110,9 +110,17 @@ def explain(db, request, policy):
     return placement
 
 
-def _placement(db, request, policy, every_host=True):
-    from controller.snapshot_cache import cache_for   # it builds on this module's views
-    return cache_for(db).place(request, policy, every_host)
+def _placement(db, request, policy, every_host=True, first=False):
+    """A create's or attach's placement holds its choice until `_settled`; its first
+    attempt may use a snapshot checked a moment ago (snapshot_cache.CREATE_MAX_AGE_S)."""
+    from controller.snapshot_cache import CREATE_MAX_AGE_S, cache_for   # builds on our views
+    return cache_for(db).place(request, policy, every_host, hold=not every_host,
+                               max_age=CREATE_MAX_AGE_S if first else 0.0)
+
+
+def _settled(db, request):
+    from controller.snapshot_cache import cache_for
+    cache_for(db).settled(request)
 
 
 def _count(operation, placement, outcome=None):
@@ -182,7 +190,7 @@ def place_and_claim(db, request, policy, new_vm, attempts=5):
     devices are added to `request.existing_vm`.
     """
     operation = "create" if new_vm is not None else "attach"
-    placement = _placement(db, request, policy, every_host=False)
+    placement = _placement(db, request, policy, every_host=False, first=True)
     for _ in range(attempts):
         if placement.chosen is None:
             _count(operation, placement)
@@ -192,6 +200,8 @@ def place_and_claim(db, request, policy, new_vm, attempts=5):
                 session, db, request, policy, placement.chosen.host_id, new_vm))
         except IntegrityError:   # PostgreSQL: a create of the same name committed first
             raise name_taken(request) from None
+        finally:
+            _settled(db, request)
         if claimed is not None:
             _count(operation, placement)
             return placement.chosen.host_id, claimed
