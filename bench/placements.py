@@ -162,23 +162,6 @@ def free_port():
         return probe.getsockname()[1]
 
 
-def throwaway_database():
-    """(name, url) of a new role and database on the local PostgreSQL."""
-    name, password = f"hostplane_bench_{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
-    script = ('CREATE ROLE :"name" LOGIN PASSWORD :\'password\';\n'
-              'CREATE DATABASE :"name" OWNER :"name";\n')
-    subprocess.run(["runuser", "-u", "postgres", "--", "psql", "-q", "-v", "ON_ERROR_STOP=1",
-                    "-v", f"name={name}", "-v", f"password={password}"],
-                   input=script, text=True, check=True, capture_output=True)
-    return name, f"postgresql+psycopg://{name}:{password}@127.0.0.1:5432/{name}"
-
-
-def drop_database(name):
-    script = 'DROP DATABASE IF EXISTS :"name" WITH (FORCE);\nDROP ROLE IF EXISTS :"name";\n'
-    subprocess.run(["runuser", "-u", "postgres", "--", "psql", "-q", "-v", f"name={name}"],
-                   input=script, text=True, capture_output=True)
-
-
 def start_controller(url, threads):
     port = free_port()
     env = {**os.environ, "PYTHONPATH": ROOT, "HOSTPLANE_CONTROLLER_CONFIG": "/nonexistent",
@@ -230,7 +213,8 @@ def main():
         asyncio.run(SimulatedAgents(args.agents).serve(args.serve_agents))
         return
     from controller.db import upgrade
-    name, url = throwaway_database()
+    from tests.test_controller_support import drop_postgres_database, postgres_database
+    name, url = postgres_database()   # a throw-away role and database
     processes = []
     try:
         upgrade(url)
@@ -258,7 +242,7 @@ def main():
             process.terminate()
         for process in processes:
             process.wait(timeout=30)
-        drop_database(name)
+        drop_postgres_database(name)
 
 
 def measure(args, controllers, agents, database_url):
