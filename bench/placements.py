@@ -162,6 +162,25 @@ def free_port():
         return probe.getsockname()[1]
 
 
+def cpu_seconds(match):
+    """CPU seconds (user + system) of the processes whose /proc entry `match`es
+    (pid, parent pid, command line)."""
+    total, tick = 0.0, os.sysconf("SC_CLK_TCK")
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", encoding="latin-1") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+            with open(f"/proc/{entry}/cmdline", "rb") as cmdline:
+                command = cmdline.read().replace(b"\0", b" ").decode("latin-1")
+        except OSError:
+            continue
+        if match(int(entry), int(fields[1]), command):
+            total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
 def start_controller(url, threads):
     port = free_port()
     env = {**os.environ, "PYTHONPATH": ROOT, "HOSTPLANE_CONTROLLER_CONFIG": "/nonexistent",
@@ -236,7 +255,7 @@ def main():
             controllers.append(controller_url)
         for controller_url in controllers:
             wait_up(controller_url)
-        measure(args, controllers, agents, url)
+        measure(args, controllers, agents, url, {p.pid for p in processes[1:]})
     finally:
         for process in processes:
             process.terminate()
@@ -245,8 +264,9 @@ def main():
         drop_postgres_database(name)
 
 
-def measure(args, controllers, agents, database_url):
+def measure(args, controllers, agents, database_url, controller_pids):
     import requests
+    database = database_url.rsplit("/", 1)[1]
     admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
     def register(number):
@@ -288,9 +308,18 @@ def measure(args, controllers, agents, database_url):
         run_all([lambda session, u=controller_url: session.post(
             u + "/v1/schedule/explain", headers=admin, timeout=120,
             json={"name": "warm", "vcpus": 1, "memory_mib": 64, "gpus": [GPU]})], 1)
+    parts = {   # whose CPU a placement costs: pid and parent pid sets, or a command line
+        "controllers": lambda pid, parent, command: parent in controller_pids or
+        pid in controller_pids,
+        "agents": lambda pid, parent, command: "--serve-agents" in command,
+        "PostgreSQL": lambda pid, parent, command: command.startswith("postgres: ")
+        and f" {database} " in command,
+        "clients": lambda pid, parent, command: pid == os.getpid()}
+    before = {name: cpu_seconds(match) for name, match in parts.items()}
     start = time.perf_counter()
     results = run_all([create(n) for n in range(args.vms)], args.clients)
     took = time.perf_counter() - start
+    spent = {name: cpu_seconds(match) - before[name] for name, match in parts.items()}
     latencies = sorted(seconds * 1000 for _, seconds in results)
     codes = {}
     for code, _ in results:
@@ -301,6 +330,9 @@ def measure(args, controllers, agents, database_url):
           f"{placed / took:.0f} placements/s (goal ≥ 200: {'met' if placed / took >= 200 else 'MISSED'}); "
           f"latency p50 {statistics.median(latencies):.0f} ms, p99 {p99:.0f} ms; "
           f"answers {codes}")
+    print("CPU per placement: " + ", ".join(f"{name} {seconds / args.vms * 1000:.1f} ms"
+                                            for name, seconds in spent.items())
+          + f"; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     stats = requests.get(agents["sim-00000"] + "/stats", timeout=30).json()
     from sqlalchemy import create_engine, text
     engine = create_engine(database_url)
