@@ -111,7 +111,7 @@ def explain(db, request, policy):
 
 
 def _placement(db, request, policy, every_host=True, first=False):
-    """A create's or attach's placement holds its choice until `_settled`; its first
+    """A create's or attach's placement holds its choice until `_settled`; a create's first
     attempt may use a snapshot checked a moment ago (snapshot_cache.CREATE_MAX_AGE_S)."""
     from controller.snapshot_cache import CREATE_MAX_AGE_S, cache_for   # builds on our views
     return cache_for(db).place(request, policy, every_host, hold=not every_host,
@@ -190,7 +190,8 @@ def place_and_claim(db, request, policy, new_vm, attempts=5):
     devices are added to `request.existing_vm`.
     """
     operation = "create" if new_vm is not None else "attach"
-    placement = _placement(db, request, policy, every_host=False, first=True)
+    # only a new VM's claim re-checks all its placement asks on the host's own rows
+    placement = _placement(db, request, policy, every_host=False, first=new_vm is not None)
     for _ in range(attempts):
         if placement.chosen is None:
             _count(operation, placement)

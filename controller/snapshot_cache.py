@@ -41,9 +41,10 @@ IN_CHUNK = 500   # host ids per `IN (...)`, well under every database's paramete
 # millions of objects hold no cycles, and walking them made every full GC pass (and so
 # random placements) take a few hundred milliseconds.
 FREEZE_FROM_HOSTS = 1000
-# A create's first attempt may place on a snapshot checked this long ago: the claim
-# re-checks the chosen host's locked rows, and the process's own claims under way are
-# held in the snapshot; a retry, an explain and a refusal always read the revisions.
+# A create's first attempt may place on a snapshot checked this long ago: its claim
+# re-checks every ask on the chosen host's locked rows, and the process's own claims
+# under way are held in the snapshot; a retry, an attach, an explain and a refusal
+# always read the revisions.
 CREATE_MAX_AGE_S = 0.5
 
 _caches = weakref.WeakKeyDictionary()

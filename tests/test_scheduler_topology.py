@@ -66,7 +66,7 @@ def test_four_gpus_under_one_switch_beat_more_free_cpu_when_locality_is_preferre
     assert [c.host_id for c in placement.ranked] == ["host-b", "host-a"]
     assert gpu_ids(placement.chosen) == ["0000:42:00.0", "0000:44:00.0", "0000:46:00.0",
                                          "0000:48:00.0"]
-    assert placement.chosen.numa_node == 1
+    assert placement.chosen.numa_node is None   # pinned only when numa is asked
     assert placement.ranked[1].found == (
         "4 GPUs 10de:20b5 free: 2 under switch 0000:10:00.0, 2 under switch 0000:20:00.0; "
         "NUMA node 0: 2, NUMA node 1: 2")
@@ -89,8 +89,7 @@ def test_two_gpus_take_one_switch_of_a_split_host_best_fit_first():
     snapshot = Snapshot.build([server("host-a")], split_server("host-a") + [
         gpu("host-a", 0x32, "0000:30:00.0", 1), gpu("host-a", 0x34, "0000:30:00.0", 1),
         gpu("host-a", 0x36, "0000:30:00.0", 1)], [])
-    chosen = place(a100s(2, locality="same-switch"),
-                   snapshot).chosen
+    chosen = place(a100s(2, locality="same-switch", numa="preferred"), snapshot).chosen
     # three switches can give two; the smallest (then lowest) is taken, the 3-GPU one kept
     assert gpu_ids(chosen) == ["0000:12:00.0", "0000:14:00.0"]
     assert chosen.numa_node == 0
@@ -100,7 +99,7 @@ def test_same_numa_takes_gpus_on_one_node_across_its_switches():
     snapshot = Snapshot.build([server("host-a")], [
         gpu("host-a", 0x12, "0000:10:00.0", 0), gpu("host-a", 0x22, "0000:20:00.0", 1),
         gpu("host-a", 0x32, "0000:30:00.0", 1)], [])
-    request = a100s(2, locality="same-numa", locality_mode="required")
+    request = a100s(2, locality="same-numa", locality_mode="required", numa="preferred")
     chosen = place(request, snapshot).chosen
     assert gpu_ids(chosen) == ["0000:22:00.0", "0000:32:00.0"]
     assert chosen.numa_node == 1

@@ -7,8 +7,8 @@ link. So, for a request asking `numa` ("required" or "preferred") or `locality`
 scope by scope: under one switch (the smallest switch that has enough), then on one NUMA
 node, then anywhere. A required policy rejects the host when no scope satisfies it; a
 preferred one adds to the score: +2 for one switch, +1 for one NUMA node (locality),
-+1 for a NUMA node with room for the VM (numa). The answer names the node chosen, for
-the agent to pin the VM there.
++1 for a NUMA node with room for the VM (numa). When numa is asked, the answer names
+the node chosen, for the agent to pin the VM there.
 
 A device's switch is the first function below its root port in its upstream chain (what
 the inventory reports, root port first): devices below it reach each other through the
@@ -104,8 +104,6 @@ class Topology:
                 bonus += 1
             elif self.request.numa == "required":
                 reasons.append(self._numa_refusal(host, chosen, one_node, nodes, vcpus, memory))
-        elif one_node and chosen:
-            node = next(iter(device_nodes))
         return Arrangement(devices, tuple(reasons), bonus, node, found)
 
     def _vm_node(self, chosen, device_nodes, nodes, vcpus, memory):

@@ -186,7 +186,7 @@ class Candidate:
     host_id: str
     score: float
     devices: tuple   # ((kind, id), ...) to claim, IOMMU-group siblings included
-    numa_node: int | None = None   # where the agent pins the VM (numa or locality asked)
+    numa_node: int | None = None   # where the agent pins the VM (numa asked)
     found: str | None = None       # the free GPUs' switches and nodes (locality asked)
 
 
