@@ -222,6 +222,7 @@ def name_taken(request):
 
 
 def _claim_on(session, db, request, policy, host_id, new_vm):
+    session.info["held_claim"] = True   # held in the snapshot already (snapshot_cache)
     if new_vm is not None and session.get(Vm, new_vm["name"]) is not None:
         raise name_taken(request)
     moving = request.existing_vm is not None and request.existing_vm.host_id != host_id

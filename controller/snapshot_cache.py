@@ -26,7 +26,8 @@ import threading
 import time
 import weakref
 
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
+from sqlalchemy.orm import Session
 
 from controller.db.models import Host
 from controller.placement import cluster_views, snapshot
@@ -57,6 +58,25 @@ def cache_for(db):
         if cache is None:
             cache = _caches[db] = SnapshotCache(db)
         return cache
+
+
+@event.listens_for(Session, "after_commit")
+def _seen_here(session):
+    """A write of this process other than a claim (a host or device changed, a VM gone):
+    every cache reads the revisions before its next placement, so a create never misses
+    what was changed here a moment ago."""
+    bumped = session.info.pop("revisions_bumped", False)
+    if bumped and not session.info.pop("held_claim", False):
+        with _caches_lock:
+            for cache in _caches.values():
+                cache.checked = float("-inf")
+    session.info.pop("held_claim", None)
+
+
+@event.listens_for(Session, "after_rollback")
+def _forget_marks(session):
+    session.info.pop("revisions_bumped", None)
+    session.info.pop("held_claim", None)
 
 
 class SnapshotCache:

@@ -103,3 +103,19 @@ def test_placements_under_way_are_held_so_the_next_choose_around_them(two_contro
     held.settled(first)
     held.settled(second)   # neither was claimed: both GPUs are free again
     assert held.place(third, controller.policy, every_host=False).chosen.host_id == "host-b"
+
+
+def test_a_create_right_after_a_change_made_here_sees_the_change(two_controllers):
+    """A create may place on a snapshot checked a moment ago, but never on one older than
+    a host change this process just made: host-a, back from maintenance, takes the VM."""
+    (one, _), _ = two_controllers
+    assert one.patch("/v1/hosts/host-a", headers=ADMIN,
+                     json={"state": "maintenance"}).status_code == 200
+    first = one.post("/v1/vms", headers=ADMIN, json={
+        "name": "busy-b", "vcpus": 8, "memory_mib": 256, "start": False})
+    assert first.get_json()["host"] == "host-b"
+    assert one.patch("/v1/hosts/host-a", headers=ADMIN,
+                     json={"state": "enabled"}).status_code == 200
+    second = one.post("/v1/vms", headers=ADMIN, json={
+        "name": "back-on-a", "vcpus": 1, "memory_mib": 64, "start": False})
+    assert second.get_json()["host"] == "host-a"
