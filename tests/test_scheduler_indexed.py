@@ -116,7 +116,7 @@ def assert_same_answer(snapshot, request, policy):
         assert quick.ranked == (full.chosen,)
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(st.data())
 def test_indexed_choice_is_the_full_walks_first_candidate(data):
     snapshot = data.draw(clusters())
