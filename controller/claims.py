@@ -25,6 +25,7 @@ def name_taken(request):
 
 
 def claim_on(session, db, request, policy, host_id, new_vm):
+    session.info["held_claim"] = True   # held in the snapshot already (snapshot_cache)
     if new_vm is not None and session.get(Vm, new_vm["name"]) is not None:
         raise name_taken(request)
     moving = request.existing_vm is not None and request.existing_vm.host_id != host_id
@@ -39,6 +40,8 @@ def claim_on(session, db, request, policy, host_id, new_vm):
     by_key = {(row.kind, row.id): row for row in rows}
     if new_vm is not None:
         row = Vm(host_id=host_id, **new_vm)
+        if chosen.numa_node is not None:   # counted against its node (VmView.numa_node)
+            row.spec = {**row.spec, "numa_node": chosen.numa_node}
         vm_states.begin_create(row, new_vm["op_id"], new_vm["op_since"])
         session.add(row)
         session.flush()   # PostgreSQL: a racing insert of the name fails here, in the retry

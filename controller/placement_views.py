@@ -54,9 +54,11 @@ def host_view(host, usage=(0, 0)):
 def device_view(device):
     return DeviceView(device.host_id, device.kind, device.id, device.type, device.vendor_id,
                       device.product_id, device.state, device.status, device.vm, device.shared,
-                      device.assignable, device.iommu_group, device.usb_major, device.name)
+                      device.assignable, device.iommu_group, device.usb_major, device.name,
+                      device.numa_node, tuple(device.upstream or ()))
 
 
 def vm_view(vm):
-    return VmView(vm.name, vm.host_id, vm.state, vm.anti_affinity_group, vm.tenant)
+    return VmView(vm.name, vm.host_id, vm.state, vm.anti_affinity_group, vm.tenant,
+                  (vm.spec or {}).get("numa_node"), vm.vcpus, vm.memory_mib)
 

@@ -29,7 +29,9 @@ def explain():
         "chosen": placement.chosen.host_id if placement.chosen else None,
         "candidates": [{"host": c.host_id, "score": round(c.score, 4),
                         "devices": [{"type": kind, "id": device_id}
-                                    for kind, device_id in c.devices]}
+                                    for kind, device_id in c.devices],
+                        **({"numa_node": c.numa_node} if c.numa_node is not None else {}),
+                        **({"found": c.found} if c.found else {})}
                        for c in placement.ranked],
         "rejected": refusals["hosts"],
         "reasons": refusals["reasons"],

@@ -110,6 +110,9 @@ class VmCreate(VmBasics, DeviceAsks):
     strategy: Literal["least-cpu", "least-memory"] | None = Field(
         default=None, description="how hosts are ranked; absent: the controller's "
                                   "[scheduler] strategy")
+    numa: Literal["required", "preferred", "none"] = "none"
+    locality: Literal["same-switch", "same-numa", "any"] = "any"
+    locality_mode: Literal["required", "preferred"] = "preferred"
     start: bool = True
 
     _names = field_validator("cluster", "anti_affinity_group")(
@@ -122,7 +125,8 @@ class VmCreate(VmBasics, DeviceAsks):
             gpus=[gpu.ask() for gpu in self.gpus], usb=[usb.id for usb in self.usb],
             host=self.host, cluster=self.cluster,
             anti_affinity_group=self.anti_affinity_group, anti_affinity=self.anti_affinity,
-            strategy=self.strategy or default_strategy, tenant=tenant)
+            strategy=self.strategy or default_strategy, tenant=tenant, numa=self.numa,
+            locality=self.locality, locality_mode=self.locality_mode)
 
 
 class VmDevicesAdd(DeviceAsks):

@@ -135,6 +135,7 @@ def _bump_host_revisions(session, _context, _instances):
                 touched.update(history.deleted or ())
     touched.discard(None)
     if touched:
+        session.info["revisions_bumped"] = True   # snapshot caches look after the commit
         session.connection().execute(
             update(Host.__table__).where(Host.__table__.c.id.in_(sorted(touched)))
             .values(revision=Host.__table__.c.revision + 1))

@@ -11,8 +11,9 @@ from hostplane.core.reasons import Reason
 from hostplane.core.usb import limit_class
 
 
-def pick_pci(asks, host_id, index, shared_only):
-    """((("pci", id), ...), reasons) for the GPU asks on this host, asks by id first."""
+def pick_pci(asks, host_id, index, shared_only, allowed=None):
+    """((("pci", id), ...), reasons) for the GPU asks on this host, asks by id first;
+    GPUs asked by model only among the `allowed` ids, when given (one switch or node)."""
     taken = {}        # id → ("pci", id), in claim order: asked devices and group siblings
     counted = set()   # ids that satisfied an ask
     reasons = []
@@ -20,7 +21,7 @@ def pick_pci(asks, host_id, index, shared_only):
         if ask.id is not None:
             _pick_by_id(ask.id, host_id, index, shared_only, taken, counted, reasons)
         else:
-            _pick_by_model(ask, host_id, index, shared_only, taken, counted, reasons)
+            _pick_by_model(ask, host_id, index, shared_only, taken, counted, reasons, allowed)
     return tuple(taken.values()), reasons
 
 
@@ -63,10 +64,12 @@ def _pick_by_id(device_id, host_id, index, shared_only, taken, counted, reasons)
     counted.add(device_id)
 
 
-def _pick_by_model(ask, host_id, index, shared_only, taken, counted, reasons):
+def _pick_by_model(ask, host_id, index, shared_only, taken, counted, reasons, allowed=None):
     gpus = index.gpu_models.get((ask.vendor_id, ask.device_id), {}).get(host_id, ())
     if shared_only:
         gpus = [gpu for gpu in gpus if gpu.shared]
+    if allowed is not None:
+        gpus = [gpu for gpu in gpus if gpu.id in allowed]
     if not gpus:
         reasons.append(no_gpu_model(ask))
         return

@@ -8,6 +8,7 @@ disabled, its IOMMU group not viable). A placement then only reads dictionaries.
 import bisect
 
 from hostplane.core.pci import iommu_groups
+from hostplane.core.placement_capacity import CapacityIndex
 from hostplane.core.reasons import Reason
 
 HOST_STATUS_REASONS = {"connecting": Reason("still connecting", "host_not_connected"),
@@ -35,6 +36,7 @@ class SnapshotIndex:
         self.claims = {}            # (host_id, id) → (("pci", id), ...) of its whole IOMMU group
         self.anti_affinity = {}     # (tenant, group) → {host_id: [vm names]}
         self.parts = {}             # host id → (host, devices, vms): what `_remove` takes out
+        self.capacity = CapacityIndex()   # hosts that can take a VM, by free capacity
         parts = {host.id: ([], []) for host in hosts}
         for device in devices:
             parts.setdefault(device.host_id, ([], []))[0].append(device)
@@ -42,6 +44,7 @@ class SnapshotIndex:
             parts.setdefault(vm.host_id, ([], []))[1].append(vm)
         for host in hosts:
             self._add(host, *parts[host.id])
+        self.capacity.finish()
         self.host_ids = frozenset(self.hosts)
 
     def apply(self, changes):
@@ -87,6 +90,10 @@ class SnapshotIndex:
             found.sort(key=lambda gpu: ((host_id, gpu.id) in self.blockers,
                                         len(groups.get(gpu.iommu_group, ())), gpu.id))
             self.gpu_models.setdefault(model, {})[host_id] = found
+        if not reasons:
+            self.capacity.add(host, [None] + [
+                ("gpu",) + model for model, found in gpus.items()
+                if (host_id, found[0].id) not in self.blockers])
         for vm in vms:
             if vm.anti_affinity_group:
                 per_host = self.anti_affinity.setdefault((vm.tenant, vm.anti_affinity_group), {})
@@ -97,6 +104,7 @@ class SnapshotIndex:
         if part is None:
             return
         host, devices, vms = part
+        self.capacity.remove(host_id)
         del self.hosts[host_id], self.host_reasons[host_id]
         self.troubled.pop(host_id, None)
         _drop(self.clusters, host.cluster, lambda hosts: hosts.discard(host_id))

@@ -36,6 +36,12 @@ CODES = {
     "usb_not_found": "the asked USB device is on no host",
     "usb_admin_only": "USB passthrough is for admins only",
     "usb_limit": "more USB devices of one version than a VM may take",
+    # NUMA and PCIe locality (required policies)
+    "locality_switch": "not enough free devices of the ask under one PCIe switch",
+    "locality_numa": "not enough free devices of the ask on one NUMA node",
+    "numa_unknown": "the host's agent has not reported its NUMA nodes",
+    "numa_split": "the asked devices sit on more than one NUMA node",
+    "numa_no_room": "no NUMA node has the vCPUs and memory left for the VM",
 }
 
 
