@@ -13,7 +13,8 @@ from flask import request
 from sqlalchemy.exc import (InterfaceError, OperationalError, ProgrammingError,
                             TimeoutError as PoolTimeout)
 
-from controller.api import devices, events, hosts, meta, networks, orphans, schedule, vms
+from controller.api import (devices, events, hosts, meta, networks, orphans, pools, schedule,
+                            vms)
 from controller.config import check_serving_config, load_controller_config, principals
 from controller.db import upgrade
 from controller.db.models import Host
@@ -27,7 +28,7 @@ from hostplane.core.vm_states import IllegalVmTransition
 from hostplane.errors import DatabaseUnavailable, envelope
 from hostplane.service import base_app, optional_modules, public_endpoints
 
-MODULES = [meta, hosts, devices, vms, orphans, schedule, events, networks]
+MODULES = [meta, hosts, devices, vms, orphans, schedule, events, networks, pools]
 log = logging.getLogger(__name__)
 
 

@@ -15,6 +15,7 @@ from sqlalchemy import or_, select
 from sqlalchemy.exc import IntegrityError
 
 from controller.db.models import Device, Host, Vm
+from controller.pool_claims import check_pool_claim
 from hostplane.core import device_states, vm_states
 from hostplane.core.scheduler import (DeviceView, HostView, Policy, Snapshot, VmView,
                                       place)
@@ -28,6 +29,7 @@ REASON_KINDS = (("not enough CPU", "cpu"), ("not enough memory", "memory"),
                 (" is defined on ", "vm_pinned"), ("may move only", "vm_pinned"),
                 ("requested host", "request"), ("not in cluster", "request"),
                 ("USB", "usb"), ("IOMMU", "iommu"), ("GPU", "gpu"), ("PCI", "gpu"),
+                ("of pool ", "pool"),
                 ("connect", "host_status"), ("disabled", "host_state"),
                 ("maintenance", "host_state"))
 
@@ -83,7 +85,8 @@ def host_view(host, usage=(0, 0)):
 def device_view(device):
     return DeviceView(device.host_id, device.kind, device.id, device.type, device.vendor_id,
                       device.product_id, device.state, device.status, device.vm, device.shared,
-                      device.assignable, device.iommu_group, device.usb_major, device.name)
+                      device.assignable, device.iommu_group, device.usb_major, device.name,
+                      device.subsystem_vendor_id, device.subsystem_device_id, device.physfn)
 
 
 def vm_view(vm):
@@ -220,6 +223,8 @@ def _claim_on(session, db, request, policy, host_id, new_vm):
     chosen = place(request, local, policy).chosen
     if chosen is None:
         return None
+    if request.pools:   # pool rows locked, tenant quotas checked (controller.pools)
+        check_pool_claim(session, db, request, host_id, chosen.devices, local.index)
     by_key = {(row.kind, row.id): row for row in rows}
     if new_vm is not None:
         row = Vm(host_id=host_id, **new_vm)

@@ -7,6 +7,7 @@ from sqlalchemy import select
 from controller.api.hosts import _iso
 from controller.api.schemas import check_path_ids, DevicePatch
 from controller.db.models import Device, Host, Vm
+from controller.pools import device_pools
 from controller.services import current, require_admin, tenant
 from hostplane.api import describe, parse_body
 from hostplane.core import device_states
@@ -39,14 +40,19 @@ def listing():
         query = query.where(Device.shared.is_(True), Device.kind == "pci")
     with current().db.read() as session:
         mine = _own_vms(session)
-        return jsonify({"devices": [render(d, mine) for d in session.scalars(query)]})
+        devices = session.scalars(query).all()
+        pools = device_pools(session, devices)
+        return jsonify({"devices": [render(d, mine, pools.get((d.host_id, d.id)))
+                                    for d in devices]})
 
 
 @bp.get("/v1/devices/<host_id>/<path:device_id>")
 @describe("One device", tags=["devices"])
 def show(host_id, device_id):
     with current().db.read() as session:
-        return jsonify(render(_get(session, host_id, device_id), _own_vms(session)))
+        device = _get(session, host_id, device_id)
+        pool = device_pools(session, [device]).get((host_id, device_id))
+        return jsonify(render(device, _own_vms(session), pool))
 
 
 @bp.patch("/v1/devices/<host_id>/<path:device_id>")
@@ -67,7 +73,8 @@ def patch(host_id, device_id):
                 raise Conflict("USB devices are admin-only and cannot be shared",
                                code="usb_admin_only")
             device.shared = body.shared
-        return jsonify(render(device))
+        return jsonify(render(device, pool=device_pools(session, [device]).get(
+            (host_id, device_id))))
 
 
 @bp.delete("/v1/devices/<host_id>/<path:device_id>")
@@ -99,14 +106,14 @@ def _own_vms(session):
     return set(session.scalars(select(Vm.name).where(Vm.tenant == tenant())))
 
 
-def render(device, visible_vms=None):
+def render(device, visible_vms=None, pool=None):
     facts = device.facts or {}
     vm = device.vm if visible_vms is None or device.vm in visible_vms else None
     # A PCI function's model is its device_id, a USB device's its product_id, as the
     # agent says them (the database keeps both in one column).
     model_key = "device_id" if device.kind == "pci" else "product_id"
     return {"host_id": device.host_id, "id": device.id, "kind": device.kind,
-            "type": device.type, "vendor_id": device.vendor_id,
+            "type": device.type, "vendor_id": device.vendor_id, "pool": pool,
             model_key: device.product_id, "name": device.name, "state": device.state,
             "status": device.status, "vm": vm, "shared": device.shared,
             "assignable": device.assignable,

@@ -3,6 +3,7 @@
 from flask import Blueprint, jsonify
 
 from controller.api.schemas import VmCreate
+from controller.pools import pool_asks
 from controller.placement import explain as run_placement, install_metrics, rejected_for
 from controller.services import current, require_admin, tenant
 from hostplane.api import describe, parse_body
@@ -20,7 +21,8 @@ def explain():
     if body.usb:   # the same answer whether the USB device exists or not
         require_admin("USB passthrough")
     ctl = current()
-    placement = run_placement(ctl.db, body.placement(tenant()), ctl.policy)
+    placement = run_placement(ctl.db, body.placement(tenant(), pool_asks(body.devices)),
+                              ctl.policy)
     return jsonify({
         "chosen": placement.chosen.host_id if placement.chosen else None,
         "candidates": [{"host": c.host_id, "score": round(c.score, 4),

@@ -7,11 +7,13 @@ a group to one VM or to none. Tenants see only devices an admin shared, and neve
 
 from hostplane.core.placement_index import device_blocker
 from hostplane.core.placement_locality import no_gpu_model, no_pci_device
+from hostplane.core.placement_pools import no_pool_device, pool_devices, pool_shortfall
 from hostplane.core.usb import PER_VM_LIMITS
 
 
-def pick_pci(asks, host_id, index, shared_only):
-    """((("pci", id), ...), reasons) for the GPU asks on this host, asks by id first."""
+def pick_pci(asks, host_id, index, shared_only, pools=()):
+    """((("pci", id), ...), reasons) for the GPU asks on this host, asks by id first,
+    then the pool asks (a pool shared with a tenant needs no per-device share)."""
     taken = {}        # id → ("pci", id), in claim order: asked devices and group siblings
     counted = set()   # ids that satisfied an ask
     reasons = []
@@ -20,6 +22,15 @@ def pick_pci(asks, host_id, index, shared_only):
             _pick_by_id(ask.id, host_id, index, shared_only, taken, counted, reasons)
         else:
             _pick_by_model(ask, host_id, index, shared_only, taken, counted, reasons)
+    for ask in pools:
+        devices = pool_devices(ask, host_id, index)
+        if not devices:
+            reasons.append(no_pool_device(ask))
+            continue
+        got, blocked = _pick_some(devices, ask.count, host_id, index, taken, counted)
+        if got < ask.count:
+            reasons.extend(blocked)
+            reasons.append(pool_shortfall(ask, got))
     return tuple(taken.values()), reasons
 
 
@@ -69,24 +80,30 @@ def _pick_by_model(ask, host_id, index, shared_only, taken, counted, reasons):
     if not gpus:
         reasons.append(no_gpu_model(ask))
         return
-    got, blocked = 0, []
-    for gpu in gpus:
-        if got == ask.count:
-            break
-        if gpu.id in counted:
-            continue
-        if gpu.id not in taken:
-            blocker = index.blockers.get((host_id, gpu.id))
-            if blocker:
-                blocked.append(blocker)
-                continue
-            _take(index.claims[(host_id, gpu.id)], taken)
-        counted.add(gpu.id)
-        got += 1
+    got, blocked = _pick_some(gpus, ask.count, host_id, index, taken, counted)
     if got < ask.count:
         reasons.extend(blocked)
         plural = "GPU" if ask.count == 1 else "GPUs"
         reasons.append(f"only {got} of {ask.count} {plural} {ask.vendor_id}:{ask.device_id} free")
+
+
+def _pick_some(devices, count, host_id, index, taken, counted):
+    """Take up to `count` of `devices` (each with its IOMMU group); (taken, blockers seen)."""
+    got, blocked = 0, []
+    for device in devices:
+        if got == count:
+            break
+        if device.id in counted:
+            continue
+        if device.id not in taken:
+            blocker = index.blockers.get((host_id, device.id))
+            if blocker:
+                blocked.append(blocker)
+                continue
+            _take(index.claims[(host_id, device.id)], taken)
+        counted.add(device.id)
+        got += 1
+    return got, blocked
 
 
 def _take(claim, taken):

@@ -53,6 +53,10 @@ class DeviceView:
     iommu_group: int | None
     usb_major: int | None
     name: str | None = None
+    # what pool matches read besides the model (hostplane.core.pools)
+    subsystem_vendor_id: str | None = None
+    subsystem_device_id: str | None = None
+    physfn: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,9 +144,11 @@ class PlacementRequest:
     strategy: str = "least-cpu"
     tenant: str | None = None          # None: admin
     existing_vm: VmView | None = None  # adding devices to a VM that already exists
+    pools: tuple = ()                  # PoolAsk (hostplane.core.placement_pools)
 
     def __post_init__(self):
         object.__setattr__(self, "gpus", tuple(self.gpus))
+        object.__setattr__(self, "pools", tuple(self.pools))
         object.__setattr__(self, "usb", tuple(self.usb))
         if self.vcpus < 1 or self.memory_mib < 1:
             raise ValueError("vcpus and memory_mib must be at least 1")
@@ -229,7 +235,8 @@ class _Judge:
         self.limit = policy.strategy_limit if policy.strategy_mode == "enforced" else None
         self.gpu_asks = by_id_first(request.gpus)
         self.shared_only = request.tenant is not None
-        self.shortcut = one_gpu_shortcut(self.gpu_asks, index, self.shared_only)
+        self.shortcut = (None if request.pools
+                         else one_gpu_shortcut(self.gpu_asks, index, self.shared_only))
 
     def __call__(self, host):
         """(reasons, score, devices) for one host."""
@@ -258,7 +265,7 @@ class _Judge:
         if self.group_hosts:
             score -= self._anti_affinity(host, reasons)
         devices = ()
-        if self.gpu_asks:
+        if self.gpu_asks or request.pools:
             if not host.iommu_enabled:
                 reasons.append("host IOMMU switched off")
             elif not host.iommu_ready:
@@ -266,7 +273,8 @@ class _Judge:
             if self.shortcut is not None:
                 devices = first_free_gpu(self.shortcut, host.id, self.index)
             if not devices:
-                devices, found = pick_pci(self.gpu_asks, host.id, self.index, self.shared_only)
+                devices, found = pick_pci(self.gpu_asks, host.id, self.index, self.shared_only,
+                                          request.pools)
                 reasons += found
         if request.usb:
             usb, found = pick_usb(request.usb, host.id, self.index)
