@@ -7,6 +7,7 @@
     hostplane orphans; hostplane orphan adopt node-17 old-vm --tenant acme
     hostplane schedule --explain --vcpus 8 --memory-mib 32768 --gpu 10de:2236x2
     hostplane schedule --name train-1 --vcpus 8 --memory-mib 32768 --gpu 10de:2236
+    hostplane pools; hostplane pool create a100 --match 10de:20b5 (controller/opcli_pools.py)
     hostplane vm stop train-1; hostplane host drain node-17; hostplane device share ...
     (the one-object commands are in controller/opcli_actions.py)
 
@@ -23,7 +24,7 @@ import sys
 from functools import partial
 from urllib.parse import urlencode
 
-from controller import opcli_actions
+from controller import opcli_actions, opcli_pools
 from controller.opcli_base import (LOCAL_STATE, CliError, Client, emit_json, print_table,
                                    short_time, with_progress)  # noqa: F401 - with_progress re-exported
 
@@ -83,6 +84,7 @@ def parser():
     schedule.add_argument("--name", default="explain-probe", help="VM name")
     placement_arguments(schedule)
     vm_verbs = opcli_actions.register(commands, gpu_asks)
+    opcli_pools.register(commands)
     create = vm_verbs.add_parser("create", help="place and create a VM (as schedule without "
                                  "--explain), a progress line while it waits")
     create.add_argument("name")
@@ -97,6 +99,8 @@ def placement_arguments(schedule):
     schedule.add_argument("--memory-mib", type=int, required=True)
     schedule.add_argument("--gpu", action="append", default=[], metavar="ADDR|VVVV:DDDD[xN]",
                           help="a GPU by PCI address, or N of a model (repeatable)")
+    schedule.add_argument("--pool", action="append", default=[], metavar="NAME[xN]",
+                          help="N devices of a device pool (repeatable)")
     schedule.add_argument("--usb", action="append", default=[], metavar="ID",
                           help="a USB device id (repeatable)")
     schedule.add_argument("--bridge", action="append", default=[], help="network bridge")
@@ -197,6 +201,8 @@ def placement_body(args):
         body["gpus"] = gpus
     if args.usb:
         body["usb"] = [{"id": usb} for usb in args.usb]
+    if args.pool:
+        body["devices"] = opcli_pools.pool_asks(args.pool)
     if args.bridge:
         body["networks"] = [{"bridge": bridge} for bridge in args.bridge]
     for name in ("host", "cluster", "anti_affinity_group", "strategy"):

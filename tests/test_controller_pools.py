@@ -186,3 +186,35 @@ def test_tenant_sees_only_shared_pools_and_is_held_to_its_quota(world):
     assert client.delete("/v1/device-pools/vfs/shares/acme", headers=ADMIN).status_code == 204
     assert create(client, "acme-4", TENANT, devices=[{"pool": "vfs"}]).status_code == 404
     assert client.get("/v1/vms/acme-3", headers=TENANT).get_json()["devices"]
+
+
+def test_cli_creates_shares_lists_and_places_by_pool(tmp_path, capsys):
+    from controller import opcli
+    from tests.test_controller_support import ADMIN_TOKEN, Served
+    from tests.test_opcli import columns
+    needs_agent_vm_api()
+    with two_host_world(tmp_path) as (app, client, _):
+        served = Served(app)
+
+        def run(*argv):
+            status = opcli.main(["--url", served.url, "--token", ADMIN_TOKEN, *argv])
+            return (status, *capsys.readouterr())
+        try:
+            status, out, _ = run("pool", "create", "vfs", "--match", "8086:1889",
+                                 "--vf-of", "8086:1593")
+            assert status == 0 and "8086:1889 vf-of 8086:1593" in out
+            assert run("pool", "share", "vfs", "acme", "--max-count", "2")[0] == 0
+            status, out, _ = run("pools")
+            assert columns(out) == [{"NAME": "vfs", "MATCH": "8086:1889 vf-of 8086:1593",
+                                     "SIZE": "4", "FREE": "4", "ATTACHED": "0",
+                                     "UNAVAILABLE": "0", "HOSTS": "2", "SHARES": "acme:0/2"}]
+            status, out, _ = run("schedule", "--explain", "--vcpus", "1", "--memory-mib", "64",
+                                 "--pool", "vfsx2")
+            assert status == 0 and "would be chosen" in out
+            status, _, err = run("pool", "create", "bad", "--match", "8086")
+            assert status == 2 and "--match" in err
+            status, _, err = run("pool", "delete", "nothing")
+            assert status == 1 and "pool_not_found" in err
+            assert run("pool", "delete", "vfs")[0] == 0
+        finally:
+            served.stop()

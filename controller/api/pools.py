@@ -4,7 +4,7 @@ the work is controller.pools)."""
 from flask import Blueprint, jsonify
 
 from controller import pools
-from controller.api.schemas import PoolCreate, PoolPatch, PoolShareBody, check_path_ids
+from controller.api.schemas import DevicePoolCreate, DevicePoolPatch, DevicePoolShare, check_path_ids
 from hostplane.api import describe, parse_body
 
 bp = Blueprint("pools", __name__)
@@ -21,9 +21,9 @@ def listing():
 @bp.post("/v1/device-pools")
 @describe("Define a pool by a match (a match naming no device is kept, with a warning); "
           "409 pool_overlap when it could share a device with another pool",
-          body=PoolCreate, responses=(201, 403, 409), tags=["device-pools"])
+          body=DevicePoolCreate, responses=(201, 403, 409), tags=["device-pools"])
 def create():
-    return jsonify(pools.create(parse_body(PoolCreate))), 201
+    return jsonify(pools.create(parse_body(DevicePoolCreate))), 201
 
 
 @bp.get("/v1/device-pools/<name>")
@@ -33,10 +33,10 @@ def show(name):
 
 
 @bp.patch("/v1/device-pools/<name>")
-@describe("Change a pool's match (checked for overlap again)", body=PoolPatch,
+@describe("Change a pool's match (checked for overlap again)", body=DevicePoolPatch,
           responses=(200, 403, 404, 409), tags=["device-pools"])
 def patch(name):
-    return jsonify(pools.patch(name, parse_body(PoolPatch)))
+    return jsonify(pools.patch(name, parse_body(DevicePoolPatch)))
 
 
 @bp.delete("/v1/device-pools/<name>")
@@ -49,9 +49,9 @@ def delete(name):
 
 @bp.put("/v1/device-pools/<name>/shares/<tenant>")
 @describe("Share a pool with a tenant, or change its quota (devices its VMs may hold)",
-          body=PoolShareBody, responses=(200, 403, 404), tags=["device-pools"])
+          body=DevicePoolShare, responses=(200, 403, 404), tags=["device-pools"])
 def share(name, tenant):
-    return jsonify(pools.share(name, tenant, parse_body(PoolShareBody).max_count))
+    return jsonify(pools.share(name, tenant, parse_body(DevicePoolShare).max_count))
 
 
 @bp.delete("/v1/device-pools/<name>/shares/<tenant>")

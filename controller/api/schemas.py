@@ -128,7 +128,7 @@ class _PoolMatchFields(_Body):
                               description="a virtual function's PF model, vendor:device")
 
 
-class PoolCreate(_PoolMatchFields):
+class DevicePoolCreate(_PoolMatchFields):
     name: str
     vendor_id: str = Field(pattern=HEX4)
     device_id: str = Field(pattern=HEX4)
@@ -139,7 +139,7 @@ class PoolCreate(_PoolMatchFields):
         return PoolMatch.parse(self.model_dump())
 
 
-class PoolPatch(_PoolMatchFields):
+class DevicePoolPatch(_PoolMatchFields):
     """New values for the match's fields; an optional field sent as null is cleared."""
     vendor_id: str | None = Field(default=None, pattern=HEX4)
     device_id: str | None = Field(default=None, pattern=HEX4)
@@ -148,7 +148,7 @@ class PoolPatch(_PoolMatchFields):
         return PoolMatch.parse({**current.as_dict(), **self.model_dump(exclude_unset=True)})
 
 
-class PoolShareBody(_Body):
+class DevicePoolShare(_Body):
     max_count: int = Field(ge=0, le=1_000_000, description="devices of the pool the "
                            "tenant's VMs may hold at once")
 
