@@ -118,3 +118,33 @@ def test_pool_deletion_waits_for_an_open_claim_from_the_pool_then_is_refused(dat
     with db.read() as session:
         assert session.get(DevicePool, "t4") is not None
     app.extensions["hostplane_controller"].close()
+
+
+def test_migration_0006_fills_subsystem_ids_and_physfn_from_kept_facts(database_url):
+    import sqlalchemy as sa
+    upgrade(database_url, "0005")
+    engine = sa.create_engine(database_url)
+    now = "2026-12-05 00:00:00+00:00"
+    facts = {"0000:18:01.0": '{"subsystem_vendor_id": "8086", "subsystem_device_id": "0000", '
+                             '"physfn": "0000:18:00.0"}', "0000:18:00.0": "{}"}
+    with engine.begin() as db:
+        db.execute(sa.text("INSERT INTO hosts (id, url, token, cluster, status, state, "
+                           "iommu_enabled, iommu_ready, cpu_threads, memory_mib, failures, "
+                           "created_at, revision) VALUES ('h', 'http://h', 't', 'c', "
+                           "'connected', 'enabled', true, true, 1, 1, 0, :now, 1)"),
+                   {"now": now})
+        for device_id, kept in facts.items():
+            db.execute(sa.text(
+                "INSERT INTO devices (host_id, id, kind, type, vendor_id, product_id, name, "
+                "state, status, shared, assignable, facts, upstream, created_at, updated_at) "
+                "VALUES ('h', :id, 'pci', 'nic', '8086', '1889', 'x', 'enabled', 'ready', "
+                "false, true, :facts, '[]', :now, :now)"),
+                {"id": device_id, "facts": kept, "now": now})
+    upgrade(database_url)
+    with engine.begin() as db:
+        rows = {row[0]: tuple(row[1:]) for row in db.execute(sa.text(
+            "SELECT id, subsystem_vendor_id, subsystem_device_id, physfn FROM devices"))}
+        assert db.execute(sa.text("SELECT count(*) FROM device_pools")).scalar() == 0
+    engine.dispose()
+    assert rows == {"0000:18:01.0": ("8086", "0000", "0000:18:00.0"),
+                    "0000:18:00.0": (None, None, None)}
