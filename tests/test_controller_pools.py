@@ -8,20 +8,11 @@ with A10 GPUs (10de:2236) (tests/hosts.py small_gpu_host).
 import pytest
 
 from tests.test_controller_support import ADMIN, TENANT, needs_agent_vm_api, two_host_world
+from tests.test_controller_vms import world  # noqa: F401 - fixture: two hosts, VMs cleaned
 
 T4 = {"vendor_id": "10de", "device_id": "1eb8"}
 VF = {"vendor_id": "8086", "device_id": "1889", "vf_of": "8086:1593"}
 NVME = {"vendor_id": "144d", "device_id": "a808"}
-
-
-@pytest.fixture
-def world(tmp_path):
-    needs_agent_vm_api()
-    with two_host_world(tmp_path) as (_, client, _):
-        yield client
-        for name in [vm["name"] for vm in client.get("/v1/vms", headers=ADMIN)
-                     .get_json()["vms"]]:
-            client.delete(f"/v1/vms/{name}", headers=ADMIN)
 
 
 def make_pool(client, name, **match):
@@ -84,8 +75,10 @@ def test_overlapping_match_is_refused_naming_the_devices_it_would_share(world):
         "host-b/0000:18:01.0", "host-b/0000:18:01.1"]
     assert client.get("/v1/device-pools/intel-vf", headers=ADMIN).status_code == 404
     # matches that can never take one device (different subsystem ids) may live side by side
-    assert make_pool(client, "t4-nvidia", subsystem_vendor_id="10de", **T4).status_code == 201
-    assert make_pool(client, "t4-oem", subsystem_vendor_id="1028", **T4).status_code == 201
+    nvidia = make_pool(client, "t4-nvidia", subsystem_vendor_id="10de", **T4)
+    assert nvidia.status_code == 201 and nvidia.get_json()["size"] == 2   # as the agent says
+    oem = make_pool(client, "t4-oem", subsystem_vendor_id="1028", **T4)
+    assert oem.status_code == 201 and oem.get_json()["size"] == 0
     assert make_pool(client, "t4-all", **T4).status_code == 409
 
 

@@ -5,6 +5,8 @@ IOMMU group (its gpu-audio function, or a second GPU behind the same bridge), si
 a group to one VM or to none. Tenants see only devices an admin shared, and never USB.
 """
 
+from functools import partial
+
 from hostplane.core.placement_index import device_blocker
 from hostplane.core.placement_locality import no_gpu_model, no_pci_device
 from hostplane.core.placement_pools import no_pool_device, pool_devices, pool_shortfall
@@ -23,14 +25,8 @@ def pick_pci(asks, host_id, index, shared_only, pools=()):
         else:
             _pick_by_model(ask, host_id, index, shared_only, taken, counted, reasons)
     for ask in pools:
-        devices = pool_devices(ask, host_id, index)
-        if not devices:
-            reasons.append(no_pool_device(ask))
-            continue
-        got, blocked = _pick_some(devices, ask.count, host_id, index, taken, counted)
-        if got < ask.count:
-            reasons.extend(blocked)
-            reasons.append(pool_shortfall(ask, got))
+        _pick_some(pool_devices(ask, host_id, index), ask.count, host_id, index, taken,
+                   counted, reasons, no_pool_device(ask), partial(pool_shortfall, ask))
     return tuple(taken.values()), reasons
 
 
@@ -77,18 +73,18 @@ def _pick_by_model(ask, host_id, index, shared_only, taken, counted, reasons):
     gpus = index.gpu_models.get((ask.vendor_id, ask.device_id), {}).get(host_id, ())
     if shared_only:
         gpus = [gpu for gpu in gpus if gpu.shared]
-    if not gpus:
-        reasons.append(no_gpu_model(ask))
+    plural = "GPU" if ask.count == 1 else "GPUs"
+    _pick_some(gpus, ask.count, host_id, index, taken, counted, reasons, no_gpu_model(ask),
+               lambda got: f"only {got} of {ask.count} {plural} {ask.vendor_id}:"
+                           f"{ask.device_id} free")
+
+
+def _pick_some(devices, count, host_id, index, taken, counted, reasons, none, shortfall):
+    """Take `count` of `devices`, each with its IOMMU group; else say why: `none` when
+    there are none here, else the blockers met and `shortfall(got)`."""
+    if not devices:
+        reasons.append(none)
         return
-    got, blocked = _pick_some(gpus, ask.count, host_id, index, taken, counted)
-    if got < ask.count:
-        reasons.extend(blocked)
-        plural = "GPU" if ask.count == 1 else "GPUs"
-        reasons.append(f"only {got} of {ask.count} {plural} {ask.vendor_id}:{ask.device_id} free")
-
-
-def _pick_some(devices, count, host_id, index, taken, counted):
-    """Take up to `count` of `devices` (each with its IOMMU group); (taken, blockers seen)."""
     got, blocked = 0, []
     for device in devices:
         if got == count:
@@ -103,7 +99,9 @@ def _pick_some(devices, count, host_id, index, taken, counted):
             _take(index.claims[(host_id, device.id)], taken)
         counted.add(device.id)
         got += 1
-    return got, blocked
+    if got < count:
+        reasons.extend(blocked)
+        reasons.append(shortfall(got))
 
 
 def _take(claim, taken):
