@@ -22,7 +22,7 @@ host; registering; draining) print a progress line on stderr while they wait.
 from functools import partial
 from urllib.parse import quote
 
-from controller.opcli_base import CliError, emit_json, print_table, with_progress
+from controller.opcli_base import CliError, emit_json, name_verbs, print_table, with_progress
 from controller.opcli_pools import pool_asks
 
 
@@ -92,10 +92,7 @@ def register(commands, gpu_asks):
 
     network = commands.add_parser("network", help="one L2 network: show, create, delete")
     verbs = network.add_subparsers(dest="verb", required=True, metavar="VERB")
-    for verb in ("show", "delete"):
-        sub = verbs.add_parser(verb)
-        sub.add_argument("name")
-        sub.set_defaults(run=partial(network_simple, verb=verb))
+    name_verbs(verbs, ("show", "delete"), network_simple)
     create = verbs.add_parser("create", help="novlan, vlan, vxlan-pool or vxlan (from a pool)")
     create.add_argument("name")
     create.add_argument("--type", required=True, choices=["novlan", "vlan", "vxlan-pool", "vxlan"])

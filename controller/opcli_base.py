@@ -2,6 +2,7 @@
 the progress line for calls that take seconds."""
 
 import json
+from functools import partial
 import sys
 import threading
 import time
@@ -20,6 +21,14 @@ class CliError(Exception):
 
 
 # --- output --------------------------------------------------------------------------------
+def name_verbs(verbs, names, run):
+    """Verbs that take one object's name, each calling `run(client, args, verb=...)`."""
+    for verb in names:
+        sub = verbs.add_parser(verb)
+        sub.add_argument("name")
+        sub.set_defaults(run=partial(run, verb=verb))
+
+
 def print_table(rows, columns, out=None):
     """Columns as (heading, key or function); every column as wide as its widest cell."""
     out = out or sys.stdout

@@ -11,10 +11,9 @@ and `--pool NAME[xN]` for `schedule`/`vm create`/`vm attach` (pool_asks).
 """
 
 import re
-from functools import partial
 from urllib.parse import quote
 
-from controller.opcli_base import CliError, emit_json, print_table
+from controller.opcli_base import CliError, emit_json, name_verbs, print_table
 
 MODEL = re.compile(r"^([0-9a-fA-F]{4}):([0-9a-fA-F]{4})$")
 POOL_ASK = re.compile(r"^([A-Za-z0-9][A-Za-z0-9_.-]{0,62}?)(?:x([0-9]+))?$")
@@ -32,10 +31,7 @@ def register(commands):
         run=show_pools)
     pool = commands.add_parser("pool", help="one device pool: show, create, delete, share")
     verbs = pool.add_subparsers(dest="verb", required=True, metavar="VERB")
-    for verb in ("show", "delete"):
-        sub = verbs.add_parser(verb)
-        sub.add_argument("name")
-        sub.set_defaults(run=partial(pool_simple, verb=verb))
+    name_verbs(verbs, ("show", "delete"), pool_simple)
     create = verbs.add_parser("create", help="a pool of the devices matching a model")
     create.add_argument("name")
     create.add_argument("--match", required=True, metavar="VVVV:DDDD",

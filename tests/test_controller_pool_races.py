@@ -22,7 +22,7 @@ from hostplane.core.scheduler import PlacementRequest
 from hostplane.errors import ApiError
 from tests.test_controller_claims import _cluster
 from tests.test_controller_support import (controller_app, controller_config,  # noqa: F401
-                                           database_url)
+                                           database_url, insert_host_row)
 
 T4 = PoolMatch("10de", "1eb8")
 RACERS = 100
@@ -128,11 +128,7 @@ def test_migration_0006_fills_subsystem_ids_and_physfn_from_kept_facts(database_
     facts = {"0000:18:01.0": '{"subsystem_vendor_id": "8086", "subsystem_device_id": "0000", '
                              '"physfn": "0000:18:00.0"}', "0000:18:00.0": "{}"}
     with engine.begin() as db:
-        db.execute(sa.text("INSERT INTO hosts (id, url, token, cluster, status, state, "
-                           "iommu_enabled, iommu_ready, cpu_threads, memory_mib, failures, "
-                           "created_at, revision) VALUES ('h', 'http://h', 't', 'c', "
-                           "'connected', 'enabled', true, true, 1, 1, 0, :now, 1)"),
-                   {"now": now})
+        insert_host_row(db, now)
         for device_id, kept in facts.items():
             db.execute(sa.text(
                 "INSERT INTO devices (host_id, id, kind, type, vendor_id, product_id, name, "

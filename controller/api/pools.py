@@ -4,7 +4,8 @@ the work is controller.pools)."""
 from flask import Blueprint, jsonify
 
 from controller import pools
-from controller.api.schemas import DevicePoolCreate, DevicePoolPatch, DevicePoolShare, check_path_ids
+from controller.api.schemas import (DevicePoolCreate, DevicePoolPatch, DevicePoolShare,
+                                    check_path_ids)
 from hostplane.api import describe, parse_body
 
 bp = Blueprint("pools", __name__)
