@@ -23,13 +23,12 @@ from hostplane.errors import Conflict, Unplaceable
 from hostplane.metrics import counter
 
 # Kind of a refusal reason, by the first phrase found in it (reasons are sentences).
-REASON_KINDS = (("not enough CPU", "cpu"), ("not enough memory", "memory"),
+REASON_KINDS = (("of pool ", "pool"), ("not enough CPU", "cpu"), ("not enough memory", "memory"),
                 ("use would be", "strategy"), ("anti-affinity", "anti_affinity"),
                 (" is running on ", "vm_pinned"), (" holds devices on ", "vm_pinned"),
                 (" is defined on ", "vm_pinned"), ("may move only", "vm_pinned"),
                 ("requested host", "request"), ("not in cluster", "request"),
                 ("USB", "usb"), ("IOMMU", "iommu"), ("GPU", "gpu"), ("PCI", "gpu"),
-                ("of pool ", "pool"),
                 ("connect", "host_status"), ("disabled", "host_state"),
                 ("maintenance", "host_state"))
 

@@ -52,6 +52,12 @@ def test_pool_crud_counts_its_devices_per_host(world):
     devices = devices_of(client, "host-a")
     assert devices["0000:3b:00.0"]["pool"] == "t4" and devices["0000:3b:00.1"]["pool"] is None
     assert devices["0000:5e:00.0"]["pool"] == "nvme"
+    clash = client.patch("/v1/device-pools/nvme", headers=ADMIN, json=T4)
+    assert clash.status_code == 409 and error(clash)["code"] == "pool_overlap"
+    assert client.get("/v1/device-pools/nvme", headers=ADMIN).get_json()["vendor_id"] == "144d"
+    assert client.patch("/v1/device-pools/nope", headers=ADMIN, json=T4).status_code == 404
+    assert client.patch("/v1/device-pools/nvme", headers=ADMIN,
+                        json={"vendor_id": None}).status_code == 400
     assert client.delete("/v1/device-pools/t4", headers=ADMIN).status_code == 204
     assert client.get("/v1/device-pools/t4", headers=ADMIN).status_code == 404
     assert devices_of(client, "host-a")["0000:3b:00.0"]["pool"] is None

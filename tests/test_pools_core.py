@@ -5,13 +5,17 @@ functions, an SR-IOV NIC 8086:1593 with two VFs 8086:1889, a Samsung NVMe)."""
 import dataclasses
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from hostplane.core.ids import InvalidId
-from hostplane.core.placement_pools import PoolAsk
+from hostplane.core.placement_devices import first_free_gpu, pick_pci
+from hostplane.core.placement_pools import PoolAsk, one_pool_shortcut
 from hostplane.core.pools import Pool, PoolMatch, overlapping, pool_counts, pool_of
 from hostplane.core.scheduler import place
 from tests.hosts import small_gpu_host
 from tests.test_scheduler import host, inventory, pci_models, request, world
+from tests.test_scheduler_properties import MODELS, worlds
 
 T4 = PoolMatch("10de", "1eb8")
 VFS = PoolMatch("8086", "1889", vf_of="8086:1593")
@@ -91,3 +95,14 @@ def test_pool_ask_count_is_1_to_64():
     for count in (0, 65):
         with pytest.raises(InvalidId):
             PoolAsk("t4", T4, count)
+
+
+@settings(max_examples=150, deadline=None)
+@given(worlds(), st.sampled_from(MODELS + (("10de", "10f8"),)))
+def test_one_pool_device_shortcut_answers_what_the_full_walk_answers(snapshot, model):
+    ask = PoolAsk("p", PoolMatch(*model), 1)
+    shortcut = one_pool_shortcut(request(pools=[ask]), snapshot.index)
+    for host_view in snapshot.hosts:
+        quick = first_free_gpu(shortcut, host_view.id, snapshot.index)
+        devices, reasons = pick_pci((), host_view.id, snapshot.index, False, (ask,))
+        assert quick == (devices if not reasons else None)

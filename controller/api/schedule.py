@@ -14,7 +14,7 @@ bp.record_once(lambda setup: install_metrics(setup.app))
 
 @bp.post("/v1/schedule/explain")
 @describe("Ranked candidate hosts and every rejected host with its reasons", body=VmCreate,
-          responses=(200, 403),
+          responses=(200, 403, 404),
           tags=["schedule"])
 def explain():
     body = parse_body(VmCreate)

@@ -13,7 +13,7 @@ check_path_ids(bp, "VM name")
 
 @bp.post("/v1/vms")
 @describe("Place, claim devices and capacity, create on the chosen host", body=VmCreate,
-          responses=(201, 403, 409, 422, 503), tags=["vms"])
+          responses=(201, 403, 404, 409, 422, 503), tags=["vms"])
 def create():
     body = parse_body(VmCreate)
     if body.usb:
@@ -56,7 +56,7 @@ def stop(name):
 
 @bp.post("/v1/vms/<name>/devices")
 @describe("Attach more devices (a running VM: only from its own host)", body=VmDevicesAdd,
-          responses=(200, 403, 409, 422, 503), tags=["vms"])
+          responses=(200, 403, 404, 409, 422, 503), tags=["vms"])
 def add_devices(name):
     body = parse_body(VmDevicesAdd)
     if body.usb:

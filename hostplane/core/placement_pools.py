@@ -55,6 +55,17 @@ def pool_hosts(ask, index):
     return {host_id for host_id in holders if pool_devices(ask, host_id, index)}
 
 
+def one_pool_shortcut(request, index):
+    """For the ask "one device of a pool matched by model" alone: {host_id: [devices]}
+    sorted claimable first (as `first_free_gpu` reads it), else None."""
+    if request.gpus or len(request.pools) != 1:
+        return None
+    ask = request.pools[0]
+    if ask.count != 1 or not _by_model_only(ask.match):
+        return None
+    return index.pci_models.get(ask.match.model, {})
+
+
 def _by_model_only(match):
     return (match.subsystem_vendor_id is None and match.subsystem_device_id is None
             and match.type is None and match.vf_of is None)

@@ -15,6 +15,7 @@ from hostplane.core.placement_devices import (by_id_first, first_free_gpu, one_g
                                               pick_pci, pick_usb, usb_global_reasons)
 from hostplane.core.placement_index import SnapshotIndex
 from hostplane.core.placement_locality import Locality
+from hostplane.core.placement_pools import one_pool_shortcut
 from hostplane.core.usb import PER_VM_LIMITS
 
 USB_LIMITS = PER_VM_LIMITS
@@ -235,7 +236,7 @@ class _Judge:
         self.limit = policy.strategy_limit if policy.strategy_mode == "enforced" else None
         self.gpu_asks = by_id_first(request.gpus)
         self.shared_only = request.tenant is not None
-        self.shortcut = (None if request.pools
+        self.shortcut = (one_pool_shortcut(request, index) if request.pools
                          else one_gpu_shortcut(self.gpu_asks, index, self.shared_only))
 
     def __call__(self, host):
