@@ -232,6 +232,10 @@ def gpu_asks(texts):
 def print_explanation(answer):
     chosen = answer.get("chosen")
     print(f"placeable: {chosen} would be chosen" if chosen else "not placeable on any host")
+    for quota in answer.get("quotas") or []:
+        if quota["exceeded"]:
+            print(f"but over the quota of pool {quota['pool']}: {quota['used']} held, "
+                  f"{quota['asked']} asked, {quota['limit']} allowed")
     if answer.get("candidates"):
         print("\ncandidates (best first):")
         print_table(answer["candidates"], [

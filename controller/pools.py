@@ -18,7 +18,8 @@ from controller.services import current, require_admin, tenant
 from hostplane.api import checked
 from hostplane.core.ids import check_name
 from hostplane.core.placement_pools import PoolAsk
-from hostplane.core.pools import Pool, overlapping, pool_counts, pool_of, shared_devices
+from hostplane.core.pools import (Pool, overlapping, pool_counts, pool_of, quota_refusal,
+                                  shared_devices)
 from hostplane.errors import Conflict, NotFound
 
 
@@ -43,6 +44,27 @@ def pool_asks(asks):
     with current().db.read() as session:
         return tuple(PoolAsk(ask.pool, pool_match(_visible(session, ask.pool)), ask.count)
                      for ask in asks)
+
+
+def quotas(asks):
+    """For a tenant's explain: per asked pool, what it holds, asks and may hold (an
+    `exceeded` one makes the create 403 wherever it lands; IOMMU-group siblings of the
+    pool taken along are counted by the create, not here)."""
+    if tenant() is None or not asks:
+        return []
+    asked = {}
+    for ask in asks:
+        asked[ask.pool] = asked.get(ask.pool, 0) + ask.count
+    with current().db.read() as session:
+        found = []
+        for name, count in sorted(asked.items()):
+            share_row = session.get(PoolShare, (name, tenant()))
+            used = used_by(session, pool_match(session.get(DevicePool, name)), tenant())
+            found.append({"pool": name, "used": used, "asked": count,
+                          "limit": share_row.max_count,
+                          "exceeded": quota_refusal(name, used, count,
+                                                    share_row.max_count) is not None})
+        return found
 
 
 def device_pools(session, devices):

@@ -173,6 +173,10 @@ def test_tenant_sees_only_shared_pools_and_is_held_to_its_quota(world):
     assert "shares" not in seen[0]
     assert create(client, "acme-1", TENANT, devices=[{"pool": "vfs", "count": 2}]
                   ).status_code == 201
+    explained = client.post("/v1/schedule/explain", headers=TENANT, json={
+        "name": "acme-2", "vcpus": 1, "memory_mib": 64, "devices": [{"pool": "vfs", "count": 2}]})
+    assert explained.get_json()["quotas"] == [{"pool": "vfs", "used": 2, "asked": 2,
+                                               "limit": 3, "exceeded": True}]
     over = create(client, "acme-2", TENANT, devices=[{"pool": "vfs", "count": 2}])
     assert over.status_code == 403 and error(over)["code"] == "quota_exceeded"
     assert error(over)["details"] == {"pool": "vfs", "used": 2, "asked": 2, "limit": 3}

@@ -3,7 +3,7 @@
 from flask import Blueprint, jsonify
 
 from controller.api.schemas import VmCreate
-from controller.pools import pool_asks
+from controller.pools import pool_asks, quotas
 from controller.placement import explain as run_placement, install_metrics, rejected_for
 from controller.services import current, require_admin, tenant
 from hostplane.api import describe, parse_body
@@ -21,8 +21,8 @@ def explain():
     if body.usb:   # the same answer whether the USB device exists or not
         require_admin("USB passthrough")
     ctl = current()
-    placement = run_placement(ctl.db, body.placement(tenant(), pool_asks(body.devices)),
-                              ctl.policy)
+    asks = pool_asks(body.devices)
+    placement = run_placement(ctl.db, body.placement(tenant(), asks), ctl.policy)
     return jsonify({
         "chosen": placement.chosen.host_id if placement.chosen else None,
         "candidates": [{"host": c.host_id, "score": round(c.score, 4),
@@ -30,4 +30,5 @@ def explain():
                                     for kind, device_id in c.devices]}
                        for c in placement.ranked],
         "rejected": rejected_for(ctl.db, tenant(), placement.rejected),
+        "quotas": quotas(asks),   # a tenant's pools: an exceeded one makes the create 403
     })
