@@ -77,6 +77,12 @@ def device_pools(session, devices):
             for d in devices if d.kind == "pci"}
 
 
+def standings(session):
+    """{pool name: counts} of every pool (the metrics' view: no tenant filter)."""
+    return {row.name: pool_counts(_members(session, pool_match(row)))
+            for row in session.scalars(select(DevicePool).order_by(DevicePool.name))}
+
+
 # --- changing (admin) -----------------------------------------------------------------
 def create(body):
     require_admin("creating device pools")

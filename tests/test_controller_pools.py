@@ -113,6 +113,8 @@ def test_pool_ask_claims_a_gpu_with_its_audio_function_and_vfs_of_the_pf_model(w
     pools = {p["name"]: p for p in client.get("/v1/device-pools", headers=ADMIN)
              .get_json()["pools"]}
     assert (pools["t4"]["free"], pools["t4"]["attached"]) == (1, 1)
+    metrics = client.get("/metrics").get_data(as_text=True)
+    assert 'hostplane_controller_pool_devices{pool="t4",standing="attached"} 1.0' in metrics
     assert pools["vfs"]["hosts"]["host-a"]["attached"] == 2
     assert pools["vfs"]["hosts"]["host-b"]["free"] == 2
     # deleting a pool a VM holds devices of: 409 naming the VM, nothing deleted
