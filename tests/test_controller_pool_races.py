@@ -144,3 +144,24 @@ def test_migration_0006_fills_subsystem_ids_and_physfn_from_kept_facts(database_
     engine.dispose()
     assert rows == {"0000:18:01.0": ("8086", "0000", "0000:18:00.0"),
                     "0000:18:00.0": (None, None, None)}
+
+
+def test_racing_creates_of_overlapping_pools_leave_exactly_one(database_url, tmp_path):
+    from controller.api.schemas import DevicePoolCreate
+    upgrade(database_url)
+    app = controller_app(controller_config(tmp_path, database_url))
+    db = app.extensions["hostplane_controller"].db
+    _cluster(db, hosts=1)
+
+    def work(index):
+        with app.app_context():
+            g.principal = "admin"
+            pools.create(DevicePoolCreate(name=f"t4-{index}", vendor_id="10de",
+                                          device_id="1eb8", **({"type": "gpu"} if index % 2
+                                                               else {})))
+
+    counts = _race(8, work)
+    assert counts[201] == 1 and counts[(409, "pool_overlap")] == 7, counts
+    with db.read() as session:
+        assert len(session.scalars(select(DevicePool)).all()) == 1
+    app.extensions["hostplane_controller"].close()
