@@ -4,8 +4,8 @@ from datetime import datetime, timezone
 
 import secrets
 
-from sqlalchemy import (JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, Integer,
-                        String, Text)
+from sqlalchemy import (JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, Index,
+                        Integer, String, Text)
 from sqlalchemy import event, update
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, attributes, mapped_column
 
@@ -55,6 +55,8 @@ class Host(Base):
 
 class Device(Base):
     __tablename__ = "devices"
+    # a device pool's members and a tenant's pool use are read by model
+    __table_args__ = (Index("ix_devices_model", "vendor_id", "product_id"),)
 
     host_id: Mapped[str] = mapped_column(ForeignKey("hosts.id", ondelete="CASCADE"),
                                          primary_key=True)

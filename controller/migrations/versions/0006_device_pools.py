@@ -21,6 +21,7 @@ def upgrade():
         batch_op.add_column(sa.Column('subsystem_vendor_id', sa.String(length=4), nullable=True))
         batch_op.add_column(sa.Column('subsystem_device_id', sa.String(length=4), nullable=True))
         batch_op.add_column(sa.Column('physfn', sa.String(length=160), nullable=True))
+        batch_op.create_index('ix_devices_model', ['vendor_id', 'product_id'], unique=False)
     _fill_from_facts()
     op.create_table('device_pools',
     sa.Column('name', sa.String(length=63), nullable=False),
@@ -61,6 +62,7 @@ def downgrade():
     op.drop_table('pool_shares')
     op.drop_table('device_pools')
     with op.batch_alter_table('devices', schema=None) as batch_op:
+        batch_op.drop_index('ix_devices_model')
         batch_op.drop_column('physfn')
         batch_op.drop_column('subsystem_device_id')
         batch_op.drop_column('subsystem_vendor_id')
