@@ -222,7 +222,7 @@ def _claim_on(session, db, request, policy, host_id, new_vm):
     chosen = place(request, local, policy).chosen
     if chosen is None:
         return None
-    if request.pools:   # pool rows locked, tenant quotas checked (controller.pools)
+    if request.pools:   # pool rows locked, tenant quotas checked (controller.pool_claims)
         check_pool_claim(session, db, request, host_id, chosen.devices, local.index)
     by_key = {(row.kind, row.id): row for row in rows}
     if new_vm is not None:
