@@ -1,22 +1,20 @@
-"""Device pools as the controller keeps them: CRUD, shares with tenants, and the quota
-check inside a claim.
+"""Device pools as the controller keeps them: CRUD, shares with tenants, what a request's
+pool asks resolve to, and each device's pool.
 
-The pool rule itself (what fits, overlap, counts) is hostplane.core.pools. Locks: a claim
-from a pool holds the pool's row shared (`FOR SHARE`) and a tenant's claim its share row
-exclusively, after the host rows a claim locks first (controller.placement); a pool is
-changed or deleted under its own row lock. So a tenant's racing creates are counted one
-after the other wherever they land, and a pool cannot go while a claim from it commits.
-SQLite's `BEGIN IMMEDIATE` already serialises every writer.
+The pool rule itself (what fits, overlap, counts) is hostplane.core.pools; the pool side of
+a claim (locks, quotas) is controller.pool_claims. A pool is changed, shared or deleted
+under its own row lock, which a claim from it holds shared until it commits.
 """
 
 from sqlalchemy import select, text
 
-from controller.db.models import Device
+from controller.db.models import Device, Host
 from controller.db.pool_models import DevicePool, PoolShare
 from controller.pool_claims import pf_models_of, pool_match, pool_not_found, used_by
 from controller.services import current, require_admin, tenant
 from hostplane.api import checked
 from hostplane.core.ids import check_name
+from hostplane.core.placement_index import host_reasons
 from hostplane.core.placement_pools import PoolAsk
 from hostplane.core.pools import (Pool, overlapping, pool_counts, pool_of, quota_refusal,
                                   shared_devices)
@@ -27,8 +25,8 @@ from hostplane.errors import Conflict, NotFound
 def listing():
     """Every pool (a tenant: those shared with it), with counts."""
     with current().db.read() as session:
-        rows = _visible_rows(session)
-        return [_render(session, row) for row in rows]
+        unusable = _unusable_hosts(session)
+        return [_render(session, row, unusable=unusable) for row in _visible_rows(session)]
 
 
 def get(name):
@@ -59,6 +57,8 @@ def quotas(asks):
         found = []
         for name, count in sorted(asked.items()):
             share_row = session.get(PoolShare, (name, tenant()))
+            if share_row is None:   # unshared since the asks were read: the create says so
+                continue
             used = used_by(session, pool_match(session.get(DevicePool, name)), tenant())
             found.append({"pool": name, "used": used, "asked": count,
                           "limit": share_row.max_count,
@@ -79,7 +79,8 @@ def device_pools(session, devices):
 
 def standings(session):
     """{pool name: counts} of every pool (the metrics' view: no tenant filter)."""
-    return {row.name: pool_counts(_members(session, pool_match(row)))
+    unusable = _unusable_hosts(session)
+    return {row.name: pool_counts(_members(session, pool_match(row)), unusable)
             for row in session.scalars(select(DevicePool).order_by(DevicePool.name))}
 
 
@@ -222,6 +223,13 @@ def _members(session, match):
     return [d for d in rows if match.fits(d, pf_models.get((d.host_id, d.physfn)))]
 
 
+def _unusable_hosts(session):
+    """Hosts where nothing is placed now (controller.placement's rule for hosts, plus the
+    IOMMU a device claim needs)."""
+    return {host.id for host in session.scalars(select(Host))
+            if host_reasons(host) or not (host.iommu_enabled and host.iommu_ready)}
+
+
 def _pool(row):
     return Pool(row.name, pool_match(row))
 
@@ -234,9 +242,12 @@ def _known_tenant(name):
     return name
 
 
-def _render(session, row, warn=False):
+def _render(session, row, warn=False, unusable=None):
     members = _members(session, pool_match(row))
-    answer = {"name": row.name, **pool_match(row).as_dict(), **pool_counts(members),
+    if unusable is None:
+        unusable = _unusable_hosts(session)
+    answer = {"name": row.name, **pool_match(row).as_dict(),
+              **pool_counts(members, unusable),
               "created_at": row.created_at.isoformat() if row.created_at else None}
     shares = session.scalars(select(PoolShare).where(PoolShare.pool == row.name)
                              .order_by(PoolShare.tenant)).all()

@@ -71,6 +71,9 @@ def test_pool_counts_free_attached_unavailable_per_host():
     assert (counts["size"], counts["free"], counts["attached"], counts["unavailable"]) == (
         4, 2, 1, 1)
     assert counts["hosts"]["host-a"] == {"size": 2, "free": 1, "attached": 1, "unavailable": 0}
+    # a free device on a host that takes no placement (disconnected, ...) is not free
+    assert pool_counts(views, {"host-a"})["hosts"]["host-a"] == {
+        "size": 2, "free": 0, "attached": 1, "unavailable": 1}
 
 
 def test_pool_ask_claims_each_device_with_its_iommu_group_and_says_what_is_short():

@@ -118,21 +118,22 @@ def shared_devices(match, pool, devices, pf_model_of):
             pool.match.fits(device, pf_model_of(device))]
 
 
-def device_standing(device):
-    """free, attached or unavailable: how a pool counts one of its devices."""
+def device_standing(device, host_usable=True):
+    """free, attached or unavailable: how a pool counts one of its devices. A ready device
+    on a host that takes no placement (disconnected, disabled, IOMMU off) is unavailable."""
     if device.status == "attached":
         return "attached"
-    if device.status == "ready" and device.state == "enabled":
+    if device.status == "ready" and device.state == "enabled" and host_usable:
         return "free"
     return "unavailable"
 
 
-def pool_counts(devices):
+def pool_counts(devices, unusable_hosts=frozenset()):
     """{"size", "free", "attached", "unavailable", "hosts": {host id: the same four}}."""
     totals = _zero()
     hosts = {}
     for device in devices:
-        standing = device_standing(device)
+        standing = device_standing(device, device.host_id not in unusable_hosts)
         per_host = hosts.setdefault(device.host_id, _zero())
         for counts in (totals, per_host):
             counts["size"] += 1
