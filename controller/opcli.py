@@ -65,7 +65,8 @@ def parser():
     devices = commands.add_parser("devices", help="every device of every host")
     for name, text in (("host", "host id"), ("cluster", "cluster name"),
                        ("type", "gpu, gpu-audio, nic, usb, ..."),
-                       ("status", "ready, attached or unavailable"), ("kind", "pci or usb")):
+                       ("status", "ready, attached or unavailable"), ("kind", "pci or usb"),
+                       ("pool", "device pool name")):
         devices.add_argument(f"--{name}", help=text)
     devices.set_defaults(run=partial(show_listing, path=devices_path, key="devices",
                                      columns=DEVICE_COLUMNS))
@@ -145,7 +146,7 @@ NETWORK_COLUMNS = [
     ("CLUSTERS", lambda n: ",".join(n.get("clusters") or [])),
     ("HOSTS", lambda n: ",".join(f"{host}:{state.get('status')}"
                                  for host, state in sorted((n.get("hosts") or {}).items())))]
-DEVICE_FILTERS = ("host", "cluster", "type", "status", "kind")
+DEVICE_FILTERS = ("host", "cluster", "type", "status", "kind", "pool")
 
 
 def show_listing(client, args, path, key, columns):

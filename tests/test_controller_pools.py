@@ -52,6 +52,9 @@ def test_pool_crud_counts_its_devices_per_host(world):
     devices = devices_of(client, "host-a")
     assert devices["0000:3b:00.0"]["pool"] == "t4" and devices["0000:3b:00.1"]["pool"] is None
     assert devices["0000:5e:00.0"]["pool"] == "nvme"
+    listed = client.get("/v1/devices?pool=t4", headers=ADMIN).get_json()["devices"]
+    assert [(d["host_id"], d["id"]) for d in listed] == [("host-a", "0000:3b:00.0"),
+                                                         ("host-a", "0000:af:00.0")]
     clash = client.patch("/v1/device-pools/nvme", headers=ADMIN, json=T4)
     assert clash.status_code == 409 and error(clash)["code"] == "pool_overlap"
     assert client.get("/v1/device-pools/nvme", headers=ADMIN).get_json()["vendor_id"] == "144d"

@@ -16,7 +16,8 @@ from hostplane.errors import BadRequest, Conflict, NotFound
 bp = Blueprint("devices", __name__)
 check_path_ids(bp)
 FILTERS = {"host": "host id", "cluster": "cluster name", "type": "gpu, gpu-audio, nic, usb, ...",
-           "status": "ready, attached, not_assignable or unavailable", "kind": "pci or usb"}
+           "status": "ready, attached, not_assignable or unavailable", "kind": "pci or usb",
+           "pool": "device pool name"}
 
 
 @bp.get("/v1/devices")
@@ -42,6 +43,8 @@ def listing():
         mine = _own_vms(session)
         devices = session.scalars(query).all()
         pools = device_pools(session, devices)
+        if args.get("pool"):
+            devices = [d for d in devices if pools.get((d.host_id, d.id)) == args["pool"]]
         return jsonify({"devices": [render(d, mine, pools.get((d.host_id, d.id)))
                                     for d in devices]})
 
