@@ -9,6 +9,7 @@ same transaction that records the VM (vm_states). A release gives them back.
 from sqlalchemy import select
 
 from controller.db.models import Device, Vm
+from controller.pool_claims import check_pool_claim
 from controller.placement_views import snapshot
 from hostplane.core import device_states, vm_states
 from hostplane.core.scheduler import place
@@ -37,6 +38,8 @@ def claim_on(session, db, request, policy, host_id, new_vm):
     chosen = place(request, local, policy).chosen
     if chosen is None:
         return None
+    if request.pools:   # pool rows locked, tenant quotas checked (controller.pool_claims)
+        check_pool_claim(session, db, request, host_id, chosen.devices, local.index)
     by_key = {(row.kind, row.id): row for row in rows}
     if new_vm is not None:
         row = Vm(host_id=host_id, **new_vm)

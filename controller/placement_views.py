@@ -55,7 +55,8 @@ def device_view(device):
     return DeviceView(device.host_id, device.kind, device.id, device.type, device.vendor_id,
                       device.product_id, device.state, device.status, device.vm, device.shared,
                       device.assignable, device.iommu_group, device.usb_major, device.name,
-                      device.numa_node, tuple(device.upstream or ()))
+                      device.numa_node, tuple(device.upstream or ()),
+                      device.subsystem_vendor_id, device.subsystem_device_id, device.physfn)
 
 
 def vm_view(vm):

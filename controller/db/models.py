@@ -4,8 +4,8 @@ from datetime import datetime, timezone
 
 import secrets
 
-from sqlalchemy import (JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, Integer,
-                        String, Text)
+from sqlalchemy import (JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, Index,
+                        Integer, String, Text)
 from sqlalchemy import event, update
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, attributes, mapped_column
 
@@ -55,6 +55,8 @@ class Host(Base):
 
 class Device(Base):
     __tablename__ = "devices"
+    # a device pool's members and a tenant's pool use are read by model
+    __table_args__ = (Index("ix_devices_model", "vendor_id", "product_id"),)
 
     host_id: Mapped[str] = mapped_column(ForeignKey("hosts.id", ondelete="CASCADE"),
                                          primary_key=True)
@@ -70,6 +72,10 @@ class Device(Base):
     shared: Mapped[bool] = mapped_column(Boolean, default=False)
     assignable: Mapped[bool] = mapped_column(Boolean, default=True)
     iommu_group: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # what device pools match on besides the model (PCI only; physfn: a VF's PF address)
+    subsystem_vendor_id: Mapped[str | None] = mapped_column(String(4), nullable=True)
+    subsystem_device_id: Mapped[str | None] = mapped_column(String(4), nullable=True)
+    physfn: Mapped[str | None] = mapped_column(String(160), nullable=True)
     usb_major: Mapped[int | None] = mapped_column(Integer, nullable=True)
     reported_vm: Mapped[str | None] = mapped_column(String(63), nullable=True)
     unavailable_reason: Mapped[str | None] = mapped_column(String(255), nullable=True)

@@ -73,7 +73,7 @@ class Topology:
         best = None   # the first arrangement of the highest bonus; else the last refused
         for scope in self._scopes(free, host):
             devices, reasons = pick_pci(self.asks, host.id, self.index, self.shared_only,
-                                        allowed=scope)
+                                        allowed=scope, pools=self.request.pools)
             if reasons:
                 continue
             chosen = [self.index.device(host.id, "pci", device_id) for _, device_id in devices]

@@ -26,6 +26,8 @@ CODES = {
     "no_gpu_model": "no GPU of the asked model on this host (or none shared with you)",
     "device_asked_twice": "the same PCI device is asked twice",
     "not_enough_gpus": "fewer free GPUs of the asked model than asked",
+    "no_pool_device": "no device of the asked pool on this host (or the pool is not yours)",
+    "not_enough_pool_devices": "fewer free devices of the asked pool than asked",
     "device_attached": "the device is attached to a VM",
     "device_unavailable": "the device vanished from its host",
     "device_disabled": "an admin disabled the device",

@@ -17,9 +17,10 @@ from hostplane.core.placement_devices import (by_id_first, first_free_gpu, one_g
                                               pick_pci, pick_usb, usb_global_reasons)
 from hostplane.core.placement_index import SnapshotIndex
 from hostplane.core.placement_locality import Locality
-from hostplane.core.reasons import Reason
+from hostplane.core.placement_pools import one_pool_shortcut
 from hostplane.core.placement_topology import (LOCALITIES, LOCALITY_MODES, NUMA_POLICIES,
                                                Topology)
+from hostplane.core.reasons import Reason
 
 STRATEGIES = ("least-cpu", "least-memory")
 ANTI_AFFINITY_MODES = ("enforced", "soft")
@@ -62,6 +63,10 @@ class DeviceView:
     name: str | None = None
     numa_node: int | None = None
     upstream: tuple = ()   # PCI functions above it, root port first
+    # what pool matches read besides the model (hostplane.core.pools)
+    subsystem_vendor_id: str | None = None
+    subsystem_device_id: str | None = None
+    physfn: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,9 +160,11 @@ class PlacementRequest:
     numa: str = "none"                 # required | preferred | none (placement_topology)
     locality: str = "any"              # same-switch | same-numa | any, for count > 1
     locality_mode: str = "preferred"   # required | preferred
+    pools: tuple = ()                  # PoolAsk (hostplane.core.placement_pools)
 
     def __post_init__(self):
         object.__setattr__(self, "gpus", tuple(self.gpus))
+        object.__setattr__(self, "pools", tuple(self.pools))
         object.__setattr__(self, "usb", tuple(self.usb))
         if self.vcpus < 1 or self.memory_mib < 1:
             raise ValueError("vcpus and memory_mib must be at least 1")
@@ -307,7 +314,8 @@ class _Judge:
         self.limit = policy.strategy_limit if policy.strategy_mode == "enforced" else None
         self.gpu_asks = by_id_first(request.gpus)
         self.shared_only = request.tenant is not None
-        self.shortcut = one_gpu_shortcut(self.gpu_asks, index, self.shared_only)
+        self.shortcut = (one_pool_shortcut(request, index) if request.pools
+                         else one_gpu_shortcut(self.gpu_asks, index, self.shared_only))
         self.topology = None
         if Topology.wanted(request):
             self.topology = Topology(request, policy, index, self.gpu_asks, self.shared_only)
@@ -343,7 +351,7 @@ class _Judge:
         if self.group_hosts:
             score -= self._anti_affinity(host, reasons)
         devices, picked = (), True
-        if self.gpu_asks:
+        if self.gpu_asks or request.pools:
             if not host.iommu_enabled:
                 reasons.append(IOMMU_OFF)
             elif not host.iommu_ready:
@@ -351,7 +359,8 @@ class _Judge:
             if self.shortcut is not None:
                 devices = first_free_gpu(self.shortcut, host.id, self.index)
             if not devices:
-                devices, found = pick_pci(self.gpu_asks, host.id, self.index, self.shared_only)
+                devices, found = pick_pci(self.gpu_asks, host.id, self.index, self.shared_only,
+                                          request.pools)
                 reasons += found
                 picked = not found
         node = where = None
