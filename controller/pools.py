@@ -109,8 +109,7 @@ def patch(name, body):
         row = _locked_pool(session, name)
         match = checked(body.match, pool_match(row), code="invalid_request")
         _refuse_overlap(session, name, match)
-        for field, value in match.as_dict().items():
-            setattr(row, field, value)
+        row.update_match(match)
         session.flush()
         return _render(session, row, warn=True)
     return current().db.transaction(write)

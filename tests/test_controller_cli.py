@@ -76,7 +76,7 @@ def test_app_on_a_database_without_tables_says_schema_missing(tmp_path):
 
 def test_check_never_prints_the_database_password():
     """A password holding ':' (the hand-written masking kept its first part)."""
-    from tests.test_ops_helpers import free_port
+    from tests.support import free_port
     url = f"postgresql://hostplane:s3cr:et-9xq@127.0.0.1:{free_port()}/hostplane"
     done = run("check", HOSTPLANE_DATABASE_URL=url, HOSTPLANE_DATABASE_CONNECT_TIMEOUT_S="1",
                HOSTPLANE_SERVER_ADMIN_TOKEN="a" * 32)

@@ -10,14 +10,13 @@ import requests
 
 from tests.conftest import TOKEN as AGENT_TOKEN
 from tests.test_controller_support import (ADMIN, TENANT, GunicornController, LoopbackAgent,
-                                           gpu_host, needs_agent_vm_api)
+                                           gpu_host)
 from tests.test_controller_support import database_url  # noqa: F401 - fixture
 
 RACERS, QUOTA = 100, 3
 
 
 def test_100_racing_tenant_creates_over_http_against_a_quota_of_3(tmp_path, database_url):
-    needs_agent_vm_api()
     agents = [LoopbackAgent(tmp_path, f"quota-host-{i}", gpu_host()) for i in range(4)]
     controller = GunicornController(database_url)
     url = controller.url

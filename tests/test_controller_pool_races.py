@@ -14,7 +14,8 @@ from sqlalchemy import select
 
 from controller import pools
 from controller.db import Database, Device, DevicePool, PoolShare, Vm, upgrade
-from controller.placement import _claim_on, place_and_claim, policy_from
+from controller.claims import claim_on
+from controller.placement import place_and_claim, policy_from
 from controller.config import DEFAULTS
 from hostplane.core.placement_pools import PoolAsk
 from hostplane.core.pools import PoolMatch
@@ -108,7 +109,7 @@ def test_pool_deletion_waits_for_an_open_claim_from_the_pool_then_is_refused(dat
 
     deleter = threading.Thread(target=delete)
     with db.write() as session:
-        assert _claim_on(session, db, _ask("vm-1", None), policy_from(DEFAULTS), "claim-0",
+        assert claim_on(session, db, _ask("vm-1", None), policy_from(DEFAULTS), "claim-0",
                          _vm("vm-1", None))
         deleter.start()
         deleter.join(1.5)

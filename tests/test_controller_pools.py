@@ -7,7 +7,7 @@ with A10 GPUs (10de:2236) (tests/hosts.py small_gpu_host).
 
 import pytest
 
-from tests.test_controller_support import ADMIN, TENANT, needs_agent_vm_api, two_host_world
+from tests.test_controller_support import ADMIN, TENANT, two_host_world
 from tests.test_controller_vms import world  # noqa: F401 - fixture: two hosts, VMs cleaned
 
 T4 = {"vendor_id": "10de", "device_id": "1eb8"}
@@ -200,7 +200,6 @@ def test_cli_creates_shares_lists_and_places_by_pool(tmp_path, capsys):
     from controller import opcli
     from tests.test_controller_support import ADMIN_TOKEN, Served
     from tests.test_opcli import columns
-    needs_agent_vm_api()
     with two_host_world(tmp_path) as (app, client, _):
         served = Served(app)
 

@@ -107,5 +107,5 @@ def test_one_pool_device_shortcut_answers_what_the_full_walk_answers(snapshot, m
     shortcut = one_pool_shortcut(request(pools=[ask]), snapshot.index)
     for host_view in snapshot.hosts:
         quick = first_free_gpu(shortcut, host_view.id, snapshot.index)
-        devices, reasons = pick_pci((), host_view.id, snapshot.index, False, (ask,))
+        devices, reasons = pick_pci((), host_view.id, snapshot.index, False, pools=(ask,))
         assert quick == (devices if not reasons else None)

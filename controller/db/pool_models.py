@@ -25,6 +25,13 @@ class DevicePool(Base):
     vf_of: Mapped[str | None] = mapped_column(String(9), nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
+    def update_match(self, match):
+        """Take every field of a checked `PoolMatch` (hostplane.core.pools)."""
+        self.vendor_id, self.device_id = match.vendor_id, match.device_id
+        self.subsystem_vendor_id = match.subsystem_vendor_id
+        self.subsystem_device_id = match.subsystem_device_id
+        self.type, self.vf_of = match.type, match.vf_of
+
 
 class PoolShare(Base):
     __tablename__ = "pool_shares"

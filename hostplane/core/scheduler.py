@@ -360,7 +360,7 @@ class _Judge:
                 devices = first_free_gpu(self.shortcut, host.id, self.index)
             if not devices:
                 devices, found = pick_pci(self.gpu_asks, host.id, self.index, self.shared_only,
-                                          request.pools)
+                                          pools=request.pools)
                 reasons += found
                 picked = not found
         node = where = None
