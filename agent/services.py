@@ -67,7 +67,7 @@ class Agent:
     def _start_virt(self):
         from agent.virt import Virt
         self.virt = Virt(self.config, self.inventory, lambda: host_iommu(
-            self.sysfs, self.config["host"]["proc_root"])["ready"])
+            self.sysfs, self.config["host"]["proc_root"])["ready"], self.sysfs.numa_nodes)
         self.virt.start()
 
     def _start_networks(self):
