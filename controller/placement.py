@@ -174,7 +174,8 @@ def _hider(db, tenant):
 
 
 def place_and_claim(db, request, policy, new_vm, attempts=5):
-    """Reserve devices and capacity for `request`; returns (host_id, [device rows' ids]).
+    """Reserve devices and capacity for `request`; returns (host_id, [device rows' ids],
+    the host NUMA node chosen for the VM or None).
 
     `new_vm` (a dict of Vm columns) is inserted in the claiming transaction; None when
     devices are added to `request.existing_vm`.
@@ -192,7 +193,7 @@ def place_and_claim(db, request, policy, new_vm, attempts=5):
             raise name_taken(request) from None
         if claimed is not None:
             _count(operation, placement)
-            return placement.chosen.host_id, claimed
+            return placement.chosen.host_id, list(claimed.devices), claimed.numa_node
         placement = _placement(db, request, policy)
     _count(operation, placement, "contended")
     raise Conflict("lost the race for these devices several times; try again",
@@ -228,7 +229,7 @@ def _claim_on(session, db, request, policy, host_id, new_vm):
         session.flush()   # PostgreSQL: a racing insert of the name fails here, in the retry
     for key in chosen.devices:
         device_states.claim(by_key[key], request.name)
-    return list(chosen.devices)
+    return chosen
 
 
 def _reserve_move(session, db, seen, target):

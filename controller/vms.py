@@ -38,11 +38,13 @@ def create(body):
     new_vm = {"name": body.name, "tenant": request.tenant, "vcpus": body.vcpus,
               "memory_mib": body.memory_mib, "anti_affinity_group": body.anti_affinity_group,
               "spec": spec, "op_id": op_id, "op_since": time.time()}
-    host_id, devices = place_and_claim(ctl.db, request, ctl.policy, new_vm,
-                                       ctl.config["scheduler"]["claim_attempts"])
+    host_id, devices, numa_node = place_and_claim(ctl.db, request, ctl.policy, new_vm,
+                                                  ctl.config["scheduler"]["claim_attempts"])
     agent_spec = {"name": body.name, "vcpus": body.vcpus, "memory_mib": body.memory_mib,
                   "networks": spec["networks"], "start": body.start, "op_id": op_id,
                   "devices": [{"type": kind, "id": device_id} for kind, device_id in devices]}
+    if numa_node is not None:   # the scheduler chose a node: the agent pins the VM there
+        agent_spec["numa_node"] = numa_node
     try:
         host = _host(host_id)
     except ApiError:   # deleted meanwhile: nothing was sent
@@ -126,8 +128,8 @@ def add_devices(name, body):
                                usb=[usb.id for usb in body.usb], tenant=tenant(),
                                anti_affinity_group=vm.anti_affinity_group,
                                existing_vm=vm_view(vm))
-    host_id, devices = place_and_claim(ctl.db, request, ctl.policy, None,
-                                       ctl.config["scheduler"]["claim_attempts"])
+    host_id, devices, _numa_node = place_and_claim(ctl.db, request, ctl.policy, None,
+                                                   ctl.config["scheduler"]["claim_attempts"])
     if host_id != vm.host_id:   # stopped, device-less, asked for USB elsewhere: it moves
         move_and_attach(ctl, vm, host_id, devices, _host)
         return get(name)

@@ -77,6 +77,7 @@ async function refresh() {
     drawFilters();
     drawHosts(hosts.hosts.filter(inScope));
     drawDevices(devices.devices);
+    drawTopology($("topology"), hosts.hosts.filter(inScope), devices.devices);
     $("updated").textContent = "updated " + new Date().toLocaleTimeString();
     if (ui.refreshFailed || ui.prompted) say("");   // the token works: no stale prompt
     ui.refreshFailed = ui.prompted = false;

@@ -47,3 +47,19 @@ def pin_refusal(nodes, node_id, memory_mib):
         return ("numa_node_too_small", f"NUMA node {node_id} has {node['memory_mib']} MiB; "
                 f"the VM asks {memory_mib} MiB")
     return None
+
+
+def reported_nodes(value):
+    """The agent's `numa_nodes` as the controller keeps them: well-formed nodes only
+    (an older agent reports none; a malformed entry is dropped, never stored)."""
+    nodes = []
+    for node in value if isinstance(value, list) else ():
+        try:
+            parse_cpulist(node["cpus"])
+            entry = {"id": node["id"], "cpus": node["cpus"], "memory_mib": node["memory_mib"]}
+        except (KeyError, TypeError, ValueError):
+            continue
+        if all(isinstance(entry[key], int) and not isinstance(entry[key], bool)
+               and entry[key] >= 0 for key in ("id", "memory_mib")):
+            nodes.append(entry)
+    return sorted(nodes, key=lambda node: node["id"])

@@ -169,6 +169,7 @@ class Candidate:
     host_id: str
     score: float
     devices: tuple   # ((kind, id), ...) to claim, IOMMU-group siblings included
+    numa_node: int | None = None   # the host NUMA node to pin the VM to, when one was chosen
 
 
 @dataclass(frozen=True)
