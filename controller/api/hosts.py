@@ -83,7 +83,8 @@ def listing():
 
 
 @bp.get("/v1/hosts/<host_id>")
-@describe("One host", tags=["hosts"])
+@describe("One host: status, capacity, IOMMU and its NUMA nodes (numa_nodes: id, cpus, "
+          "memory_mib, as its agent reports them)", tags=["hosts"])
 def show(host_id):
     with current().db.read() as session:
         return jsonify(render(_get(host_id), _usage(session, host_id).get(host_id)))
