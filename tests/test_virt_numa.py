@@ -10,7 +10,7 @@ import pytest
 
 from agent.inventory.sysfs import SysfsTree
 from agent.virt import domxml
-from hostplane.core.numa import parse_cpulist, pin_refusal
+from hostplane.core.numa import parse_cpulist, pin_refusal, reported_nodes
 from tests.conftest import AUTH
 from tests.test_virt_support import (GPU, agent_client, create_vm, inactive_xml,  # noqa: F401
                                      lv, prefix, wait_for)
@@ -48,6 +48,16 @@ def test_a_pin_is_refused_with_the_reason_an_operator_can_act_on():
     assert pin_refusal(nodes, 1, 512)[0] == "numa_node_without_cpus"
     assert pin_refusal(nodes, 0, 2048) == (
         "numa_node_too_small", "NUMA node 0 has 1024 MiB; the VM asks 2048 MiB")
+
+
+def test_the_controller_keeps_only_well_formed_nodes_an_agent_reports():
+    good = {"id": 1, "cpus": "16-31", "memory_mib": 4096}
+    assert reported_nodes([good, {"id": 0, "cpus": "0-15", "memory_mib": 4096, "x": 1}]) == [
+        {"id": 0, "cpus": "0-15", "memory_mib": 4096}, good]
+    assert reported_nodes([{"id": "0", "cpus": "0", "memory_mib": 1}, {"id": 2, "cpus": "x",
+                           "memory_mib": 1}, {"id": True, "cpus": "0", "memory_mib": 1},
+                           "node", {"id": 3}, good]) == [good]
+    assert reported_nodes(None) == [] and reported_nodes({"id": 0}) == []
 
 
 def test_host_reports_both_numa_nodes_of_a_two_socket_tree(tmp_path, lv):  # noqa: F811
