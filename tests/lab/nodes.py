@@ -306,8 +306,11 @@ def qemu_command(n, paths, d, ssh_port, l2, mem_mb=MEM_MB, smp=1):
         cmd += dev + [f"pcie-root-port,id=rp{i},bus=pcie.0,chassis={i},"
                       f"port={i},addr=0x1{i - 1}"]
     if n == NUMA_NODE:
+        # Both vCPUs on one host thread: the node costs the shared 2-core machine what a
+        # one-vCPU node does, and a descheduled vCPU never stalls its sibling's spinlock.
+        cmd[cmd.index("-machine") + 1] = "q35"
         cmd[cmd.index("-smp") + 1] = str(max(smp, 2))
-        cmd += numa_options(mem_mb, mac)
+        cmd += ["-accel", "tcg,thread=single"] + numa_options(mem_mb, mac)
     cmd += ["-netdev", "user,id=pt0,restrict=on",
             "-device", f"e1000e,netdev=pt0,bus=rp1,mac={mac}:03",
             "-device", "bochs-display,bus=rp2",
