@@ -50,7 +50,7 @@ def claim_on(session, db, request, policy, host_id, new_vm):
         session.flush()   # PostgreSQL: a racing insert of the name fails here, in the retry
     for key in chosen.devices:
         device_states.claim(by_key[key], request.name)
-    return list(chosen.devices)
+    return chosen
 
 
 def _reserve_move(session, db, seen, target):

@@ -7,6 +7,8 @@ Read by the snapshot cache (the whole cluster, or the hosts that changed) and by
 from sqlalchemy import or_, select
 
 from controller.db.models import Device, Host, Vm
+from hostplane.core.numa import parse_cpulist
+from hostplane.core.placement_topology import NumaNode
 from hostplane.core.scheduler import DeviceView, HostView, Snapshot, VmView
 
 
@@ -48,7 +50,15 @@ def usage_by_host(vms):
 
 def host_view(host, usage=(0, 0)):
     return HostView(host.id, host.cluster, host.status, host.state, host.iommu_enabled,
-                    host.iommu_ready, host.cpu_threads, host.memory_mib, usage[0], usage[1])
+                    host.iommu_ready, host.cpu_threads, host.memory_mib, usage[0], usage[1],
+                    numa_nodes=numa_views(host.numa_nodes))
+
+
+def numa_views(reported):
+    """The agent's NUMA nodes as the scheduler weighs them: CPU threads and MiB per node
+    (() when the agent reported none)."""
+    return tuple(NumaNode(node["id"], len(parse_cpulist(node["cpus"])), node["memory_mib"])
+                 for node in reported or ())
 
 
 def device_view(device):

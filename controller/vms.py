@@ -43,10 +43,10 @@ def create(body):
     new_vm = {"name": body.name, "tenant": request.tenant, "vcpus": body.vcpus,
               "memory_mib": body.memory_mib, "anti_affinity_group": body.anti_affinity_group,
               "spec": spec, "op_id": op_id, "op_since": time.time()}
-    host_id, devices = place_and_claim(ctl.db, request, ctl.policy, new_vm,
-                                       ctl.config["scheduler"]["claim_attempts"])
+    host_id, devices, numa_node = place_and_claim(ctl.db, request, ctl.policy, new_vm,
+                                                  ctl.config["scheduler"]["claim_attempts"])
     agent_spec = vm_spec(body.name, body.vcpus, body.memory_mib, spec["networks"], devices,
-                         op_id, start=body.start)
+                         op_id, start=body.start, numa_node=numa_node)
     try:
         host = _host(host_id)
     except ApiError:   # deleted meanwhile: nothing was sent
@@ -131,8 +131,8 @@ def add_devices(name, body):
                                pools=pool_asks(body.devices),
                                anti_affinity_group=vm.anti_affinity_group,
                                strategy=ctl.strategy, existing_vm=vm_view(vm))
-    host_id, devices = place_and_claim(ctl.db, request, ctl.policy, None,
-                                       ctl.config["scheduler"]["claim_attempts"])
+    host_id, devices, _numa_node = place_and_claim(ctl.db, request, ctl.policy, None,
+                                                   ctl.config["scheduler"]["claim_attempts"])
     if host_id != vm.host_id:   # stopped, device-less, asked for USB elsewhere: it moves
         move_and_attach(ctl, vm, host_id, devices, _host)
         return get(name)

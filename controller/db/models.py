@@ -38,6 +38,8 @@ class Host(Base):
     hostname: Mapped[str | None] = mapped_column(String(255), nullable=True)
     cpu_threads: Mapped[int] = mapped_column(Integer, default=0)
     memory_mib: Mapped[int] = mapped_column(Integer, default=0)
+    # [{"id", "cpus", "memory_mib"}] as the agent reports them (hostplane.core.numa)
+    numa_nodes: Mapped[list] = mapped_column(JSON, default=list)
     boot_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
     generation: Mapped[int | None] = mapped_column(Integer, nullable=True)
     etag: Mapped[str | None] = mapped_column(String(128), nullable=True)
@@ -117,7 +119,7 @@ class Vm(Base):
 # What the scheduler reads of a host; other columns (last_seen, leases, errors) change on
 # every poll and must not invalidate cached snapshots.
 SCHEDULED_HOST_COLUMNS = ("cluster", "status", "state", "iommu_enabled", "iommu_ready",
-                          "cpu_threads", "memory_mib")
+                          "cpu_threads", "memory_mib", "numa_nodes")
 
 
 @event.listens_for(Session, "before_flush")

@@ -79,6 +79,7 @@ async function refresh() {
     drawHosts(hosts.hosts.filter(inScope));
     drawDevices(devices.devices);
     drawPools(pools.pools);
+    drawTopology($("topology"), hosts.hosts.filter(inScope), devices.devices);
     $("updated").textContent = "updated " + new Date().toLocaleTimeString();
     if (ui.refreshFailed || ui.prompted) say("");   // the token works: no stale prompt
     ui.refreshFailed = ui.prompted = false;
