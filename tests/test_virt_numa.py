@@ -12,8 +12,9 @@ from agent.inventory.sysfs import SysfsTree
 from agent.virt import domxml
 from hostplane.core.numa import parse_cpulist, pin_refusal, reported_nodes
 from tests.conftest import AUTH
+from tests.support import wait_for
 from tests.test_virt_support import (GPU, agent_client, create_vm, inactive_xml,  # noqa: F401
-                                     lv, prefix, wait_for)
+                                     lv, prefix)
 
 TWO_NODES = [(0, "0-15,32-47", 65536), (1, "16-31,48-63", 65536)]
 
