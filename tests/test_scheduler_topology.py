@@ -155,3 +155,23 @@ def test_locality_policies_do_not_change_a_default_placement():
     request = a100s()
     assert place(request, world(), Policy()) == place(
         a100s(locality="any", numa="none"), world(), Policy())
+
+
+def test_numa_required_follows_a_device_asked_by_id_that_is_not_a_gpu():
+    """The lab's case: a NIC on node 1 asked by address with `numa: required` pins the VM
+    to node 1 (its node), not to the node with the most room; a NIC split from the VM's
+    node (node 1 has 8 threads, 32 vCPUs with overcommit) is refused."""
+    nic = DeviceView("host-a", "pci", "0000:81:00.0", "nic", "8086", "10d3", "enabled",
+                     "ready", None, False, True, 12, None, None, 1, ("0000:80:00.0",))
+    roomy_node_0 = (NumaNode(0, 32, 262144), NumaNode(1, 8, 65536))
+    snapshot = Snapshot.build([server("host-a", numa_nodes=roomy_node_0)], [nic], [])
+    asked = PlacementRequest(name="pinned", vcpus=2, memory_mib=1024, numa="required",
+                             gpus=(GpuAsk(id="0000:81:00.0"),))
+    for answer in (place(asked, snapshot), choose(asked, snapshot)):
+        assert answer.chosen.numa_node == 1
+        assert answer.chosen.devices == (("pci", "0000:81:00.0"),)
+    too_big = PlacementRequest(name="big", vcpus=40, memory_mib=1024, numa="required",
+                               gpus=(GpuAsk(id="0000:81:00.0"),))
+    refused = place(too_big, snapshot)
+    assert refused.chosen is None
+    assert [reason.code for reason in refused.rejected["host-a"]] == ["numa_no_room"]

@@ -76,18 +76,20 @@ class Topology:
                                         allowed=scope, pools=self.request.pools)
             if reasons:
                 continue
-            chosen = [self.index.device(host.id, "pci", device_id) for _, device_id in devices]
-            chosen = [device for device in chosen if device.type == "gpu"]
-            arrangement = self._judge(chosen, host, nodes, vcpus, memory, devices, found)
+            picked = [self.index.device(host.id, "pci", device_id) for _, device_id in devices]
+            arrangement = self._judge(picked, host, nodes, vcpus, memory, devices, found)
             if best is None or best.reasons or (
                     not arrangement.reasons and arrangement.bonus > best.bonus):
                 best = arrangement
         return best
 
-    def _judge(self, chosen, host, nodes, vcpus, memory, devices, found):
+    def _judge(self, picked, host, nodes, vcpus, memory, devices, found):
+        """Switch locality weighs the GPUs; the NUMA node, every PCI function picked (a NIC
+        asked by address pins the VM to its node as a GPU does)."""
+        chosen = [device for device in picked if device.type == "gpu"]
         switches = {switch_of(device) for device in chosen}
         one_switch = len(switches) == 1 and None not in switches
-        device_nodes = {node_of(device, host) for device in chosen}
+        device_nodes = {node_of(device, host) for device in picked}
         one_node = len(device_nodes) == 1 and None not in device_nodes
         bonus, reasons = 0, []
         if self.locality == "same-switch":
@@ -102,11 +104,11 @@ class Topology:
                                       "locality_numa"))
         node = None
         if self.request.numa != "none":
-            node = self._vm_node(chosen, device_nodes if one_node else None, nodes, vcpus, memory)
+            node = self._vm_node(picked, device_nodes if one_node else None, nodes, vcpus, memory)
             if node is not None:
                 bonus += 1
             elif self.request.numa == "required":
-                reasons.append(self._numa_refusal(host, chosen, one_node, nodes, vcpus, memory))
+                reasons.append(self._numa_refusal(host, picked, one_node, nodes, vcpus, memory))
         return Arrangement(devices, tuple(reasons), bonus, node, found)
 
     def _vm_node(self, chosen, device_nodes, nodes, vcpus, memory):
