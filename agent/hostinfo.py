@@ -66,6 +66,7 @@ def host_facts(sysfs, proc_root="/proc"):
         "memory_mib": memory_kib // 1024,
         "kernel": platform.release(),
         "iommu": host_iommu(sysfs, proc_root),
+        "numa_nodes": sysfs.numa_nodes(),
         "kvm": os.path.exists("/dev/kvm"),
     }
 

@@ -79,7 +79,8 @@ class Agent:
         from agent.hostinfo import host_iommu
         from agent.virt import Virt
         self.virt = Virt(self.config, self.inventory, lambda: host_iommu(
-            self.sysfs, self.config["host"]["proc_root"])["ready"], pause)
+            self.sysfs, self.config["host"]["proc_root"])["ready"], pause,
+            self.sysfs.numa_nodes)
         self.virt.start()
 
     def _start_networks(self, pause):

@@ -1,23 +1,29 @@
-"""Placement latency on a generated cluster: 10,000 hosts, 100,000 devices (issue 5).
+"""Placement latency on a generated cluster: 10,000 or 100,000 hosts, 10 devices each.
 
-Goal: median ≤ 10 ms for a one-GPU request. Prints the snapshot build time apart, then
-median and p95 over repeated `place` calls (time.perf_counter) for:
+Goals (issues 5 and 17, at 100,000 hosts / 1,000,000 devices on 2 cores): median ≤ 10 ms
+for one GPU and for 4 GPUs under one switch, ≤ 20 ms for a device-free VM. Prints the
+snapshot build time and peak RSS apart, then median and p95 over repeated calls
+(time.perf_counter) of `choose` (what a create runs: the chosen host alone, through the
+capacity index) and of `place` (what explain runs: every host judged) for:
   - one GPU by vendor/device;
   - two GPUs by vendor/device plus one USB device (which pins the VM to the USB's host);
   - no device at all, so that every host is judged in full (no goal set by the issue);
-  - one GPU by vendor/device under enforced anti-affinity and strategy.
+  - one GPU by vendor/device under enforced anti-affinity and strategy;
+  - four GPUs 10de:20b5 under one PCIe switch (locality same-switch, required), on the
+    eight-GPU servers (two switches of four, one per NUMA node).
 Then, with --controller, the same cluster written to a database (a temporary SQLite file,
 or --database-url) and one GPU explained end to end through the controller's placement
 code (controller.placement.explain: revision check, cached snapshot, place): the first
 call (full load), calls with nothing changed, and calls after one host changed.
 
-    .venv/bin/python bench/scheduler.py [--hosts 10000] [--runs 50] [--seed 5] [--controller]
+    .venv/bin/python bench/scheduler.py [--hosts 100000] [--runs 50] [--seed 5] [--controller]
 """
 
 import argparse
 import gc
 import os
 import random
+import resource
 import statistics
 import sys
 import tempfile
@@ -25,8 +31,9 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from hostplane.core.placement_topology import NumaNode  # noqa: E402
 from hostplane.core.scheduler import (DeviceView, GpuAsk, HostView, PlacementRequest,  # noqa: E402
-                                      Policy, Snapshot, VmView, place)
+                                      Policy, Snapshot, VmView, choose, place)
 
 GPU_MODELS = (("10de", "1eb8", "10f8"), ("10de", "20b5", "1aef"), ("10de", "2204", "1aef"),
               ("1002", "740f", "ab28"))
@@ -34,7 +41,8 @@ DEVICES_PER_HOST = 10
 
 
 def generate(host_count, seed):
-    """(hosts, devices, vms): a third of hosts carry 2 GPUs (+ audio), all carry NICs and USB."""
+    """(hosts, devices, vms): a third of hosts carry GPUs — 2 (+ audio), or 8 behind two
+    switches for 10de:20b5 — and all carry NICs (and USB, but the 8-GPU servers)."""
     rng = random.Random(seed)
     hosts, devices, vms = [], [], []
     for number in range(host_count):
@@ -50,23 +58,34 @@ def generate(host_count, seed):
                 vms.append(VmView(device.vm, host_id, "running",
                                   anti_affinity_group=f"group-{rng.randrange(50)}"))
         used_vcpus = rng.randrange(threads * 3)
+        nodes = (NumaNode(0, threads // 2, memory // 2), NumaNode(1, threads // 2, memory // 2))
         hosts.append(HostView(host_id, f"cluster-{number % 10}", status, state, True, True,
-                              threads, memory, used_vcpus, rng.randrange(memory // 2)))
+                              threads, memory, used_vcpus, rng.randrange(memory // 2), nodes))
         devices.extend(host_devices)
     return hosts, devices, vms
 
 
 def _host_devices(host_id, number, rng):
-    def pci(bus, fn, kind, vendor, product, group, vm=None):
+    def pci(bus, fn, kind, vendor, product, group, vm=None, node=None, upstream=()):
         return DeviceView(host_id, "pci", f"0000:{bus:02x}:00.{fn}", kind, vendor, product,
                           "enabled", "attached" if vm else "ready", vm, rng.random() < 0.3,
-                          kind != "bridge", group, None)
+                          kind != "bridge", group, None, None, node, upstream)
 
     def usb(index):
         return DeviceView(host_id, "usb", f"0781:5567:H{number:05d}U{index}", "usb", "0781",
                           "5567", "enabled", "ready", None, False, True, None, 2)
 
-    if number % 3 == 0:
+    if number % 3 == 0 and GPU_MODELS[(number // 3) % len(GPU_MODELS)][1] == "20b5":
+        found = []
+        for node, switch in enumerate((0x10, 0x20)):
+            for slot in range(4):
+                bus = switch + 2 + slot
+                vm = f"vm-{number}-{bus}" if rng.random() < 0.3 else None
+                upstream = (f"0000:00:{switch // 8:02x}.0", f"0000:{switch:02x}:00.0",
+                            f"0000:{switch + 1:02x}:{slot:02x}.0")
+                found.append(pci(bus, 0, "gpu", "10de", "20b5", bus, vm, node, upstream))
+        found += [pci(0x18, 0, "nic", "8086", "1593", 21), pci(0x18, 1, "nic", "8086", "1593", 22)]
+    elif number % 3 == 0:
         vendor, gpu, audio = GPU_MODELS[(number // 3) % len(GPU_MODELS)]
         found = [pci(0x3a, 0, "bridge", "8086", "2030", 10)]
         for slot, bus in enumerate((0x3b, 0xaf)):
@@ -116,9 +135,11 @@ def main():
     build_ms = (time.perf_counter() - start) * 1000
     if args.gc_freeze:
         gc.freeze()
+    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"snapshot: {len(hosts):,} hosts, {len(devices):,} devices, {len(vms):,} VMs; "
-          f"build {build_ms:.0f} ms; load average {os.getloadavg()[0]:.1f} "
-          f"on {os.cpu_count()} CPUs; gc.freeze: {'yes' if args.gc_freeze else 'no'}")
+          f"build {build_ms:.0f} ms; peak RSS {peak_mib:.0f} MiB (generated views included); "
+          f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs; "
+          f"gc.freeze: {'yes' if args.gc_freeze else 'no'}")
     usb_host = next(h for n, h in enumerate(hosts) if n % 12 == 0 and h.status == "connected"
                     and h.state == "enabled")
     usb_id = f"0781:5567:H{hosts.index(usb_host):05d}U0"
@@ -129,22 +150,27 @@ def main():
         ("2 GPUs 10de:1eb8 + 1 USB", PlacementRequest(
             "bench", 4, 8192, gpus=(GpuAsk(vendor_id="10de", device_id="1eb8", count=2),),
             usb=(usb_id,)), Policy()),
-        ("no device (every host judged in full)", PlacementRequest("bench", 4, 8192), Policy()),
+        ("no device", PlacementRequest("bench", 4, 8192), Policy()),
         ("1 GPU, anti-affinity + enforced strategy", PlacementRequest(
             "bench", 4, 8192, gpus=(GpuAsk(vendor_id="10de", device_id="1eb8"),),
             anti_affinity_group="group-7"), Policy(strategy_mode="enforced")),
+        ("4 GPUs 10de:20b5 same-switch", PlacementRequest(
+            "bench", 16, 65536, gpus=(GpuAsk(vendor_id="10de", device_id="20b5", count=4),),
+            locality="same-switch", locality_mode="required", numa="preferred"), Policy()),
     ]
-    goal = {"1 GPU 10de:1eb8": 10.0}
+    goal = {"1 GPU 10de:1eb8": 10.0, "no device": 20.0, "4 GPUs 10de:20b5 same-switch": 10.0}
     for title, request, policy in cases:
-        placement, median, p95, best = timed(args.runs, lambda: place(request, snapshot, policy))
-        chosen = placement.chosen.host_id if placement.chosen else "none"
-        verdict = ""
-        if title in goal:
-            verdict = "  (goal ≤ {:.0f} ms: {})".format(goal[title],
-                                                       "met" if median <= goal[title] else "MISSED")
-        print(f"{title:42s} median {median:6.2f} ms  p95 {p95:6.2f} ms  best {best:6.2f} ms  "
-              f"candidates {len(placement.ranked):5d}  rejected {len(placement.rejected):5d}  "
-              f"chosen {chosen}{verdict}")
+        for how, call in (("choose", choose), ("place", place)):
+            placement, median, p95, best = timed(args.runs,
+                                                 lambda: call(request, snapshot, policy))
+            chosen = placement.chosen.host_id if placement.chosen else "none"
+            verdict = ""
+            if title in goal and how == "choose":
+                verdict = "  (goal ≤ {:.0f} ms: {})".format(
+                    goal[title], "met" if median <= goal[title] else "MISSED")
+            print(f"{how} {title:40s} median {median:6.2f} ms  p95 {p95:6.2f} ms  "
+                  f"best {best:6.2f} ms  candidates {len(placement.ranked):5d}  "
+                  f"rejected {len(placement.rejected):6d}  chosen {chosen}{verdict}")
     if args.controller:
         with tempfile.TemporaryDirectory(prefix="hostplane-bench-") as scratch:
             controller_figures(args.database_url or f"sqlite:///{scratch}/bench.db",
@@ -205,7 +231,8 @@ def fill(db, hosts, devices, vms):
              "vendor_id": d.vendor_id, "product_id": d.product_id, "name": d.id,
              "state": d.state, "status": d.status, "vm": d.vm, "shared": d.shared,
              "assignable": d.assignable, "iommu_group": d.iommu_group,
-             "usb_major": d.usb_major, "facts": {}, "created_at": now, "updated_at": now}
+             "usb_major": d.usb_major, "numa_node": d.numa_node, "upstream": list(d.upstream),
+             "facts": {}, "created_at": now, "updated_at": now}
             for d in devices])
         session.execute(insert(Vm), [
             {"name": v.name, "host_id": v.host_id, "vcpus": 4, "memory_mib": 8192,

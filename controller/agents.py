@@ -139,12 +139,16 @@ class AgentClient:
         raise _agent_error(self.url, response)
 
 
-def vm_spec(name, vcpus, memory_mib, networks, devices, op_id, start):
+def vm_spec(name, vcpus, memory_mib, networks, devices, op_id, start, numa_node=None):
     """The agent's `POST /v1/vms` body for a VM the controller placed, created or moved:
-    `devices` are the claimed (kind, id) pairs, `op_id` the operation that makes it."""
-    return {"name": name, "vcpus": vcpus, "memory_mib": memory_mib, "networks": networks,
+    `devices` are the claimed (kind, id) pairs, `op_id` the operation that makes it,
+    `numa_node` the host node the scheduler chose (the agent pins the VM there)."""
+    spec = {"name": name, "vcpus": vcpus, "memory_mib": memory_mib, "networks": networks,
             "start": start, "op_id": op_id,
             "devices": [{"type": kind, "id": device_id} for kind, device_id in devices]}
+    if numa_node is not None:
+        spec["numa_node"] = numa_node
+    return spec
 
 
 def tls_reason(exc):

@@ -14,7 +14,7 @@ from sqlalchemy.exc import (InterfaceError, OperationalError, ProgrammingError,
                             TimeoutError as PoolTimeout)
 
 from controller.api import (dashboard, devices, events, hosts, meta, networks, orphans,
-                            schedule, vms)
+                            pools, schedule, vms)
 from controller.config import check_serving_config, load_controller_config, principals
 from controller.db import upgrade
 from controller.db.models import Host
@@ -28,7 +28,7 @@ from hostplane.core.vm_states import IllegalVmTransition
 from hostplane.errors import DatabaseUnavailable, envelope
 from hostplane.service import base_app, public_endpoints
 
-MODULES = [meta, hosts, devices, vms, orphans, schedule, events, networks, dashboard]
+MODULES = [meta, hosts, devices, vms, orphans, schedule, events, networks, pools, dashboard]
 log = logging.getLogger(__name__)
 
 

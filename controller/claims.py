@@ -9,6 +9,7 @@ same transaction that records the VM (vm_states). A release gives them back.
 from sqlalchemy import select
 
 from controller.db.models import Device, Vm
+from controller.pool_claims import check_pool_claim
 from controller.placement_views import snapshot
 from hostplane.core import device_states, vm_states
 from hostplane.core.scheduler import place
@@ -25,6 +26,7 @@ def name_taken(request):
 
 
 def claim_on(session, db, request, policy, host_id, new_vm):
+    session.info["held_claim"] = True   # held in the snapshot already (snapshot_cache)
     if new_vm is not None and session.get(Vm, new_vm["name"]) is not None:
         raise name_taken(request)
     moving = request.existing_vm is not None and request.existing_vm.host_id != host_id
@@ -36,15 +38,19 @@ def claim_on(session, db, request, policy, host_id, new_vm):
     chosen = place(request, local, policy).chosen
     if chosen is None:
         return None
+    if request.pools:   # pool rows locked, tenant quotas checked (controller.pool_claims)
+        check_pool_claim(session, db, request, host_id, chosen.devices, local.index)
     by_key = {(row.kind, row.id): row for row in rows}
     if new_vm is not None:
         row = Vm(host_id=host_id, **new_vm)
+        if chosen.numa_node is not None:   # counted against its node (VmView.numa_node)
+            row.spec = {**row.spec, "numa_node": chosen.numa_node}
         vm_states.begin_create(row, new_vm["op_id"], new_vm["op_since"])
         session.add(row)
         session.flush()   # PostgreSQL: a racing insert of the name fails here, in the retry
     for key in chosen.devices:
         device_states.claim(by_key[key], request.name)
-    return list(chosen.devices)
+    return chosen
 
 
 def _reserve_move(session, db, seen, target):

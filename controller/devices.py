@@ -6,14 +6,15 @@ from sqlalchemy import select
 
 from controller.db.models import Device, Host, Vm
 from controller.hosts import iso
+from controller.pools import device_pools
 from controller.services import current, tenant
 from hostplane.core import device_states
 from hostplane.errors import Conflict, NotFound
 
 
-def listing(host=None, cluster=None, **columns):
-    """Every device (a tenant: the shared PCI ones), filtered by host, cluster and the
-    columns given (type, status, kind)."""
+def listing(host=None, cluster=None, pool=None, **columns):
+    """Every device (a tenant: the shared PCI ones), filtered by host, cluster, pool and
+    the columns given (type, status, kind)."""
     query = select(Device).order_by(Device.host_id, Device.id)
     if host:
         query = query.where(Device.host_id == host)
@@ -26,12 +27,18 @@ def listing(host=None, cluster=None, **columns):
         query = query.where(Device.shared.is_(True), Device.kind == "pci")
     with current().db.read() as session:
         mine = _own_vms(session)
-        return [render(d, mine) for d in session.scalars(query)]
+        devices = session.scalars(query).all()
+        pools = device_pools(session, devices)
+        if pool:
+            devices = [d for d in devices if pools.get((d.host_id, d.id)) == pool]
+        return [render(d, mine, pools.get((d.host_id, d.id))) for d in devices]
 
 
 def get(host_id, device_id):
     with current().db.read() as session:
-        return render(_get(session, host_id, device_id), _own_vms(session))
+        device = _get(session, host_id, device_id)
+        pool = device_pools(session, [device]).get((host_id, device_id))
+        return render(device, _own_vms(session), pool)
 
 
 def change(host_id, device_id, body):
@@ -49,7 +56,7 @@ def change(host_id, device_id, body):
                 raise Conflict("USB devices are admin-only and cannot be shared",
                                code="usb_admin_only")
             device.shared = body.shared
-        return render(device)
+        return render(device, pool=device_pools(session, [device]).get((host_id, device_id)))
 
 
 def forget(host_id, device_id):
@@ -78,14 +85,14 @@ def _own_vms(session):
     return set(session.scalars(select(Vm.name).where(Vm.tenant == tenant())))
 
 
-def render(device, visible_vms=None):
+def render(device, visible_vms=None, pool=None):
     facts = device.facts or {}
     vm = device.vm if visible_vms is None or device.vm in visible_vms else None
     # A PCI function's model is its device_id, a USB device's its product_id, as the
     # agent says them (the database keeps both in one column).
     model_key = "device_id" if device.kind == "pci" else "product_id"
     return {"host_id": device.host_id, "id": device.id, "kind": device.kind,
-            "type": device.type, "vendor_id": device.vendor_id,
+            "type": device.type, "vendor_id": device.vendor_id, "pool": pool,
             model_key: device.product_id, "name": device.name, "state": device.state,
             "status": device.status, "vm": vm, "shared": device.shared,
             "assignable": device.assignable,

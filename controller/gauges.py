@@ -13,6 +13,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from controller.db.models import Device, Host
+from controller.pools import standings
 from hostplane.core.device_states import ATTACHED, READY, UNAVAILABLE
 
 HOST_STATUSES = ("connecting", "connected", "disconnected")
@@ -49,7 +50,13 @@ class InventoryCollector:
         host_devices = GaugeMetricFamily("hostplane_controller_host_devices",
                                          "Devices of each host by status",
                                          labels=["host", "status"])
+        pools = GaugeMetricFamily("hostplane_controller_pool_devices",
+                                  "Devices of each device pool by standing",
+                                  labels=["pool", "standing"])
         with self.controller.db.read() as session:
+            for name, counts in standings(session).items():
+                for standing in ("free", "attached", "unavailable"):
+                    pools.add_metric([name, standing], counts[standing])
             statuses = dict(session.execute(select(Host.id, Host.status)).all())
             per_host = {(host, status): count for host, status, count in session.execute(
                 select(Device.host_id, Device.status, func.count())
@@ -65,4 +72,4 @@ class InventoryCollector:
                 host_status.add_metric([host, status], int(current == status))
             for status in DEVICE_STATUSES:
                 host_devices.add_metric([host, status], per_host.get((host, status), 0))
-        return [hosts, devices, host_status, host_devices]
+        return [hosts, devices, host_status, host_devices, pools]

@@ -137,6 +137,7 @@ def render(host, usage=None):
             "state": host.state, "iommu_enabled": host.iommu_enabled,
             "iommu_ready": host.iommu_ready, "hostname": host.hostname,
             "cpu_threads": host.cpu_threads, "memory_mib": host.memory_mib,
+            "numa_nodes": host.numa_nodes or [],
             "vms": vms, "used_vcpus": int(vcpus or 0), "used_memory_mib": int(memory or 0),
             "boot_id": host.boot_id, "generation": host.generation,
             "failures": host.failures, "last_error": host.last_error,

@@ -7,6 +7,7 @@
     hostplane orphans; hostplane orphan adopt node-17 old-vm --tenant acme
     hostplane schedule --explain --vcpus 8 --memory-mib 32768 --gpu 10de:2236x2
     hostplane schedule --name train-1 --vcpus 8 --memory-mib 32768 --gpu 10de:2236
+    hostplane pools; hostplane pool create a100 --match 10de:20b5 (controller/opcli_pools.py)
     hostplane vm stop train-1; hostplane host drain node-17; hostplane device share ...
     (the one-object commands are in controller/opcli_actions.py)
 
@@ -23,7 +24,7 @@ import sys
 from functools import partial
 from urllib.parse import urlencode
 
-from controller import opcli_actions
+from controller import opcli_actions, opcli_pools
 from controller.opcli_base import (LOCAL_STATE, CliError, Client, emit_json, print_table,
                                    short_time, with_progress)  # noqa: F401 - with_progress re-exported
 
@@ -64,7 +65,8 @@ def parser():
     devices = commands.add_parser("devices", help="every device of every host")
     for name, text in (("host", "host id"), ("cluster", "cluster name"),
                        ("type", "gpu, gpu-audio, nic, usb, ..."),
-                       ("status", "ready, attached or unavailable"), ("kind", "pci or usb")):
+                       ("status", "ready, attached or unavailable"), ("kind", "pci or usb"),
+                       ("pool", "device pool name")):
         devices.add_argument(f"--{name}", help=text)
     devices.set_defaults(run=partial(show_listing, path=devices_path, key="devices",
                                      columns=DEVICE_COLUMNS))
@@ -86,6 +88,7 @@ def parser():
                                "(repeatable; e.g. not_enough_memory, device_attached)")
     placement_arguments(schedule)
     vm_verbs = opcli_actions.register(commands, gpu_asks)
+    opcli_pools.register(commands)
     create = vm_verbs.add_parser("create", help="place and create a VM (as schedule without "
                                  "--explain), a progress line while it waits")
     create.add_argument("name")
@@ -100,6 +103,8 @@ def placement_arguments(schedule):
     schedule.add_argument("--memory-mib", type=int, required=True)
     schedule.add_argument("--gpu", action="append", default=[], metavar="ADDR|VVVV:DDDD[xN]",
                           help="a GPU by PCI address, or N of a model (repeatable)")
+    schedule.add_argument("--pool", action="append", default=[], metavar="NAME[xN]",
+                          help="N devices of a device pool (repeatable)")
     schedule.add_argument("--usb", action="append", default=[], metavar="ID",
                           help="a USB device id (repeatable)")
     schedule.add_argument("--bridge", action="append", default=[], help="network bridge")
@@ -144,7 +149,7 @@ NETWORK_COLUMNS = [
     ("CLUSTERS", lambda n: ",".join(n.get("clusters") or [])),
     ("HOSTS", lambda n: ",".join(f"{host}:{state.get('status')}"
                                  for host, state in sorted((n.get("hosts") or {}).items())))]
-DEVICE_FILTERS = ("host", "cluster", "type", "status", "kind")
+DEVICE_FILTERS = ("host", "cluster", "type", "status", "kind", "pool")
 
 
 def show_listing(client, args, path, key, columns):
@@ -200,6 +205,8 @@ def placement_body(args):
         body["gpus"] = gpus
     if args.usb:
         body["usb"] = [{"id": usb} for usb in args.usb]
+    if args.pool:
+        body["devices"] = opcli_pools.pool_asks(args.pool)
     if args.bridge:
         body["networks"] = [{"bridge": bridge} for bridge in args.bridge]
     for name in ("host", "cluster", "anti_affinity_group", "strategy"):
@@ -230,6 +237,10 @@ def print_explanation(answer, codes=frozenset()):
     """Candidates, then each rejected host's reasons with their codes (only `codes`, if any)."""
     chosen = answer.get("chosen")
     print(f"placeable: {chosen} would be chosen" if chosen else "not placeable on any host")
+    for quota in answer.get("quotas") or []:
+        if quota["exceeded"]:
+            print(f"but over the quota of pool {quota['pool']}: {quota['used']} held, "
+                  f"{quota['asked']} asked, {quota['limit']} allowed")
     if answer.get("candidates"):
         print("\ncandidates (best first):")
         print_table(answer["candidates"], [

@@ -2,7 +2,7 @@
 
     hostplane vm create NAME --vcpus 4 --memory-mib 8192 --gpu 10de:1eb8 --usb ID
     hostplane vm show|start|stop|delete NAME          (stop --force)
-    hostplane vm attach NAME --gpu ADDR|VVVV:DDDD --usb ID
+    hostplane vm attach NAME --gpu ADDR|VVVV:DDDD --usb ID --pool NAME[xN]
     hostplane vm detach NAME HOST_ID DEVICE_ID
     hostplane host add URL --token-file FILE [--cluster C]
     hostplane host show|remove ID
@@ -22,7 +22,8 @@ host; registering; draining) print a progress line on stderr while they wait.
 from functools import partial
 from urllib.parse import quote
 
-from controller.opcli_base import CliError, emit_json, print_table
+from controller.opcli_base import CliError, emit_json, name_verbs, print_table
+from controller.opcli_pools import pool_asks
 
 
 def register(commands, gpu_asks):
@@ -43,6 +44,7 @@ def register(commands, gpu_asks):
     attach.add_argument("name")
     attach.add_argument("--gpu", action="append", default=[], metavar="ADDR|VVVV:DDDD[xN]")
     attach.add_argument("--usb", action="append", default=[], metavar="ID")
+    attach.add_argument("--pool", action="append", default=[], metavar="NAME[xN]")
     attach.set_defaults(run=partial(vm_attach, gpu_asks=gpu_asks))
     detach = verbs.add_parser("detach", help="remove one device from the VM")
     detach.add_argument("name")
@@ -90,10 +92,7 @@ def register(commands, gpu_asks):
 
     network = commands.add_parser("network", help="one L2 network: show, create, delete")
     verbs = network.add_subparsers(dest="verb", required=True, metavar="VERB")
-    for verb in ("show", "delete"):
-        sub = verbs.add_parser(verb)
-        sub.add_argument("name")
-        sub.set_defaults(run=partial(network_simple, verb=verb))
+    name_verbs(verbs, ("show", "delete"), network_simple)
     create = verbs.add_parser("create", help="novlan, vlan, vxlan-pool or vxlan (from a pool)")
     create.add_argument("name")
     create.add_argument("--type", required=True, choices=["novlan", "vlan", "vxlan-pool", "vxlan"])
@@ -141,9 +140,11 @@ def vm_action(client, args, verb):
 
 
 def vm_attach(client, args, gpu_asks):
-    body = {"gpus": gpu_asks(args.gpu), "usb": [{"id": usb} for usb in args.usb]}
-    if not body["gpus"] and not body["usb"]:
-        raise CliError("name a device: --gpu ADDR|VVVV:DDDD or --usb ID", status=2)
+    body = {"gpus": gpu_asks(args.gpu), "usb": [{"id": usb} for usb in args.usb],
+            "devices": pool_asks(args.pool)}
+    if not body["gpus"] and not body["usb"] and not body["devices"]:
+        raise CliError("name a device: --gpu ADDR|VVVV:DDDD, --usb ID or --pool NAME",
+                       status=2)
     vm = client.call("POST", f"/v1/vms/{quote(args.name)}/devices", body,
                      progress=f"attaching to VM {args.name}")
     return emit_json(vm) if args.json else print_vm(vm)

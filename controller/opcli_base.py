@@ -2,6 +2,7 @@
 the progress line for calls that take seconds."""
 
 import json
+from functools import partial
 import sys
 import threading
 import time
@@ -22,6 +23,14 @@ class CliError(Exception):
 
 
 # --- output --------------------------------------------------------------------------------
+def name_verbs(verbs, names, run):
+    """Verbs that take one object's name, each calling `run(client, args, verb=...)`."""
+    for verb in names:
+        sub = verbs.add_parser(verb)
+        sub.add_argument("name")
+        sub.set_defaults(run=partial(run, verb=verb))
+
+
 def short_time(iso):
     return iso.replace("T", " ")[:19] if iso else None
 

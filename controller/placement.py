@@ -47,7 +47,8 @@ def _placement(db, request, policy):
 
 
 def place_and_claim(db, request, policy, new_vm, attempts=5):
-    """Reserve devices and capacity for `request`; returns (host_id, [device rows' ids]).
+    """Reserve devices and capacity for `request`; returns (host_id, [device rows' ids],
+    the host NUMA node chosen for the VM or None).
 
     `new_vm` (a dict of Vm columns) is inserted in the claiming transaction; None when
     devices are added to `request.existing_vm`.
@@ -65,7 +66,7 @@ def place_and_claim(db, request, policy, new_vm, attempts=5):
             raise name_taken(request) from None
         if claimed is not None:
             count(operation, placement)
-            return placement.chosen.host_id, claimed
+            return placement.chosen.host_id, list(claimed.devices), claimed.numa_node
         placement = _placement(db, request, policy)
     count(operation, placement, "contended")
     raise Conflict("lost the race for these devices several times; try again",

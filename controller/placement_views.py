@@ -7,6 +7,8 @@ Read by the snapshot cache (the whole cluster, or the hosts that changed) and by
 from sqlalchemy import or_, select
 
 from controller.db.models import Device, Host, Vm
+from hostplane.core.numa import parse_cpulist
+from hostplane.core.placement_topology import NumaNode
 from hostplane.core.scheduler import DeviceView, HostView, Snapshot, VmView
 
 
@@ -48,15 +50,26 @@ def usage_by_host(vms):
 
 def host_view(host, usage=(0, 0)):
     return HostView(host.id, host.cluster, host.status, host.state, host.iommu_enabled,
-                    host.iommu_ready, host.cpu_threads, host.memory_mib, usage[0], usage[1])
+                    host.iommu_ready, host.cpu_threads, host.memory_mib, usage[0], usage[1],
+                    numa_nodes=numa_views(host.numa_nodes))
+
+
+def numa_views(reported):
+    """The agent's NUMA nodes as the scheduler weighs them: CPU threads and MiB per node
+    (() when the agent reported none)."""
+    return tuple(NumaNode(node["id"], len(parse_cpulist(node["cpus"])), node["memory_mib"])
+                 for node in reported or ())
 
 
 def device_view(device):
     return DeviceView(device.host_id, device.kind, device.id, device.type, device.vendor_id,
                       device.product_id, device.state, device.status, device.vm, device.shared,
-                      device.assignable, device.iommu_group, device.usb_major, device.name)
+                      device.assignable, device.iommu_group, device.usb_major, device.name,
+                      device.numa_node, tuple(device.upstream or ()),
+                      device.subsystem_vendor_id, device.subsystem_device_id, device.physfn)
 
 
 def vm_view(vm):
-    return VmView(vm.name, vm.host_id, vm.state, vm.anti_affinity_group, vm.tenant)
+    return VmView(vm.name, vm.host_id, vm.state, vm.anti_affinity_group, vm.tenant,
+                  (vm.spec or {}).get("numa_node"), vm.vcpus, vm.memory_mib)
 

@@ -28,7 +28,7 @@ from controller.db.models import Host, utcnow
 from controller.networks import after_resync
 from controller.recovery import settle_abandoned_creates
 from controller.sync import apply_report
-from hostplane.core import host_states
+from hostplane.core import host_states, numa
 from hostplane.errors import ApiError
 from hostplane.metrics import counter, histogram
 
@@ -205,4 +205,5 @@ def _apply_facts(row, facts, health):
     row.hostname = facts.get("hostname")
     row.cpu_threads = int(cpu.get("threads") or 0)
     row.memory_mib = int(facts.get("memory_mib") or 0)
+    row.numa_nodes = numa.reported_nodes(facts.get("numa_nodes"))
     row.iommu_ready = bool(iommu.get("kernel_enabled") and iommu.get("ready"))

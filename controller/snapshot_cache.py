@@ -13,17 +13,25 @@ changed at all: revisions only grow, and a host registered again starts from a r
 A stale snapshot can only cost a retry: a claim re-runs the scheduler on the chosen host's
 rows, locked and fresh, before it writes anything. The revision lives in the database, so
 several controller processes stay correct, each with its own cache.
+
+Claims under way are assumed in the snapshot (`hold`, until `settled`): concurrent creates
+in one process would otherwise all choose the same best host and all but one lose the race
+for it. The assumption is put back on every reload of its host until its claim is settled;
+then the host is read again as the database has it.
 """
 
+import dataclasses
 import gc
 import threading
+import time
 import weakref
 
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
+from sqlalchemy.orm import Session
 
 from controller.db.models import Host
 from controller.placement_views import cluster_views, snapshot
-from hostplane.core.scheduler import place
+from hostplane.core.scheduler import VmView, choose, place
 
 # Reload everything when more than this share of hosts (and more than a few chunks of
 # them) changed: one full read is then cheaper than many small ones.
@@ -34,6 +42,11 @@ IN_CHUNK = 500   # host ids per `IN (...)`, well under every database's paramete
 # millions of objects hold no cycles, and walking them made every full GC pass (and so
 # random placements) take a few hundred milliseconds.
 FREEZE_FROM_HOSTS = 1000
+# A create's first attempt may place on a snapshot checked this long ago: its claim
+# re-checks every ask on the chosen host's locked rows, and the process's own claims
+# under way are held in the snapshot; a retry, an attach, an explain and a refusal
+# always read the revisions.
+CREATE_MAX_AGE_S = 0.5
 
 _caches = weakref.WeakKeyDictionary()
 _caches_lock = threading.Lock()
@@ -47,34 +60,102 @@ def cache_for(db):
         return cache
 
 
+@event.listens_for(Session, "after_commit")
+def _seen_here(session):
+    """A write of this process other than a claim (a host or device changed, a VM gone):
+    every cache reads the revisions before its next placement, so a create never misses
+    what was changed here a moment ago."""
+    bumped = session.info.pop("revisions_bumped", False)
+    if bumped and not session.info.pop("held_claim", False):
+        with _caches_lock:
+            for cache in _caches.values():
+                cache.checked = float("-inf")
+    session.info.pop("held_claim", None)
+
+
+@event.listens_for(Session, "after_rollback")
+def _forget_marks(session):
+    session.info.pop("revisions_bumped", None)
+    session.info.pop("held_claim", None)
+
+
 class SnapshotCache:
     def __init__(self, db):
         self.db = db
         self.lock = threading.Lock()   # the snapshot is updated in place: one user at a time
+        self.reading = threading.Lock()   # one refresh reads the database at a time
         self.snapshot = None
         self.revisions = {}            # host id → revision the snapshot holds
         self.fingerprint = None        # (host count, sum of revisions) when last refreshed
+        self.checked = float("-inf")   # time.monotonic() of the last fingerprint match
         self.reloads = {"full": 0, "hosts": 0}   # what refreshes cost (bench, tests)
+        self.held = {}                 # id(request) → (request, Candidate): claims under way
+        self.dirty = set()             # hosts whose held claims settled: read them again
 
-    def place(self, request, policy):
-        """`place` on a snapshot no older than this call's read of the revisions."""
-        with self.db.read() as session:
+    def place(self, request, policy, every_host=True, hold=False, max_age=0.0):
+        """`place` on a snapshot no older than this call's read of the revisions, or read
+        up to `max_age` seconds ago when it finds a host; without `every_host`, `choose`:
+        the chosen host alone (all reasons when none fits). With `hold`, the chosen host's
+        devices and room count as taken until `settled`."""
+        if time.monotonic() - self.checked > max_age:
+            self.refresh()
+        with self.lock:
+            placement = (place if every_host else choose)(request, self.snapshot, policy)
+        if placement.chosen is None and max_age > 0:   # a refusal is never from old rows
+            return self.place(request, policy, every_host, hold)
+        if hold and placement.chosen is not None:
+            with self.lock:
+                self.held[id(request)] = (request, placement.chosen)
+                self._assume([(request, placement.chosen)])
+        return placement
+
+    def settled(self, request):
+        """The claim of `request` committed or gave up: read its host again next time."""
+        with self.lock:
+            held = self.held.pop(id(request), None)
+            if held is not None:
+                self.dirty.add(held[1].host_id)
+                self.fingerprint = None
+
+    def refresh(self):
+        """Bring the snapshot up to the database's revisions. The database is read outside
+        the snapshot's lock, so placements go on meanwhile on the snapshot as it was."""
+        with self.reading, self.db.read() as session:
+            checked = time.monotonic()
             fingerprint = tuple(session.execute(
                 select(func.count(), func.coalesce(func.sum(Host.revision), 0))).one())
             with self.lock:
-                if fingerprint != self.fingerprint:
-                    self._refresh(session)
-                    self.fingerprint = fingerprint
-                return place(request, self.snapshot, policy)
+                if fingerprint == self.fingerprint:
+                    self.checked = checked
+                    return
+                dirty, self.dirty = self.dirty, set()
+            self._refresh(session, dirty)
+            with self.lock:
+                self.fingerprint = fingerprint if not self.dirty else None
+                self.checked = checked
 
-    def _refresh(self, session):
+    def _assume(self, claims):
+        """Count `claims` ((request, Candidate), ...) in the snapshot, host by host."""
+        changes = {}
+        for request, chosen in claims:
+            part = changes.get(chosen.host_id) or self.snapshot.index.parts.get(chosen.host_id)
+            if part is not None:
+                changes[chosen.host_id] = assumed(part, request, chosen)
+        if changes:
+            self.snapshot.apply(changes)
+
+    def _refresh(self, session, dirty):
         current = dict(session.execute(select(Host.__table__.c.id,
                                               Host.__table__.c.revision)).all())
-        changed = [host_id for host_id, _ in current.items() - self.revisions.items()]
+        changed = [host_id for host_id, revision in current.items()
+                   if self.revisions.get(host_id) != revision or host_id in dirty]
         gone = self.revisions.keys() - current.keys()
         if self.snapshot is None or len(changed) > max(FULL_RELOAD_MIN_HOSTS,
                                                       FULL_RELOAD_SHARE * len(current)):
-            self.snapshot = snapshot(session)[0]
+            fresh = snapshot(session)[0]
+            with self.lock:
+                self.snapshot = fresh
+                self._assume(self.held.values())
             self.revisions = current
             self.reloads["full"] += 1
             if len(current) >= FREEZE_FROM_HOSTS:
@@ -86,12 +167,30 @@ class SnapshotCache:
             chunk = changed[start:start + IN_CHUNK]
             changes.update(dict.fromkeys(chunk))   # deleted since the revisions were read
             changes.update(_parts(*cluster_views(session, chunk)[:3]))
-        self.snapshot.apply(changes)
+        with self.lock:
+            self.snapshot.apply(changes)
+            self._assume([held for held in self.held.values() if held[1].host_id in changes])
         for host_id in changed:
             if host_id not in self.snapshot.index.hosts:
                 del current[host_id]   # gone before its rows were read: try again next time
         self.revisions = current
         self.reloads["hosts"] += len(changes)
+
+
+def assumed(part, request, chosen):
+    """(host, devices, VMs) of a host as they will be once `chosen` is claimed for `request`."""
+    host, devices, vms = part
+    taken = set(chosen.devices)
+    devices = [dataclasses.replace(d, status="attached", vm=request.name)
+               if (d.kind, d.id) in taken else d for d in devices]
+    vm = request.existing_vm
+    if vm is None or vm.host_id != host.id:   # the VM's room is counted here from now on
+        host = dataclasses.replace(host, used_vcpus=host.used_vcpus + request.vcpus,
+                                   used_memory_mib=host.used_memory_mib + request.memory_mib)
+        vms = tuple(vms) + (VmView(request.name, host.id, "creating",
+                                   request.anti_affinity_group, request.tenant,
+                                   chosen.numa_node, request.vcpus, request.memory_mib),)
+    return host, devices, vms
 
 
 def _parts(hosts, devices, vms):

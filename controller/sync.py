@@ -82,6 +82,9 @@ def _copy_facts(row, device):
     row.not_assignable_reason = None if row.assignable else (
         device.get("not_assignable_reason") or "its agent says it cannot be passed through")
     row.iommu_group = device.get("iommu_group")
+    row.subsystem_vendor_id = device.get("subsystem_vendor_id")
+    row.subsystem_device_id = device.get("subsystem_device_id")
+    row.physfn = device.get("physfn")
     row.numa_node = device.get("numa_node")
     row.upstream = device.get("upstream") or []
     row.link = device.get("link")

@@ -33,6 +33,7 @@ def visible(vm, name, tenant):
 def settle_create(db, name, op_id, agent_state):
     """The agent made the VM of operation `op_id`: the row takes its state; its view."""
     def record(session):
+        session.info["held_claim"] = True   # the state of a VM its claim placed already
         vm = locked_vm(session, db, name)
         if vm is None or vm.op_id != op_id:
             raise Conflict(f"{name} was deleted while its create was under way",

@@ -22,6 +22,7 @@ from controller.claims import release
 from controller.db.models import Device, Host, Vm
 from controller.moves import move_and_attach
 from controller.placement import place_and_claim
+from controller.pools import pool_asks
 from controller.placement_views import vm_view
 from controller.refusals import error_for
 from controller.vm_records import (delete_on_agent, finish_delete, forget_create, held,
@@ -36,16 +37,16 @@ from hostplane.errors import ApiError, Conflict, NotFound
 
 def create(body):
     ctl = current()
-    request = body.placement(tenant(), ctl.strategy)
+    request = body.placement(tenant(), ctl.strategy, pool_asks(body.devices))
     op_id = uuid.uuid4().hex
     spec = {"networks": [n.model_dump() for n in body.networks], "start": body.start}
     new_vm = {"name": body.name, "tenant": request.tenant, "vcpus": body.vcpus,
               "memory_mib": body.memory_mib, "anti_affinity_group": body.anti_affinity_group,
               "spec": spec, "op_id": op_id, "op_since": time.time()}
-    host_id, devices = place_and_claim(ctl.db, request, ctl.policy, new_vm,
-                                       ctl.config["scheduler"]["claim_attempts"])
+    host_id, devices, numa_node = place_and_claim(ctl.db, request, ctl.policy, new_vm,
+                                                  ctl.config["scheduler"]["claim_attempts"])
     agent_spec = vm_spec(body.name, body.vcpus, body.memory_mib, spec["networks"], devices,
-                         op_id, start=body.start)
+                         op_id, start=body.start, numa_node=numa_node)
     try:
         host = _host(host_id)
     except ApiError:   # deleted meanwhile: nothing was sent
@@ -127,10 +128,11 @@ def add_devices(name, body):
     request = PlacementRequest(name=name, vcpus=vm.vcpus, memory_mib=vm.memory_mib,
                                gpus=[gpu.ask() for gpu in body.gpus],
                                usb=[usb.id for usb in body.usb], tenant=tenant(),
+                               pools=pool_asks(body.devices),
                                anti_affinity_group=vm.anti_affinity_group,
                                strategy=ctl.strategy, existing_vm=vm_view(vm))
-    host_id, devices = place_and_claim(ctl.db, request, ctl.policy, None,
-                                       ctl.config["scheduler"]["claim_attempts"])
+    host_id, devices, _numa_node = place_and_claim(ctl.db, request, ctl.policy, None,
+                                                   ctl.config["scheduler"]["claim_attempts"])
     if host_id != vm.host_id:   # stopped, device-less, asked for USB elsewhere: it moves
         move_and_attach(ctl, vm, host_id, devices, _host)
         return get(name)

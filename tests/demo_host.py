@@ -9,7 +9,9 @@ sysfs tree (plus a GPU that cannot be passed through) and a /proc under DIR, and
 import os
 import sys
 
-from tests.hosts import NVIDIA, small_gpu_host
+from tests.hosts import INTEL, NVIDIA, SAMSUNG, small_gpu_host
+
+PLX = "10b5"   # Broadcom/PLX PCIe switch
 from tests.synthetic import PciFunction, write_proc, write_sysfs_tree
 
 HOST_ID = "demo-gpu-server"
@@ -20,6 +22,19 @@ def demo_host():
     keyboard), plus an older GPU with no IOMMU group: one a newcomer sees refused, and why."""
     host = small_gpu_host()
     host.pci.append(PciFunction("0000:d8:00.0", NVIDIA, "1db6", "030200", "nvidia", None, 1))
+    # Two sockets (the topology picture's NUMA nodes), and on the second a PCIe switch with
+    # two NVMe drives behind its downstream ports.
+    host.numa_nodes = [(0, "0-15", 131072), (1, "16-31", 131072)]
+    switch = [("0000:c8:00.0", "2030", "060400", "pcieport", None),
+              ("0000:c9:00.0", "8796", "060400", "pcieport", "0000:c8:00.0"),
+              ("0000:ca:00.0", "8796", "060400", "pcieport", "0000:c9:00.0"),
+              ("0000:ca:01.0", "8796", "060400", "pcieport", "0000:c9:00.0"),
+              ("0000:cb:00.0", "a80a", "010802", "nvme", "0000:ca:00.0"),
+              ("0000:cc:00.0", "a80a", "010802", "nvme", "0000:ca:01.0")]
+    for index, (address, device, class_code, driver, parent) in enumerate(switch):
+        vendor = SAMSUNG if driver == "nvme" else (PLX if device == "8796" else INTEL)
+        host.pci.append(PciFunction(address, vendor, device, class_code, driver, 40 + index,
+                                    1, parent=parent))
     return host
 
 

@@ -61,6 +61,7 @@ class Host:
     usb: list = field(default_factory=list)
     usb_controller: str | None = None  # PCI address the root hubs hang off
     cmdline: str = "BOOT_IMAGE=/vmlinuz root=/dev/sda1 ro intel_iommu=on iommu=pt"
+    numa_nodes: list = field(default_factory=list)   # [(id, "0-15", memory MiB)]
 
     def function(self, address):
         return next(f for f in self.pci if f.address == address)
@@ -206,6 +207,12 @@ def write_sysfs_tree(host, root):
         for name, value in usb_attributes(device).items():
             _write(base, name, value)
         _link(os.path.join(root, "bus/usb/devices", device.sys_name), base)
+    for node_id, cpus, memory_mib in host.numa_nodes:
+        base = os.path.join(root, "devices/system/node", f"node{node_id}")
+        os.makedirs(base, exist_ok=True)
+        _write(base, "cpulist", cpus)
+        _write(base, "meminfo", f"Node {node_id} MemTotal:       {memory_mib * 1024} kB\n"
+                                f"Node {node_id} MemFree:        {memory_mib * 512} kB")
     os.makedirs(os.path.join(root, "kernel/iommu_groups"), exist_ok=True)
     return root
 

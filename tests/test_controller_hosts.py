@@ -213,3 +213,25 @@ def test_openapi_describes_every_controller_endpoint(world):
                  "/v1/devices", "/v1/devices/{host_id}/{device_id}", "/v1/vms",
                  "/v1/vms/{name}/devices", "/v1/schedule/explain"):
         assert path in paths, path
+
+
+def test_a_hosts_numa_nodes_are_kept_from_its_agent(tmp_path):
+    """The agent's two NUMA nodes (read from its sysfs) reach the host record at
+    registration; devices keep their own node beside them."""
+    from tests.demo_host import HOST_ID, demo_host
+    from tests.test_controller_support import LoopbackAgent, controller_app, \
+        controller_config, register
+    agent = LoopbackAgent(tmp_path, HOST_ID, demo_host())
+    app = controller_app(controller_config(tmp_path))
+    try:
+        client = app.test_client()
+        register(client, agent)
+        host = client.get(f"/v1/hosts/{HOST_ID}", headers=ADMIN).get_json()
+        assert host["numa_nodes"] == [{"id": 0, "cpus": "0-15", "memory_mib": 131072},
+                                      {"id": 1, "cpus": "16-31", "memory_mib": 131072}]
+        found = devices(client, host=HOST_ID)
+        assert found[(HOST_ID, "0000:3b:00.0")]["numa_node"] == 0
+        assert found[(HOST_ID, "0000:af:00.0")]["numa_node"] == 1
+    finally:
+        agent.stop()
+        app.extensions["hostplane_controller"].close()

@@ -51,6 +51,21 @@ def test_more_gpus_than_any_host_has_is_422_with_reasons_per_host(world):
             .get_json()["devices"]} == {"ready"}
 
 
+def test_locality_asks_show_what_each_host_offers_and_required_ones_refuse(world):
+    """host-a's two T4s sit on two NUMA nodes, each right under its own root port."""
+    _, client, _ = world
+    two = [{"vendor_id": "10de", "device_id": "1eb8", "count": 2}]
+    found = "2 GPUs 10de:1eb8 free: 2 under no switch; NUMA node 0: 1, NUMA node 1: 1"
+    preferred = explain(client, gpus=two, locality="same-switch")
+    assert preferred["chosen"] == "host-a"
+    assert preferred["candidates"][0]["found"] == found
+    required = explain(client, gpus=two, locality="same-numa", locality_mode="required")
+    assert required["chosen"] is None
+    assert required["rejected"]["host-a"] == [f"no 2 free GPUs on one NUMA node ({found})"]
+    one = explain(client, gpus=[{"vendor_id": "10de", "device_id": "1eb8"}], numa="required")
+    assert one["rejected"]["host-a"] == ["host NUMA nodes not reported"]
+
+
 def test_memory_shortfall_is_named_with_free_and_asked(world):
     _, client, _ = world
     result = explain(client, memory_mib=600000)
@@ -151,6 +166,9 @@ def test_unplaceable_when_agent_gone_is_503_and_releases_the_claim(world, tmp_pa
     ({"name": "ok", "vcpus": 1, "memory_mib": 256, "gpus": [{"id": "3b:00"}]}, "gpus.0.id"),
     ({"name": "ok", "vcpus": 1, "memory_mib": 256, "usb": [{"id": "sandisk"}]}, "usb.0.id"),
     ({"name": "ok", "vcpus": 1, "memory_mib": 256, "strategy": "random"}, "strategy"),
+    ({"name": "ok", "vcpus": 1, "memory_mib": 256, "numa": "strict"}, "numa"),
+    ({"name": "ok", "vcpus": 1, "memory_mib": 256, "locality": "same-rack"}, "locality"),
+    ({"name": "ok", "vcpus": 1, "memory_mib": 256, "locality_mode": "maybe"}, "locality_mode"),
 ])
 def test_bad_vm_bodies_are_400_naming_the_field(world, body, field):
     _, client, _ = world

@@ -8,6 +8,7 @@ Real agents on loopback (host-a: GPUs 10de:1eb8, host-b: 10de:2236).
 import pytest
 
 from controller.snapshot_cache import cache_for
+from hostplane.core.scheduler import GpuAsk, PlacementRequest
 from tests.test_controller_support import (ADMIN, NVIDIA_A10, LoopbackAgent, controller_app,
                                            controller_config, database_url, gpu_host, register)
 
@@ -80,3 +81,39 @@ def test_nothing_changed_reads_no_host_again(two_controllers):
     assert any("disabled by admin" in r or "not viable" in r
                for r in explain(one, gpus=[{"id": "0000:3b:00.0"}])["rejected"]["host-b"])
     assert cache(apps[0]).reloads == {"full": before["full"], "hosts": before["hosts"] + 1}
+
+
+def test_placements_under_way_are_held_so_the_next_choose_around_them(two_controllers):
+    """Concurrent creates in one process: each placement sees the claims still under way
+    (chosen, not yet committed), so they spread over free devices instead of all racing
+    for the best one; once settled, the host is read again as the database has it."""
+    _, apps = two_controllers
+    controller = apps[0].extensions["hostplane_controller"]
+    asks = (GpuAsk(vendor_id=A10["vendor_id"], device_id=A10["device_id"]),)
+    first, second, third = (PlacementRequest(f"held-{n}", 1, 64, gpus=asks) for n in range(3))
+    held = cache(apps[0])
+    one = held.place(first, controller.policy, every_host=False, hold=True).chosen
+    two = held.place(second, controller.policy, every_host=False, hold=True).chosen
+    assert (one.host_id, two.host_id) == ("host-b", "host-b")
+    assert {one.devices[0], two.devices[0]} == {("pci", "0000:3b:00.0"), ("pci", "0000:af:00.0")}
+    refused = held.place(third, controller.policy, every_host=False).rejected["host-b"]
+    assert any("attached to held-0" in reason for reason in refused)
+    held.settled(first)
+    held.settled(second)   # neither was claimed: both GPUs are free again
+    assert held.place(third, controller.policy, every_host=False).chosen.host_id == "host-b"
+
+
+def test_a_create_right_after_a_change_made_here_sees_the_change(two_controllers):
+    """A create may place on a snapshot checked a moment ago, but never on one older than
+    a host change this process just made: host-a, back from maintenance, takes the VM."""
+    (one, _), _ = two_controllers
+    assert one.patch("/v1/hosts/host-a", headers=ADMIN,
+                     json={"state": "maintenance"}).status_code == 200
+    first = one.post("/v1/vms", headers=ADMIN, json={
+        "name": "busy-b", "vcpus": 8, "memory_mib": 256, "start": False})
+    assert first.get_json()["host"] == "host-b"
+    assert one.patch("/v1/hosts/host-a", headers=ADMIN,
+                     json={"state": "enabled"}).status_code == 200
+    second = one.post("/v1/vms", headers=ADMIN, json={
+        "name": "back-on-a", "vcpus": 1, "memory_mib": 64, "start": False})
+    assert second.get_json()["host"] == "host-a"

@@ -215,6 +215,16 @@ def drop_postgres_database(name):
                    input=script, text=True, capture_output=True)
 
 
+def insert_host_row(connection, now, host_id="h"):
+    """A host row written in SQL, for migration tests that run before the current schema."""
+    import sqlalchemy as sa
+    connection.execute(sa.text(
+        "INSERT INTO hosts (id, url, token, cluster, status, state, iommu_enabled, "
+        "iommu_ready, cpu_threads, memory_mib, failures, created_at, revision) VALUES "
+        "(:id, 'http://h', 't', 'c', 'connected', 'enabled', true, true, 1, 1, 0, :now, 1)"),
+        {"id": host_id, "now": now})
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def database_url(request, tmp_path):
     if request.param == "sqlite":

@@ -231,3 +231,76 @@ def test_demo_tables_fit_the_screen_and_say_what_cannot_be_assigned(demo_world, 
 
     os.makedirs(ARTIFACTS, exist_ok=True)
     browser.save_screenshot(os.path.join(ARTIFACTS, f"dashboard-demo-{width}.png"))
+
+
+TOPOLOGY = """
+const figure = document.querySelector(`#topology figure[data-host="${arguments[0]}"]`);
+if (!figure || !figure.querySelector("g.device")) return null;
+const box = (g) => { const r = g.querySelector("rect").getBoundingClientRect();
+                     return [r.left, r.top, r.right, r.bottom]; };
+const texts = (g) => Array.from(g.querySelectorAll(":scope > text"), (t) => t.textContent);
+const nodeOf = (g) => g.closest("g.numa-node").dataset.node;
+return {
+  view: document.documentElement.clientWidth,
+  svg: figure.querySelector("svg").getBoundingClientRect().right,
+  nodes: Array.from(figure.querySelectorAll("g.numa-node"),
+                    (g) => ({node: g.dataset.node, text: texts(g), box: box(g)})),
+  switches: Array.from(figure.querySelectorAll("g.switch"), (g) => ({
+    id: g.dataset.switch, node: nodeOf(g), box: box(g),
+    devices: Array.from(g.querySelectorAll("g.device"), (d) => d.dataset.device)})),
+  devices: Object.fromEntries(Array.from(figure.querySelectorAll("g.device"), (g) => [
+    g.dataset.device, {node: nodeOf(g), lines: texts(g), box: box(g),
+                       state: g.getAttribute("class")}]))};
+"""
+
+
+def inside(inner, outer):
+    return (outer[0] <= inner[0] and outer[1] <= inner[1] and inner[2] <= outer[2]
+            and inner[3] <= outer[3])
+
+
+@pytest.mark.parametrize("width", [1280, 1920])
+def test_demo_topology_picture_shows_numa_nodes_switches_and_device_holders(
+        demo_world, browser, width):
+    """The SVG picture read back as drawn: NUMA node boxes with their CPUs, the PCIe switch
+    with the two NVMe drives inside its box, every endpoint (not the bridges) with its
+    IOMMU group and holder, all within the window."""
+    from tests.demo_host import HOST_ID
+    url = demo_world
+    api(url, "/v1/vms", "POST", json={"name": "demo-train", "vcpus": 2, "memory_mib": 1024,
+                                      "gpus": [{"id": "0000:af:00.0"}]})
+    browser.set_window_size(width, 1400)
+    open_dashboard(browser, url)
+    picture = eventually(lambda: browser.execute_script(TOPOLOGY, HOST_ID))
+
+    nodes = {n["node"]: n for n in picture["nodes"]}
+    assert list(nodes) == ["0", "1", "none"]
+    assert nodes["1"]["text"] == ["NUMA node 1", "CPUs 16-31 · 128 GiB"]
+    assert [(s["id"], s["node"], s["devices"]) for s in picture["switches"]] == [
+        ("0000:c9:00.0", "1", ["0000:cb:00.0", "0000:cc:00.0"])]
+    switch = picture["switches"][0]["box"]
+    devices = picture["devices"]
+    assert all(inside(devices[d]["box"], switch) for d in ("0000:cb:00.0", "0000:cc:00.0"))
+    assert not any(address in devices for address in ("0000:c9:00.0", "0000:ca:00.0",
+                                                      "0000:3a:00.0"))   # bridges
+    for address, device in devices.items():
+        assert inside(device["box"], nodes[device["node"]]["box"]), address
+    held = devices["0000:af:00.0"]
+    assert held["node"] == "1" and held["lines"][0] == "0000:af:00.0"
+    assert "IOMMU group 13" in held["lines"] and "VM demo-train" in held["lines"]
+    assert held["state"] == "device held"
+    assert devices["0000:3b:00.0"]["node"] == "0" and "ready" in devices["0000:3b:00.0"]["lines"]
+    refused = devices["0000:d8:00.0"]
+    assert "no IOMMU group" in refused["lines"] and "not assignable" in refused["lines"]
+    assert devices["0000:00:14.0"]["node"] == "none"   # firmware gave the controller no node
+    assert picture["svg"] <= picture["view"], picture["svg"]
+
+    # A device in a pool (the pools' field) says so beside its group.
+    lines = browser.execute_script(
+        "return deviceLines({id: '0000:01:00.0', type: 'gpu', name: 'a', iommu_group: 7, "
+        "pool: 'a100', status: 'ready', assignable: true, vm: null});")
+    assert lines == ["0000:01:00.0", "gpu · a", "IOMMU group 7 · pool a100", "ready"]
+
+    os.makedirs(ARTIFACTS, exist_ok=True)
+    figure = browser.find_element("css selector", f'#topology figure[data-host="{HOST_ID}"]')
+    figure.screenshot(os.path.join(ARTIFACTS, f"dashboard-topology-{width}.png"))

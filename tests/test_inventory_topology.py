@@ -244,7 +244,7 @@ def test_a_use_that_appears_after_the_scan_is_seen_at_the_next_read(tmp_path, mo
 
 
 # --- migration 0004 on both databases ----------------------------------------------------
-from tests.test_controller_support import database_url  # noqa: E402,F401
+from tests.test_controller_support import database_url, insert_host_row  # noqa: E402,F401
 
 
 def test_migration_0004_adds_topology_columns_and_moves_unassignable_rows_off_ready(
@@ -255,11 +255,7 @@ def test_migration_0004_adds_topology_columns_and_moves_unassignable_rows_off_re
     engine = sa.create_engine(database_url)
     now = "2026-12-04 00:00:00+00:00"
     with engine.begin() as db:
-        db.execute(sa.text("INSERT INTO hosts (id, url, token, cluster, status, state, "
-                           "iommu_enabled, iommu_ready, cpu_threads, memory_mib, failures, "
-                           "created_at, revision) VALUES ('h', 'http://h', 't', 'c', "
-                           "'connected', 'enabled', true, true, 1, 1, 0, :now, 1)"),
-                   {"now": now})
+        insert_host_row(db, now)
         for device_id, assignable in (("0000:00:01.0", False), ("0000:3b:00.0", True)):
             db.execute(sa.text(
                 "INSERT INTO devices (host_id, id, kind, type, vendor_id, product_id, name, "

@@ -9,7 +9,8 @@ bp = Blueprint("host", __name__)
 
 
 @bp.get("/v1/host")
-@describe("Host facts: CPU, memory, kernel, IOMMU state, libvirt and QEMU versions",
+@describe("Host facts: CPU, memory, kernel, IOMMU state, NUMA nodes (numa_nodes: id, cpus "
+          "as a kernel cpulist, memory_mib), libvirt and QEMU versions",
           tags=["host"])
 def host():
     return jsonify(current_agent().host())

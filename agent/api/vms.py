@@ -47,6 +47,9 @@ class VmCreate(VmBasics):
     devices: list[DeviceRef] = Field(default_factory=list, max_length=32)
     start: bool = False
     accel: Literal["auto", "kvm", "tcg"] = "auto"
+    # Pin vCPUs to this host NUMA node's CPUs and take memory from it only (GET /v1/host
+    # lists the nodes); 409 when the host has no such node or it cannot hold the VM.
+    numa_node: int | None = Field(default=None, ge=0, le=1023)
     # The controller's id of this create: a retry of it answers the VM it made (200).
     op_id: str | None = Field(default=None, pattern=OPERATION_ID.pattern)
 
@@ -75,7 +78,8 @@ def list_vms():
 
 @bp.post("/v1/vms")
 @describe("Define a VM (q35, SeaBIOS), with devices checked like attaches; optionally start "
-          "it. With op_id, a repeat of the same create answers 200 with the VM it made, and "
+          "it. With numa_node, its vCPUs and memory are pinned to that host NUMA node "
+          "(409 numa_node_not_found / numa_node_too_small otherwise). With op_id, a repeat of the same create answers 200 with the VM it made, and "
           "a create the controller cancelled is refused (409 operation_cancelled)",
           body=VmCreate, responses=(200, 201, 409, 503), tags=["vms"])
 def create_vm():

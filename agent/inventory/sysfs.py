@@ -130,6 +130,23 @@ class SysfsTree:
     def module_loaded(self, name):
         return os.path.isdir(os.path.join(self.root, "module", name))
 
+    def numa_nodes(self):
+        """[{"id", "cpus", "memory_mib"}] from `devices/system/node/node*`, by id; empty
+        when the kernel shows no nodes (built without NUMA, or a captured tree)."""
+        base = os.path.join(self.root, "devices", "system", "node")
+        try:
+            names = os.listdir(base)
+        except OSError:
+            return []
+        nodes = []
+        for name in names:
+            if not (name.startswith("node") and name[4:].isdigit()):
+                continue
+            directory = os.path.join(base, name)
+            nodes.append({"id": int(name[4:]), "cpus": _read(f"{directory}/cpulist") or "",
+                          "memory_mib": _node_memory_mib(_read(f"{directory}/meminfo"))})
+        return sorted(nodes, key=lambda node: node["id"])
+
 
 class UnreadableFunction(OSError):
     """A PCI function listed in the tree whose ids or class cannot be read."""
@@ -235,6 +252,15 @@ def _int_attr(base, name):
 def _numa_node(base):
     node = _int_attr(base, "numa_node")
     return node if node is not None and node >= 0 else None
+
+
+def _node_memory_mib(meminfo):
+    """MemTotal of a node's meminfo ("Node 0 MemTotal:  24683792 kB") in MiB."""
+    for line in (meminfo or "").splitlines():
+        words = line.split()
+        if len(words) >= 4 and words[2] == "MemTotal:" and words[3].isdigit():
+            return int(words[3]) // 1024
+    return 0
 
 
 def _link_name(path):

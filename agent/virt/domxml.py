@@ -9,6 +9,8 @@ import xml.etree.ElementTree as ET
 
 import defusedxml.ElementTree as SafeET
 
+from hostplane.core.numa import parse_cpulist
+
 USB_CONTROLLER = "qemu-xhci"
 USB_PORTS = "15"    # qemu-xhci's maximum; per-VM limits need 1 + 6 + 4 = 11
 XHCI_MODELS = ("qemu-xhci", "nec-xhci", "piix3-uhci+xhci")
@@ -18,12 +20,20 @@ METADATA_NS = "https://hostplane.invalid/xmlns/vm/1"
 ET.register_namespace("hostplane", METADATA_NS)
 
 
-def domain_xml(spec, domain_type, hostdevs):
-    """A diskless-or-not VM: q35, SeaBIOS, a qemu-xhci USB controller, virtio NICs."""
+def domain_xml(spec, domain_type, hostdevs, numa=None):
+    """A diskless-or-not VM: q35, SeaBIOS, a qemu-xhci USB controller, virtio NICs; with
+    `numa` (a host NUMA node {"id", "cpus"}) its vCPUs run on that node's CPUs and its
+    memory comes from that node only."""
     root = ET.Element("domain", type=domain_type)
     ET.SubElement(root, "name").text = spec["name"]
     ET.SubElement(root, "memory", unit="MiB").text = str(spec["memory_mib"])
-    ET.SubElement(root, "vcpu").text = str(spec["vcpus"])
+    vcpu = ET.SubElement(root, "vcpu")
+    vcpu.text = str(spec["vcpus"])
+    if numa is not None:
+        vcpu.set("placement", "static")
+        vcpu.set("cpuset", numa["cpus"])
+        ET.SubElement(ET.SubElement(root, "numatune"), "memory", mode="strict",
+                      nodeset=str(numa["id"]))
     if spec.get("op_id"):
         ET.SubElement(root, "metadata").append(_operation_element(spec["op_id"]))
     os_element = ET.SubElement(root, "os")
@@ -88,8 +98,9 @@ def parse(text):
 
 
 def read_domain(text):
-    """{"name", "uuid", "op_id", "vcpus", "memory_mib", "hostdevs", "networks", "disks",
-    "usb_controllers"}; `op_id` is None for a domain the controller did not make."""
+    """{"name", "uuid", "op_id", "vcpus", "numa_node", "cpuset", "memory_mib", "hostdevs",
+    "networks", "disks", "usb_controllers"}; `op_id` is None for a domain the controller did
+    not make, `numa_node` None unless its memory is bound to exactly one node."""
     root = parse(text)
     memory = root.find("memory")
     return {
@@ -97,6 +108,8 @@ def read_domain(text):
         "uuid": root.findtext("uuid"),
         "op_id": operation_of(root),
         "vcpus": int(root.findtext("vcpu") or 0),
+        "numa_node": numa_node_of(root),
+        "cpuset": _attr(root, "vcpu", "cpuset"),
         "memory_mib": _mib(memory) if memory is not None else 0,
         "hostdevs": hostdevs(root),
         "networks": [{"bridge": _attr(i, "source", "bridge"), "mac": _attr(i, "mac", "address")}
@@ -125,6 +138,18 @@ def operation_metadata(op_id):
 def operation_of(root):
     """The controller's operation id recorded in a parsed domain's metadata, or None."""
     return root.findtext(f"metadata/{{{METADATA_NS}}}vm/{{{METADATA_NS}}}op")
+
+
+def numa_node_of(root):
+    """The one host NUMA node a parsed domain's memory is bound to (`<numatune><memory
+    nodeset>` naming a single node, strict or not), else None."""
+    memory = root.find("numatune/memory")
+    nodeset = memory.get("nodeset") if memory is not None else None
+    try:
+        nodes = parse_cpulist(nodeset) if nodeset else []
+    except ValueError:
+        return None
+    return nodes[0] if len(nodes) == 1 else None
 
 
 def hostdevs(root):

@@ -21,6 +21,7 @@ from agent.virt.holders import conflicts as find_conflicts
 from agent.virt.holders import domain_hostdevs, ours
 from agent.virt.holders import scan as scan_holders
 from agent.virt.storage import Storage
+from hostplane.core import numa
 from hostplane.errors import BadRequest, Conflict, NotFound
 
 log = logging.getLogger(__name__)
@@ -33,14 +34,15 @@ UNDEFINE_FLAGS = ("VIR_DOMAIN_UNDEFINE_MANAGED_SAVE", "VIR_DOMAIN_UNDEFINE_SNAPS
 
 
 class Virt:
-    def __init__(self, config, inventory, iommu_ready, pause=never):
+    def __init__(self, config, inventory, iommu_ready, pause=never, numa_nodes=list):
         """`iommu_ready()` answers whether the host's IOMMU groups exist right now;
         `pause(step)` is the fault-injection seam (`agent.testhooks`), a no-op unless a
-        test asks."""
+        test asks; `numa_nodes()` lists the host's NUMA nodes (hostplane.core.numa)."""
         section = config["libvirt"]
         self.inventory = inventory
         self.pause = pause
         self.iommu_ready = iommu_ready
+        self.numa_nodes = numa_nodes
         self.detach_timeout_s = float(section["detach_timeout_s"])
         self.stop_timeout_s = float(section["stop_timeout_s"])
         self.storage = Storage(section["storage_dir"])
@@ -192,12 +194,14 @@ class Virt:
                 if op_id and self._op_of(existing) == op_id:
                     return self.vm_view(existing), False
                 raise Conflict(f"a VM named {spec['name']} already exists", code="vm_exists")
+            numa = self.numa_pin(spec.get("numa_node"), spec["memory_mib"])
             devices = self.check_new_devices(spec["name"], spec["devices"])
             hostdevs = [domxml.hostdev_xml(item["type"], device)
                         for item, device in zip(spec["devices"], devices)]
             disks, made = self.storage.disks_for(spec["name"], spec.get("disks") or [])
             text = domxml.domain_xml({**spec, "disks": disks},
-                                     self.domain_type(conn, spec.get("accel")), hostdevs)
+                                     self.domain_type(conn, spec.get("accel")), hostdevs,
+                                     numa)
             try:
                 with self.connection.errors(spec["name"]):
                     dom = conn.defineXML(text)
@@ -243,6 +247,18 @@ class Virt:
         if op_id and op_id in self.cancelled:
             raise Conflict(f"the controller cancelled operation {op_id} (it gave up waiting "
                            "for it)", code="operation_cancelled", details={"op_id": op_id})
+
+    def numa_pin(self, node_id, memory_mib):
+        """The host NUMA node a new VM is pinned to (None: not pinned); 409 when the host
+        has no such node or it cannot hold the VM."""
+        if node_id is None:
+            return None
+        nodes = self.numa_nodes()
+        refusal = numa.pin_refusal(nodes, node_id, memory_mib)
+        if refusal is not None:
+            raise Conflict(refusal[1], code=refusal[0],
+                           details={"numa_node": node_id, "numa_nodes": nodes})
+        return numa.node_by_id(nodes, node_id)
 
     def check_new_devices(self, vm, wanted):
         """Inventory models for a new VM's devices, each checked like an attach."""

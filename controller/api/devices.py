@@ -11,7 +11,8 @@ from hostplane.errors import BadRequest
 bp = Blueprint("devices", __name__)
 check_path_ids(bp)
 FILTERS = {"host": "host id", "cluster": "cluster name", "type": "gpu, gpu-audio, nic, usb, ...",
-           "status": "ready, attached, not_assignable or unavailable", "kind": "pci or usb"}
+           "status": "ready, attached, not_assignable or unavailable", "kind": "pci or usb",
+           "pool": "device pool name"}
 
 
 @bp.get("/v1/devices")

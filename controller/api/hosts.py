@@ -26,7 +26,8 @@ def listing():
 
 
 @bp.get("/v1/hosts/<host_id>")
-@describe("One host", tags=["hosts"])
+@describe("One host: status, capacity, IOMMU and its NUMA nodes (numa_nodes: id, cpus, "
+          "memory_mib, as its agent reports them)", tags=["hosts"])
 def show(host_id):
     return jsonify(hosts.get(host_id))
 

@@ -5,6 +5,7 @@ from flask import Blueprint, jsonify
 from controller.api.schemas import VmCreate
 from controller.placement import explain as run_placement
 from controller.refusals import install_metrics, refusal_details, rejected_for
+from controller.pools import pool_asks, quotas
 from controller.services import current, require_admin, tenant
 from hostplane.api import describe, parse_body
 
@@ -16,21 +17,25 @@ bp.record_once(lambda setup: install_metrics(setup.app))
 @describe("Ranked candidate hosts and every rejected host with its reasons: `rejected` "
           "{host: [sentence]} and `reasons` {host: [{code, message}]} (codes: see the "
           "controller docs)", body=VmCreate,
-          responses=(200, 403),
+          responses=(200, 403, 404),
           tags=["schedule"])
 def explain():
     body = parse_body(VmCreate)
     if body.usb:   # the same answer whether the USB device exists or not
         require_admin("USB passthrough")
     ctl = current()
-    placement = run_placement(ctl.db, body.placement(tenant(), ctl.strategy), ctl.policy)
+    asks = pool_asks(body.devices)
+    placement = run_placement(ctl.db, body.placement(tenant(), ctl.strategy, asks), ctl.policy)
     refusals = refusal_details(rejected_for(ctl.db, tenant(), placement.rejected))
     return jsonify({
         "chosen": placement.chosen.host_id if placement.chosen else None,
         "candidates": [{"host": c.host_id, "score": round(c.score, 4),
                         "devices": [{"type": kind, "id": device_id}
-                                    for kind, device_id in c.devices]}
+                                    for kind, device_id in c.devices],
+                        **({"numa_node": c.numa_node} if c.numa_node is not None else {}),
+                        **({"found": c.found} if c.found else {})}
                        for c in placement.ranked],
         "rejected": refusals["hosts"],
         "reasons": refusals["reasons"],
+        "quotas": quotas(asks),   # a tenant's pools: an exceeded one makes the create 403
     })

@@ -10,6 +10,7 @@ from hostplane.api import checked
 from hostplane.bodies import StrictBody, VmBasics, VmStop  # noqa: F401 (VmStop: the vms API's)
 from hostplane.core.ids import (check_device_id, check_host_id, check_name, normalize_pci_address,
                                 normalize_usb_id)
+from hostplane.core.pools import MAX_ASK, PoolMatch
 from hostplane.core.scheduler import GpuAsk, PlacementRequest
 
 HEX4 = r"^[0-9a-fA-F]{4}$"
@@ -97,9 +98,52 @@ class UsbBody(StrictBody):
     _id = field_validator("id")(lambda v: normalize_usb_id(v))
 
 
+class PoolAskBody(StrictBody):
+    """`count` devices of a device pool (any PCI kind)."""
+    pool: str
+    count: int = Field(default=1, ge=1, le=MAX_ASK)
+
+    _pool = field_validator("pool")(lambda v: check_name(v, "pool name"))
+
+
 class DeviceAsks(StrictBody):
     gpus: list[GpuBody] = Field(default_factory=list, max_length=16)
     usb: list[UsbBody] = Field(default_factory=list, max_length=16)
+    devices: list[PoolAskBody] = Field(default_factory=list, max_length=16)
+
+
+class _PoolMatchFields(StrictBody):
+    """A pool's match: vendor_id and device_id, then optional narrowing fields."""
+    subsystem_vendor_id: str | None = Field(default=None, pattern=HEX4)
+    subsystem_device_id: str | None = Field(default=None, pattern=HEX4)
+    type: str | None = Field(default=None, pattern=r"^[a-z][a-z0-9-]{0,31}$")
+    vf_of: str | None = Field(default=None, pattern=r"^[0-9a-fA-F]{4}:[0-9a-fA-F]{4}$",
+                              description="a virtual function's PF model, vendor:device")
+
+
+class DevicePoolCreate(_PoolMatchFields):
+    name: str
+    vendor_id: str = Field(pattern=HEX4)
+    device_id: str = Field(pattern=HEX4)
+
+    _name = field_validator("name")(lambda v: check_name(v, "pool name"))
+
+    def match(self):
+        return PoolMatch.parse(self.model_dump())
+
+
+class DevicePoolPatch(_PoolMatchFields):
+    """New values for the match's fields; an optional field sent as null is cleared."""
+    vendor_id: str | None = Field(default=None, pattern=HEX4)
+    device_id: str | None = Field(default=None, pattern=HEX4)
+
+    def match(self, current):
+        return PoolMatch.parse({**current.as_dict(), **self.model_dump(exclude_unset=True)})
+
+
+class DevicePoolShare(StrictBody):
+    max_count: int = Field(ge=0, le=1_000_000, description="devices of the pool the "
+                           "tenant's VMs may hold at once")
 
 
 class VmCreate(VmBasics, DeviceAsks):
@@ -110,19 +154,24 @@ class VmCreate(VmBasics, DeviceAsks):
     strategy: Literal["least-cpu", "least-memory"] | None = Field(
         default=None, description="how hosts are ranked; absent: the controller's "
                                   "[scheduler] strategy")
+    numa: Literal["required", "preferred", "none"] = "none"
+    locality: Literal["same-switch", "same-numa", "any"] = "any"
+    locality_mode: Literal["required", "preferred"] = "preferred"
     start: bool = True
 
     _names = field_validator("cluster", "anti_affinity_group")(
         lambda v: v if v is None else check_name(v))
 
-    def placement(self, tenant, default_strategy):
-        """The scheduler's request; without a strategy of its own, the configured one."""
+    def placement(self, tenant, default_strategy, pools=()):
+        """The scheduler's request; without a strategy of its own, the configured one.
+        `pools`: the PoolAsks of `devices`, their pools looked up (controller.pools)."""
         return PlacementRequest(
             name=self.name, vcpus=self.vcpus, memory_mib=self.memory_mib,
             gpus=[gpu.ask() for gpu in self.gpus], usb=[usb.id for usb in self.usb],
             host=self.host, cluster=self.cluster,
             anti_affinity_group=self.anti_affinity_group, anti_affinity=self.anti_affinity,
-            strategy=self.strategy or default_strategy, tenant=tenant)
+            strategy=self.strategy or default_strategy, tenant=tenant, numa=self.numa,
+            locality=self.locality, locality_mode=self.locality_mode, pools=pools)
 
 
 class VmDevicesAdd(DeviceAsks):
@@ -138,7 +187,7 @@ class VmDevicesAdd(DeviceAsks):
             self.gpus.append(GpuBody(id=self.id))
         elif self.type == "usb":
             self.usb.append(UsbBody(id=self.id))
-        if not self.gpus and not self.usb:
-            raise ValueError("name at least one device: {type, id}, gpus or usb")
+        if not self.gpus and not self.usb and not self.devices:
+            raise ValueError("name at least one device: {type, id}, gpus, usb or devices")
         return self
 

@@ -15,7 +15,7 @@ check_path_ids(bp, "VM name")
 @describe("Place, claim devices and capacity, create on the chosen host; 422 when it fits "
           "nowhere, with details.hosts {host: [sentence]} and details.reasons "
           "{host: [{code, message}]}", body=VmCreate,
-          responses=(201, 403, 409, 422, 503), tags=["vms"])
+          responses=(201, 403, 404, 409, 422, 503), tags=["vms"])
 def create():
     body = parse_body(VmCreate)
     if body.usb:
@@ -60,7 +60,7 @@ def stop(name):
 @describe("Attach more devices (a running VM: only from its own host); 409 when the VM "
           "cannot take them, with details.hosts and details.reasons as for a create",
           body=VmDevicesAdd,
-          responses=(200, 403, 409, 422, 503), tags=["vms"])
+          responses=(200, 403, 404, 409, 422, 503), tags=["vms"])
 def add_devices(name):
     body = parse_body(VmDevicesAdd)
     if body.usb:

@@ -23,6 +23,7 @@ from sqlalchemy.orm import sessionmaker
 
 from controller.db.models import Base, Device, Host, Vm  # noqa: F401 - re-exported
 from controller.db.network_models import Network, NetworkHost  # noqa: F401 - registered
+from controller.db.pool_models import DevicePool, PoolShare  # noqa: F401 - registered
 
 log = logging.getLogger(__name__)
 # PostgreSQL's "try the transaction again" answers: deadlock_detected, serialization_failure.

@@ -4,8 +4,8 @@ from datetime import datetime, timezone
 
 import secrets
 
-from sqlalchemy import (JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, Integer,
-                        String, Text)
+from sqlalchemy import (JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, Index,
+                        Integer, String, Text)
 from sqlalchemy import event, update
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, attributes, mapped_column
 
@@ -38,6 +38,8 @@ class Host(Base):
     hostname: Mapped[str | None] = mapped_column(String(255), nullable=True)
     cpu_threads: Mapped[int] = mapped_column(Integer, default=0)
     memory_mib: Mapped[int] = mapped_column(Integer, default=0)
+    # [{"id", "cpus", "memory_mib"}] as the agent reports them (hostplane.core.numa)
+    numa_nodes: Mapped[list] = mapped_column(JSON, default=list)
     boot_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
     generation: Mapped[int | None] = mapped_column(Integer, nullable=True)
     etag: Mapped[str | None] = mapped_column(String(128), nullable=True)
@@ -55,6 +57,8 @@ class Host(Base):
 
 class Device(Base):
     __tablename__ = "devices"
+    # a device pool's members and a tenant's pool use are read by model
+    __table_args__ = (Index("ix_devices_model", "vendor_id", "product_id"),)
 
     host_id: Mapped[str] = mapped_column(ForeignKey("hosts.id", ondelete="CASCADE"),
                                          primary_key=True)
@@ -70,6 +74,10 @@ class Device(Base):
     shared: Mapped[bool] = mapped_column(Boolean, default=False)
     assignable: Mapped[bool] = mapped_column(Boolean, default=True)
     iommu_group: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # what device pools match on besides the model (PCI only; physfn: a VF's PF address)
+    subsystem_vendor_id: Mapped[str | None] = mapped_column(String(4), nullable=True)
+    subsystem_device_id: Mapped[str | None] = mapped_column(String(4), nullable=True)
+    physfn: Mapped[str | None] = mapped_column(String(160), nullable=True)
     usb_major: Mapped[int | None] = mapped_column(Integer, nullable=True)
     reported_vm: Mapped[str | None] = mapped_column(String(63), nullable=True)
     unavailable_reason: Mapped[str | None] = mapped_column(String(255), nullable=True)
@@ -111,7 +119,7 @@ class Vm(Base):
 # What the scheduler reads of a host; other columns (last_seen, leases, errors) change on
 # every poll and must not invalidate cached snapshots.
 SCHEDULED_HOST_COLUMNS = ("cluster", "status", "state", "iommu_enabled", "iommu_ready",
-                          "cpu_threads", "memory_mib")
+                          "cpu_threads", "memory_mib", "numa_nodes")
 
 
 @event.listens_for(Session, "before_flush")
@@ -135,6 +143,7 @@ def _bump_host_revisions(session, _context, _instances):
                 touched.update(history.deleted or ())
     touched.discard(None)
     if touched:
+        session.info["revisions_bumped"] = True   # snapshot caches look after the commit
         session.connection().execute(
             update(Host.__table__).where(Host.__table__.c.id.in_(sorted(touched)))
             .values(revision=Host.__table__.c.revision + 1))

@@ -70,13 +70,16 @@ async function refresh() {
     return;
   }
   try {
-    const [hosts, devices] = await Promise.all([
-      api("GET", "/v1/hosts"), api("GET", "/v1/devices" + deviceQuery())]);
+    const [hosts, devices, pools] = await Promise.all([
+      api("GET", "/v1/hosts"), api("GET", "/v1/devices" + deviceQuery()),
+      api("GET", "/v1/device-pools")]);
     if (ui.editing) return;   // an edit began while the answer was on its way
     ui.hosts = hosts.hosts;
     drawFilters();
     drawHosts(hosts.hosts.filter(inScope));
     drawDevices(devices.devices);
+    drawPools(pools.pools);
+    drawTopology($("topology"), hosts.hosts.filter(inScope), devices.devices);
     $("updated").textContent = "updated " + new Date().toLocaleTimeString();
     if (ui.refreshFailed || ui.prompted) say("");   // the token works: no stale prompt
     ui.refreshFailed = ui.prompted = false;
@@ -130,6 +133,30 @@ function drawHosts(hosts) {
     cell(row, `${h.used_memory_mib} / ${h.memory_mib ?? "?"}`);
     cell(row, when(h.last_seen));
     cell(row, h.last_error, h.last_error ? "bad " + WRAP : WRAP);
+  }
+}
+
+// A pool's match in one line, its counts, and its shares (a tenant: its own quota).
+function drawPools(pools) {
+  const body = $("pools").tBodies[0];
+  body.replaceChildren();
+  for (const p of pools) {
+    const row = body.insertRow();
+    row.dataset.pool = p.name;
+    const match = [`${p.vendor_id}:${p.device_id}`,
+                   p.subsystem_vendor_id || p.subsystem_device_id
+                     ? `sub ${p.subsystem_vendor_id || "*"}:${p.subsystem_device_id || "*"}` : "",
+                   p.type ? `type ${p.type}` : "", p.vf_of ? `VFs of ${p.vf_of}` : ""];
+    cell(row, p.name);
+    cell(row, match.filter(Boolean).join(" "));
+    cell(row, p.size);
+    cell(row, p.free, p.free ? "ok" : "warn");
+    cell(row, p.attached);
+    cell(row, p.unavailable, p.unavailable ? "bad" : "");
+    cell(row, Object.entries(p.hosts).map(([h, c]) => `${h} ${c.free}/${c.size}`).join(", "),
+         WRAP);
+    const shares = p.shares || (p.quota ? [p.quota] : []);
+    cell(row, shares.map((s) => `${s.tenant} ${s.used}/${s.max_count}`).join(", "), WRAP);
   }
 }
 
@@ -245,6 +272,11 @@ function placementBody() {
   });
   body.usb = $("x-usb").value.split(",").map((s) => s.trim()).filter(Boolean)
                  .map((id) => ({ id }));
+  body.devices = $("x-pools").value.split(",").map((s) => s.trim()).filter(Boolean)
+                     .map((text) => {
+                       const ask = /^(.+?)(?:x(\d+))?$/.exec(text);
+                       return { pool: ask[1], count: Number(ask[2] || 1) };
+                     });
   if ($("x-cluster").value.trim()) body.cluster = $("x-cluster").value.trim();
   return body;
 }

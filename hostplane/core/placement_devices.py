@@ -5,14 +5,19 @@ IOMMU group (its gpu-audio function, or a second GPU behind the same bridge), si
 a group to one VM or to none. Tenants see only devices an admin shared, and never USB.
 """
 
+from functools import partial
+
 from hostplane.core.placement_index import device_blocker
 from hostplane.core.placement_locality import no_gpu_model, no_pci_device
+from hostplane.core.placement_pools import no_pool_device, pool_devices, pool_shortfall
 from hostplane.core.reasons import Reason
 from hostplane.core.usb import limit_class
 
 
-def pick_pci(asks, host_id, index, shared_only):
-    """((("pci", id), ...), reasons) for the GPU asks on this host, asks by id first."""
+def pick_pci(asks, host_id, index, shared_only, allowed=None, pools=()):
+    """((("pci", id), ...), reasons) for the GPU asks on this host, asks by id first,
+    then the pool asks (a pool shared with a tenant needs no per-device share); GPUs asked
+    by model only among the `allowed` ids, when given (one switch or node)."""
     taken = {}        # id → ("pci", id), in claim order: asked devices and group siblings
     counted = set()   # ids that satisfied an ask
     reasons = []
@@ -20,7 +25,10 @@ def pick_pci(asks, host_id, index, shared_only):
         if ask.id is not None:
             _pick_by_id(ask.id, host_id, index, shared_only, taken, counted, reasons)
         else:
-            _pick_by_model(ask, host_id, index, shared_only, taken, counted, reasons)
+            _pick_by_model(ask, host_id, index, shared_only, taken, counted, reasons, allowed)
+    for ask in pools:
+        _pick_some(pool_devices(ask, host_id, index), ask.count, host_id, index, taken,
+                   counted, reasons, no_pool_device(ask), partial(pool_shortfall, ask))
     return tuple(taken.values()), reasons
 
 
@@ -63,32 +71,41 @@ def _pick_by_id(device_id, host_id, index, shared_only, taken, counted, reasons)
     counted.add(device_id)
 
 
-def _pick_by_model(ask, host_id, index, shared_only, taken, counted, reasons):
+def _pick_by_model(ask, host_id, index, shared_only, taken, counted, reasons, allowed=None):
     gpus = index.gpu_models.get((ask.vendor_id, ask.device_id), {}).get(host_id, ())
     if shared_only:
         gpus = [gpu for gpu in gpus if gpu.shared]
-    if not gpus:
-        reasons.append(no_gpu_model(ask))
+    if allowed is not None:
+        gpus = [gpu for gpu in gpus if gpu.id in allowed]
+    plural = "GPU" if ask.count == 1 else "GPUs"
+    _pick_some(gpus, ask.count, host_id, index, taken, counted, reasons, no_gpu_model(ask),
+               lambda got: Reason(f"only {got} of {ask.count} {plural} {ask.vendor_id}:"
+                                  f"{ask.device_id} free", "not_enough_gpus"))
+
+
+def _pick_some(devices, count, host_id, index, taken, counted, reasons, none, shortfall):
+    """Take `count` of `devices`, each with its IOMMU group; else say why: `none` when
+    there are none here, else the blockers met and `shortfall(got)`."""
+    if not devices:
+        reasons.append(none)
         return
     got, blocked = 0, []
-    for gpu in gpus:
-        if got == ask.count:
+    for device in devices:
+        if got == count:
             break
-        if gpu.id in counted:
+        if device.id in counted:
             continue
-        if gpu.id not in taken:
-            blocker = index.blockers.get((host_id, gpu.id))
+        if device.id not in taken:
+            blocker = index.blockers.get((host_id, device.id))
             if blocker:
                 blocked.append(blocker)
                 continue
-            _take(index.claims[(host_id, gpu.id)], taken)
-        counted.add(gpu.id)
+            _take(index.claims[(host_id, device.id)], taken)
+        counted.add(device.id)
         got += 1
-    if got < ask.count:
+    if got < count:
         reasons.extend(blocked)
-        plural = "GPU" if ask.count == 1 else "GPUs"
-        reasons.append(Reason(f"only {got} of {ask.count} {plural} "
-                              f"{ask.vendor_id}:{ask.device_id} free", "not_enough_gpus"))
+        reasons.append(shortfall(got))
 
 
 def _take(claim, taken):

@@ -8,6 +8,7 @@ disabled, its IOMMU group not viable). A placement then only reads dictionaries.
 import bisect
 
 from hostplane.core.pci import iommu_groups
+from hostplane.core.placement_capacity import CapacityIndex
 from hostplane.core.reasons import Reason
 
 HOST_STATUS_REASONS = {"connecting": Reason("still connecting", "host_not_connected"),
@@ -28,6 +29,7 @@ class SnapshotIndex:
         self.devices = {}           # (host_id, kind, id) → device
         self.groups = {}            # (host_id, iommu_group) → [pci devices]
         self.gpu_models = {}        # (vendor_id, device_id) → {host_id: [gpus]}
+        self.pci_models = {}        # the same for every PCI function (pool asks)
         self.usb_locations = {}     # usb id → [host ids], sorted
         self.pci_locations = {}     # pci address → {host_id: device}
         self.held = {}              # vm name → [devices it holds]
@@ -35,6 +37,7 @@ class SnapshotIndex:
         self.claims = {}            # (host_id, id) → (("pci", id), ...) of its whole IOMMU group
         self.anti_affinity = {}     # (tenant, group) → {host_id: [vm names]}
         self.parts = {}             # host id → (host, devices, vms): what `_remove` takes out
+        self.capacity = CapacityIndex()   # hosts that can take a VM, by free capacity
         parts = {host.id: ([], []) for host in hosts}
         for device in devices:
             parts.setdefault(device.host_id, ([], []))[0].append(device)
@@ -42,6 +45,7 @@ class SnapshotIndex:
             parts.setdefault(vm.host_id, ([], []))[1].append(vm)
         for host in hosts:
             self._add(host, *parts[host.id])
+        self.capacity.finish()
         self.host_ids = frozenset(self.hosts)
 
     def apply(self, changes):
@@ -65,7 +69,7 @@ class SnapshotIndex:
         if reasons:
             self.troubled[host_id] = reasons
         groups = iommu_groups(device for device in devices if device.kind == "pci")
-        ungrouped, gpus = [], {}
+        ungrouped, gpus, models = [], {}, {}
         for device in devices:
             self.devices[(host_id, device.kind, device.id)] = device
             if device.vm is not None:
@@ -76,6 +80,7 @@ class SnapshotIndex:
             self.pci_locations.setdefault(device.id, {})[host_id] = device
             if device.iommu_group is None:
                 ungrouped.append(device)
+            models.setdefault((device.vendor_id, device.product_id), []).append(device)
             if device.type == "gpu":
                 gpus.setdefault((device.vendor_id, device.product_id), []).append(device)
         for number, members in groups.items():
@@ -83,10 +88,17 @@ class SnapshotIndex:
             self._settle_group(host_id, number, members)
         for device in ungrouped:
             self._settle_group(host_id, None, [device])
-        for model, found in gpus.items():   # claimable first, smallest group first
-            found.sort(key=lambda gpu: ((host_id, gpu.id) in self.blockers,
-                                        len(groups.get(gpu.iommu_group, ())), gpu.id))
-            self.gpu_models.setdefault(model, {})[host_id] = found
+        def claim_order(device):   # claimable first, smallest group first
+            return ((host_id, device.id) in self.blockers,
+                    len(groups.get(device.iommu_group, ())), device.id)
+        for table, found_models in ((self.gpu_models, gpus), (self.pci_models, models)):
+            for model, found in found_models.items():
+                found.sort(key=claim_order)
+                table.setdefault(model, {})[host_id] = found
+        if not reasons:
+            self.capacity.add(host, [None] + [
+                ("gpu",) + model for model, found in gpus.items()
+                if (host_id, found[0].id) not in self.blockers])
         for vm in vms:
             if vm.anti_affinity_group:
                 per_host = self.anti_affinity.setdefault((vm.tenant, vm.anti_affinity_group), {})
@@ -97,6 +109,7 @@ class SnapshotIndex:
         if part is None:
             return
         host, devices, vms = part
+        self.capacity.remove(host_id)
         del self.hosts[host_id], self.host_reasons[host_id]
         self.troubled.pop(host_id, None)
         _drop(self.clusters, host.cluster, lambda hosts: hosts.discard(host_id))
@@ -112,6 +125,8 @@ class SnapshotIndex:
             self.groups.pop((host_id, device.iommu_group), None)
             self.blockers.pop(key, None)
             self.claims.pop(key, None)
+            _drop(self.pci_models, (device.vendor_id, device.product_id),
+                  lambda per_host: per_host.pop(host_id, None))
             if device.type == "gpu":
                 _drop(self.gpu_models, (device.vendor_id, device.product_id),
                       lambda per_host: per_host.pop(host_id, None))

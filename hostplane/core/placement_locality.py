@@ -7,6 +7,7 @@ full, which keeps a one-GPU placement over 10,000 hosts within milliseconds.
 """
 
 from hostplane.core.reasons import Reason
+from hostplane.core.placement_pools import no_pool_device, pool_hosts
 
 
 def no_gpu_model(ask):
@@ -37,6 +38,8 @@ class Locality:
             else:
                 self._narrow(index.gpu_model_hosts(ask.vendor_id, ask.device_id, shared_only),
                              no_gpu_model(ask))
+        for ask in request.pools:
+            self._narrow(pool_hosts(ask, index), no_pool_device(ask))
         for usb_id in request.usb:
             holders = index.usb_hosts(usb_id)
             self._narrow(holders, Reason(f"USB {usb_id} is on {', '.join(holders)}",

@@ -26,6 +26,8 @@ CODES = {
     "no_gpu_model": "no GPU of the asked model on this host (or none shared with you)",
     "device_asked_twice": "the same PCI device is asked twice",
     "not_enough_gpus": "fewer free GPUs of the asked model than asked",
+    "no_pool_device": "no device of the asked pool on this host (or the pool is not yours)",
+    "not_enough_pool_devices": "fewer free devices of the asked pool than asked",
     "device_attached": "the device is attached to a VM",
     "device_unavailable": "the device vanished from its host",
     "device_disabled": "an admin disabled the device",
@@ -36,6 +38,12 @@ CODES = {
     "usb_not_found": "the asked USB device is on no host",
     "usb_admin_only": "USB passthrough is for admins only",
     "usb_limit": "more USB devices of one version than a VM may take",
+    # NUMA and PCIe locality (required policies)
+    "locality_switch": "not enough free devices of the ask under one PCIe switch",
+    "locality_numa": "not enough free devices of the ask on one NUMA node",
+    "numa_unknown": "the host's agent has not reported its NUMA nodes",
+    "numa_split": "the asked devices sit on more than one NUMA node",
+    "numa_no_room": "no NUMA node has the vCPUs and memory left for the VM",
 }
 
 

@@ -12,10 +12,14 @@ placement, minus one per VM of the same soft anti-affinity group already there; 
 
 from dataclasses import dataclass, field
 
+from hostplane.core.placement_capacity import MARGIN
 from hostplane.core.placement_devices import (by_id_first, first_free_gpu, one_gpu_shortcut,
                                               pick_pci, pick_usb, usb_global_reasons)
 from hostplane.core.placement_index import SnapshotIndex
 from hostplane.core.placement_locality import Locality
+from hostplane.core.placement_pools import one_pool_shortcut
+from hostplane.core.placement_topology import (LOCALITIES, LOCALITY_MODES, NUMA_POLICIES,
+                                               Topology)
 from hostplane.core.reasons import Reason
 
 STRATEGIES = ("least-cpu", "least-memory")
@@ -23,6 +27,7 @@ ANTI_AFFINITY_MODES = ("enforced", "soft")
 STRATEGY_MODES = ("enforced", "preferred")
 IOMMU_OFF = Reason("host IOMMU switched off", "iommu_off")
 IOMMU_NOT_READY = Reason("host IOMMU not ready", "iommu_not_ready")
+DIRECT_LIMIT = 512   # `choose` judges this many possible hosts outright rather than by index
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +42,7 @@ class HostView:
     memory_mib: int
     used_vcpus: int        # sums over VMs placed or claimed on the host
     used_memory_mib: int
+    numa_nodes: tuple = ()  # NumaNode per node, as the agent reports them; () unknown
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +61,12 @@ class DeviceView:
     iommu_group: int | None
     usb_major: int | None
     name: str | None = None
+    numa_node: int | None = None
+    upstream: tuple = ()   # PCI functions above it, root port first
+    # what pool matches read besides the model (hostplane.core.pools)
+    subsystem_vendor_id: str | None = None
+    subsystem_device_id: str | None = None
+    physfn: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +76,9 @@ class VmView:
     state: str
     anti_affinity_group: str | None = None
     tenant: str | None = None
+    numa_node: int | None = None   # the node it is pinned to, counted against that node
+    vcpus: int = 0
+    memory_mib: int = 0
 
 
 @dataclass(frozen=True, init=False)
@@ -142,9 +157,14 @@ class PlacementRequest:
     strategy: str = "least-cpu"
     tenant: str | None = None          # None: admin
     existing_vm: VmView | None = None  # adding devices to a VM that already exists
+    numa: str = "none"                 # required | preferred | none (placement_topology)
+    locality: str = "any"              # same-switch | same-numa | any, for count > 1
+    locality_mode: str = "preferred"   # required | preferred
+    pools: tuple = ()                  # PoolAsk (hostplane.core.placement_pools)
 
     def __post_init__(self):
         object.__setattr__(self, "gpus", tuple(self.gpus))
+        object.__setattr__(self, "pools", tuple(self.pools))
         object.__setattr__(self, "usb", tuple(self.usb))
         if self.vcpus < 1 or self.memory_mib < 1:
             raise ValueError("vcpus and memory_mib must be at least 1")
@@ -152,6 +172,10 @@ class PlacementRequest:
             raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}")
         if self.anti_affinity not in ANTI_AFFINITY_MODES:
             raise ValueError(f"anti_affinity must be one of {', '.join(ANTI_AFFINITY_MODES)}")
+        for name, allowed in (("numa", NUMA_POLICIES), ("locality", LOCALITIES),
+                              ("locality_mode", LOCALITY_MODES)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {', '.join(allowed)}")
 
 
 @dataclass(frozen=True)
@@ -171,6 +195,8 @@ class Candidate:
     host_id: str
     score: float
     devices: tuple   # ((kind, id), ...) to claim, IOMMU-group siblings included
+    numa_node: int | None = None   # where the agent pins the VM (numa asked)
+    found: str | None = None       # the free GPUs' switches and nodes (locality asked)
 
 
 @dataclass(frozen=True)
@@ -198,11 +224,11 @@ def place(request, snapshot, policy=Policy()):
     hosts = snapshot.hosts if possible is None else [
         index.hosts[host_id] for host_id in sorted(possible) if host_id in index.hosts]
     for host in hosts:
-        reasons, score, devices = judge(host)
+        reasons, candidate = judge(host)
         if everywhere or reasons:
             rejected[host.id] = everywhere + tuple(reasons)
         else:
-            ranked.append(Candidate(host.id, score, devices))
+            ranked.append(candidate)
     if possible is not None:   # built last: a young 10,000-entry dict slows every GC pass
         outside = locality.rejected(index.host_ids)
         for host_id in index.troubled.keys() & outside.keys():
@@ -213,6 +239,63 @@ def place(request, snapshot, policy=Policy()):
         rejected = outside
     ranked.sort(key=lambda c: (-c.score, c.host_id))
     return Placement(tuple(ranked), rejected)
+
+
+def choose(request, snapshot, policy=Policy()):
+    """The host `place` would choose, found by judging the best few hosts, not all.
+
+    Hosts are taken best score first from the capacity index (hosts with a claimable GPU
+    of an asked model, or every host that can take a VM), so a placement on a large
+    cluster costs the hosts it looks at. The answer is `place`'s first candidate alone,
+    without the rejected hosts; when no host fits it is `place`'s whole answer, since the
+    refusal lists every host's reasons.
+    """
+    index = snapshot.index
+    if (request.usb and usb_global_reasons(request, index)) or min(
+            policy.cpu_overcommit, policy.memory_overcommit) <= 0:
+        return place(request, snapshot, policy)
+    possible = Locality(request, index).possible
+    judge = _Judge(request, policy, index)
+    special = set(judge.group_hosts) | {judge.home}   # scores the index does not know
+    if possible is not None and len(possible) <= DIRECT_LIMIT:
+        special, possible, stream = possible, None, ()
+    else:
+        stream = _stream(judge, index, policy)
+    best = None
+    for host_id in special:
+        if host_id in index.hosts and (possible is None or host_id in possible):
+            best = _better(best, index.hosts[host_id], judge)
+    limit = (1.0 if judge.limit is None else judge.limit) + MARGIN
+    for use, score, host in stream:
+        if best is not None and (-(score + judge.max_bonus), host.id) > (-best.score,
+                                                                         best.host_id):
+            break
+        if use > limit:   # over capacity or the enforced limit, and every later host too
+            break
+        if host.id not in special and (possible is None or host.id in possible):
+            best = _better(best, host, judge)
+    if best is None:
+        return place(request, snapshot, policy)
+    return Placement((best,), {})
+
+
+def _stream(judge, index, policy):
+    """Hosts best score first: those holding the rarest asked GPU model, or all."""
+    keys = [("gpu", ask.vendor_id, ask.device_id) for ask in judge.gpu_asks if ask.id is None]
+    key = min(keys, key=index.capacity.size) if keys else None
+    if judge.cpu_strategy:
+        return index.capacity.best_first(key, "cpu", judge.request.vcpus,
+                                         policy.cpu_overcommit, index.hosts)
+    return index.capacity.best_first(key, "memory", judge.request.memory_mib,
+                                     policy.memory_overcommit, index.hosts)
+
+
+def _better(best, host, judge):
+    reasons, candidate = judge(host)
+    if reasons or (best is not None and (-candidate.score, host.id) > (-best.score,
+                                                                       best.host_id)):
+        return best
+    return candidate
 
 
 class _Judge:
@@ -231,10 +314,16 @@ class _Judge:
         self.limit = policy.strategy_limit if policy.strategy_mode == "enforced" else None
         self.gpu_asks = by_id_first(request.gpus)
         self.shared_only = request.tenant is not None
-        self.shortcut = one_gpu_shortcut(self.gpu_asks, index, self.shared_only)
+        self.shortcut = (one_pool_shortcut(request, index) if request.pools
+                         else one_gpu_shortcut(self.gpu_asks, index, self.shared_only))
+        self.topology = None
+        if Topology.wanted(request):
+            self.topology = Topology(request, policy, index, self.gpu_asks, self.shared_only)
+            self.shortcut = None
+        self.max_bonus = self.topology.max_bonus if self.topology else 0
 
     def __call__(self, host):
-        """(reasons, score, devices) for one host."""
+        """(reasons, Candidate) for one host."""
         request, policy = self.request, self.policy
         reasons = list(self.index.host_reasons[host.id])
         vcpus, memory = request.vcpus, request.memory_mib
@@ -261,8 +350,8 @@ class _Judge:
         score = 1.0 - use
         if self.group_hosts:
             score -= self._anti_affinity(host, reasons)
-        devices = ()
-        if self.gpu_asks:
+        devices, picked = (), True
+        if self.gpu_asks or request.pools:
             if not host.iommu_enabled:
                 reasons.append(IOMMU_OFF)
             elif not host.iommu_ready:
@@ -270,13 +359,21 @@ class _Judge:
             if self.shortcut is not None:
                 devices = first_free_gpu(self.shortcut, host.id, self.index)
             if not devices:
-                devices, found = pick_pci(self.gpu_asks, host.id, self.index, self.shared_only)
+                devices, found = pick_pci(self.gpu_asks, host.id, self.index, self.shared_only,
+                                          pools=request.pools)
                 reasons += found
+                picked = not found
+        node = where = None
+        if self.topology is not None and picked:   # the host can give them: arrange them
+            arranged = self.topology.arrange(host, vcpus, memory)
+            reasons += arranged.reasons
+            score += arranged.bonus
+            devices, node, where = arranged.devices, arranged.numa_node, arranged.found
         if request.usb:
             usb, found = pick_usb(request.usb, host.id, self.index)
             reasons += found
             devices += usb
-        return reasons, score, devices
+        return reasons, Candidate(host.id, score, devices, node, where)
 
     def _anti_affinity(self, host, reasons):
         """Penalty for soft anti-affinity; a reason when enforced."""

@@ -28,6 +28,11 @@ import build_image  # noqa: E402
 
 MEM_MB = 2048
 MAX_NODES = 2  # 2 host cores; TCG uses one each
+# The node with two NUMA nodes (one vCPU and half the memory each), and behind an
+# expander bridge on NUMA node 1 a root port with an e1000e: a device whose numa_node
+# is 1, for pinning a VM beside it.
+NUMA_NODE = 1
+NUMA_BUS = 0x80      # pxb-pcie's first bus number (its root port's device is on 0x81)
 BOOT_TIMEOUT = 600
 SSH_OPTS = ["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
             "-o", "LogLevel=ERROR", "-o", "BatchMode=yes",
@@ -300,6 +305,12 @@ def qemu_command(n, paths, d, ssh_port, l2, mem_mb=MEM_MB, smp=1):
     for i in range(1, 7):  # rp5/rp6 stay empty for PCI hot-plug
         cmd += dev + [f"pcie-root-port,id=rp{i},bus=pcie.0,chassis={i},"
                       f"port={i},addr=0x1{i - 1}"]
+    if n == NUMA_NODE:
+        # Both vCPUs on one host thread: the node costs the shared 2-core machine what a
+        # one-vCPU node does, and a descheduled vCPU never stalls its sibling's spinlock.
+        cmd[cmd.index("-machine") + 1] = "q35"
+        cmd[cmd.index("-smp") + 1] = str(max(smp, 2))
+        cmd += ["-accel", "tcg,thread=single"] + numa_options(mem_mb, mac)
     cmd += ["-netdev", "user,id=pt0,restrict=on",
             "-device", f"e1000e,netdev=pt0,bus=rp1,mac={mac}:03",
             "-device", "bochs-display,bus=rp2",
@@ -312,6 +323,21 @@ def qemu_command(n, paths, d, ssh_port, l2, mem_mb=MEM_MB, smp=1):
             "-device", f"usb-storage,bus=xhci.0,drive=usbdisk0,id=usbstor0,"
                        f"serial=HPLAB{n}USB0"]
     return cmd
+
+
+def numa_options(mem_mb, mac):
+    """Two NUMA nodes of one vCPU each (the node runs -smp 2), and an e1000e behind a
+    pxb-pcie on node 1, in an IOMMU group of its own."""
+    half = mem_mb // 2
+    return ["-object", f"memory-backend-ram,id=mem0,size={half}M",
+            "-object", f"memory-backend-ram,id=mem1,size={mem_mb - half}M",
+            "-numa", "node,nodeid=0,cpus=0,memdev=mem0",
+            "-numa", "node,nodeid=1,cpus=1,memdev=mem1",
+            "-device", f"pxb-pcie,id=pxb1,bus_nr={NUMA_BUS},numa_node=1,bus=pcie.0,"
+                       "addr=0x8",
+            "-device", "pcie-root-port,id=rp7,bus=pxb1,chassis=7,port=7",
+            "-netdev", "user,id=pt1,restrict=on",
+            "-device", f"e1000e,netdev=pt1,bus=rp7,mac={mac}:04"]
 
 
 def _alive(pid):

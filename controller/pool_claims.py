@@ -1,0 +1,83 @@
+"""The pool side of a claim: pools locked, tenant quotas checked, in the claim's own
+transaction (controller.placement._claim_on calls it after the host rows are locked).
+
+A claim from a pool holds the pool's row shared (`FOR SHARE`) and a tenant's claim its share
+row exclusively, after the host rows; so a tenant's racing creates are counted one after
+the other wherever they land, and a pool cannot be deleted while a claim from it commits.
+SQLite's `BEGIN IMMEDIATE` already serialises every writer.
+"""
+
+from sqlalchemy import select, tuple_
+
+from controller.db.models import Device, Vm
+from controller.db.pool_models import DevicePool, PoolShare
+from hostplane.core.placement_pools import pf_model
+from hostplane.core.pools import PoolMatch, model_of, quota_refusal
+from hostplane.errors import Conflict, Forbidden, NotFound
+
+
+def check_pool_claim(session, db, request, host_id, devices, index):
+    """Lock the asked pools (gone or changed since the placement: 404/409) and, for a
+    tenant, check each pool's quota counting what its VMs hold now (403)."""
+    names = sorted({ask.pool for ask in request.pools})
+    query = select(DevicePool).where(DevicePool.name.in_(names)).order_by(DevicePool.name)
+    rows = {row.name: row for row in session.scalars(
+        query if db.is_sqlite else query.with_for_update(read=True))}
+    for ask in request.pools:
+        row = rows.get(ask.pool)
+        if row is None:
+            raise pool_not_found(ask.pool, "was deleted meanwhile")
+        if pool_match(row) != ask.match:
+            raise Conflict(f"device pool {ask.pool} changed meanwhile; try again",
+                           code="pool_changed")
+    if request.tenant is None:
+        return
+    for name in names:
+        share_row = session.scalars(db.locked(select(PoolShare).where(
+            PoolShare.pool == name, PoolShare.tenant == request.tenant))).first()
+        if share_row is None:
+            raise pool_not_found(name, "is no longer shared with you")
+        match = pool_match(rows[name])
+        adding = sum(1 for kind, device_id in devices
+                     if _fits_in_index(match, index, host_id, kind, device_id))
+        used = used_by(session, match, request.tenant)
+        refusal = quota_refusal(name, used, adding, share_row.max_count)
+        if refusal:
+            raise Forbidden(f"quota of device pool {name} exceeded: {used} of "
+                            f"{share_row.max_count} in use, {adding} more asked",
+                            code="quota_exceeded", details=refusal)
+
+
+def pool_not_found(name, why):
+    return NotFound(f"device pool {name} {why}", code="pool_not_found", details={"pool": name})
+
+
+def pf_models_of(session, devices):
+    """{(host_id, PF address): "vvvv:dddd"} for the virtual functions among `devices`."""
+    wanted = {(d.host_id, d.physfn) for d in devices if d.kind == "pci" and d.physfn}
+    found = {}
+    wanted_list = sorted(wanted)
+    for start in range(0, len(wanted_list), 500):
+        chunk = wanted_list[start:start + 500]
+        for pf in session.scalars(select(Device).where(
+                tuple_(Device.host_id, Device.id).in_(chunk))):
+            found[(pf.host_id, pf.id)] = model_of(pf)
+    return found
+
+
+def used_by(session, match, tenant_name):
+    held = session.scalars(select(Device).join(Vm, Vm.name == Device.vm).where(
+        Vm.tenant == tenant_name, Device.kind == "pci", Device.vendor_id == match.vendor_id,
+        Device.product_id == match.device_id)).all()
+    pf_models = pf_models_of(session, held)
+    return sum(1 for d in held if match.fits(d, pf_models.get((d.host_id, d.physfn))))
+
+
+def _fits_in_index(match, index, host_id, kind, device_id):
+    device = index.device(host_id, kind, device_id)
+    return device is not None and match.fits(device, pf_model(index, device))
+
+
+def pool_match(row):
+    return PoolMatch(row.vendor_id, row.device_id, row.subsystem_vendor_id,
+                     row.subsystem_device_id, row.type, row.vf_of)
