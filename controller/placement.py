@@ -13,7 +13,7 @@ from sqlalchemy.exc import IntegrityError
 
 from controller.claims import claim_on, name_taken
 from controller.refusals import count, unplaceable
-from controller.snapshot_cache import cache_for
+from controller.snapshot_cache import CREATE_MAX_AGE_S, cache_for
 from hostplane.config import ConfigError
 from hostplane.core.scheduler import STRATEGIES, Policy
 from hostplane.errors import Conflict
@@ -42,8 +42,13 @@ def explain(db, request, policy):
     return placement
 
 
-def _placement(db, request, policy):
-    return cache_for(db).place(request, policy)
+def _placement(db, request, policy, every_host=True, first=False):
+    """Explain judges every host (`place`); a create or attach takes the best host
+    through the capacity index (`choose`) and holds its choice in the snapshot until the
+    claim settles; a create's first attempt may use a snapshot checked a moment ago
+    (snapshot_cache.CREATE_MAX_AGE_S), since its claim re-checks on the host's own rows."""
+    return cache_for(db).place(request, policy, every_host, hold=not every_host,
+                               max_age=CREATE_MAX_AGE_S if first else 0.0)
 
 
 def place_and_claim(db, request, policy, new_vm, attempts=5):
@@ -54,7 +59,8 @@ def place_and_claim(db, request, policy, new_vm, attempts=5):
     devices are added to `request.existing_vm`.
     """
     operation = "create" if new_vm is not None else "attach"
-    placement = _placement(db, request, policy)
+    # only a new VM's claim re-checks all its placement asks on the host's own rows
+    placement = _placement(db, request, policy, every_host=False, first=new_vm is not None)
     for _ in range(attempts):
         if placement.chosen is None:
             count(operation, placement)
@@ -64,10 +70,12 @@ def place_and_claim(db, request, policy, new_vm, attempts=5):
                 session, db, request, policy, placement.chosen.host_id, new_vm))
         except IntegrityError:   # PostgreSQL: a create of the same name committed first
             raise name_taken(request) from None
+        finally:
+            cache_for(db).settled(request)
         if claimed is not None:
             count(operation, placement)
             return placement.chosen.host_id, list(claimed.devices), claimed.numa_node
-        placement = _placement(db, request, policy)
+        placement = _placement(db, request, policy, every_host=False)
     count(operation, placement, "contended")
     raise Conflict("lost the race for these devices several times; try again",
                    code="claim_contended")

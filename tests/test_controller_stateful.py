@@ -37,8 +37,7 @@ import time
 import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import (RuleBasedStateMachine, invariant, precondition, rule,
-                                 run_state_machine_as_test)
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
 
 from tests.test_controller_support import ADMIN, two_host_world
 from tests.test_faults_controller_support import agent_domains
@@ -111,43 +110,40 @@ class ClaimsAgree(RuleBasedStateMachine):
     def create(self, gpus, by_address, usb, data, host, start):
         name = self._name(data, existing=False)
         if by_address:
-            gpus = [{"id": data.draw(st.sampled_from(self._ids("gpu")))}]
-        asks = [{"id": data.draw(st.sampled_from(self._ids("usb")))}] if usb else []
+            gpus = [{"id": _pick(data, self._ids("gpu"))}]
+        asks = [{"id": _pick(data, self._ids("usb"))}] if usb else []
         body = {"name": name, "vcpus": 1, "memory_mib": 128, "gpus": gpus, "usb": asks,
                 "start": start}
         if host:
             body["host"] = host
         self.api("POST", "/v1/vms", body)
 
-    @precondition(lambda self: self.vms)
     @rule(data=st.data())
     def delete(self, data):
         self.api("DELETE", f"/v1/vms/{self._name(data)}")
 
-    @precondition(lambda self: self.vms)
     @rule(data=st.data(), action=st.sampled_from(("start", "stop")))
     def start_or_stop(self, data, action):
         self.api("POST", f"/v1/vms/{self._name(data)}/{action}",
                  {"force": True} if action == "stop" else None)
 
-    @precondition(lambda self: self.vms)
     @rule(data=st.data())
     def attach(self, data):
         name = self._name(data)
         home = self.vms.get(name, {}).get("host")
         local = [device for device in self.devices if device[0] == home]
-        host_id, device_id, kind = data.draw(st.sampled_from(
-            local if local and data.draw(st.booleans()) else self.devices))
+        prefer_local = data.draw(st.booleans())
+        host_id, device_id, kind = _pick(data, local if local and prefer_local
+                                         else self.devices)
         self.api("POST", f"/v1/vms/{name}/devices",
                  {"type": "pci" if kind == "gpu" else "usb", "id": device_id})
 
-    @precondition(lambda self: self.vms)
     @rule(data=st.data())
     def detach(self, data):
         name = self._name(data)
         held = [(d["host_id"], d["id"]) for d in self.vms.get(name, {}).get("devices", [])]
-        host_id, device_id = data.draw(st.sampled_from(
-            held or [(host_id, device_id) for host_id, device_id, _ in self.devices]))
+        host_id, device_id = _pick(
+            data, held or [(host_id, device_id) for host_id, device_id, _ in self.devices])
         self.api("DELETE", f"/v1/vms/{name}/devices/{host_id}/{device_id}")
 
     # --- what a hostile world does -----------------------------------------------------
@@ -205,9 +201,9 @@ class ClaimsAgree(RuleBasedStateMachine):
     @rule(data=st.data(), action=st.sampled_from(("adopt", "delete")))
     def orphan_adopted_or_deleted(self, data, action):
         orphans = self.api("GET", "/v1/orphans")[1]["orphans"]
-        if not orphans:
+        orphan = _pick(data, orphans)
+        if orphan is None:
             return
-        orphan = data.draw(st.sampled_from(orphans))
         path = f"/v1/orphans/{orphan['host_id']}/{orphan['name']}"
         if action == "adopt":
             self.api("POST", path + "/adopt", {})
@@ -217,9 +213,9 @@ class ClaimsAgree(RuleBasedStateMachine):
     @rule(data=st.data(), action=st.sampled_from(("DELETE", "start", "stop", "devices")))
     def missing_vm(self, data, action):
         missing = [name for name in NAMES if name not in self.vms]
-        if not missing:
+        name = _pick(data, missing)
+        if name is None:
             return
-        name = data.draw(st.sampled_from(missing))
         method, path, body = {
             "DELETE": ("DELETE", f"/v1/vms/{name}", None),
             "start": ("POST", f"/v1/vms/{name}/start", None),
@@ -285,13 +281,23 @@ class ClaimsAgree(RuleBasedStateMachine):
         """A VM that exists (as read after the last step), or for a create one that does
         not (`missing_vm` covers unknown names)."""
         pool = sorted(name for name in NAMES if (name in self.vms) == existing)
-        return data.draw(st.sampled_from(pool or NAMES))
+        return _pick(data, pool or NAMES)
 
     def _controller(self):
         return self.client.application.extensions["hostplane_controller"]
 
     def _ids(self, kind):
         return [device_id for _, device_id, device_kind in self.devices if device_kind == kind]
+
+
+def _pick(data, items):
+    """One of `items` (None if there are none) by a draw whose bounds never change: the
+    lists here follow the real world's answers (which VMs exist, which orphans), and a
+    draw bounded by their length would make Hypothesis see its own data generation change
+    between runs of one sequence (FlakyStrategyDefinition) whenever timing changed an
+    answer."""
+    index = data.draw(st.integers(min_value=0, max_value=255))
+    return items[index % len(items)] if items else None
 
 
 def _route(path):
