@@ -13,6 +13,8 @@ from hypothesis import strategies as st
 
 from hostplane.core import scheduler
 from hostplane.core.placement_topology import NumaNode
+from hostplane.core.placement_pools import PoolAsk
+from hostplane.core.pools import PoolMatch
 from hostplane.core.scheduler import (DeviceView, GpuAsk, HostView, PlacementRequest, Policy,
                                       Snapshot, VmView, choose, place)
 
@@ -97,7 +99,10 @@ def requests(draw, snapshot):
         tenant=draw(st.sampled_from([None, None, "acme"])), existing_vm=existing,
         numa=draw(mostly("none", "preferred", "required")),
         locality=draw(mostly("any", "same-switch", "same-numa")),
-        locality_mode=draw(st.sampled_from(["preferred", "required"])))
+        locality_mode=draw(st.sampled_from(["preferred", "required"])),
+        pools=draw(st.lists(st.builds(lambda model, count: PoolAsk(
+            f"pool-{model[1]}", PoolMatch(*model), count),
+            st.sampled_from(MODELS), mostly(1, 2)), max_size=1)))
 
 
 policies = st.builds(Policy, cpu_overcommit=st.sampled_from([1.0, 1.5, 4.0]),
