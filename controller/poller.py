@@ -173,8 +173,12 @@ class Poller:
             if facts is not None:
                 _apply_facts(row, facts, health)
             if body is not NOT_MODIFIED:
-                apply_report(session, row.id, body)
-                row.etag, row.generation = etag, body.get("generation")
+                # A claim or release written since `host` was read may postdate this
+                # answer: then it says nothing of holders, and the next poll reads afresh.
+                fresh = row.revision == host.revision
+                apply_report(session, row.id, body, holders=fresh)
+                row.etag, row.generation = ((etag, body.get("generation")) if fresh
+                                            else (None, None))
             host_states.answered(row)
             row.last_seen = utcnow()
             return True

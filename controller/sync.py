@@ -33,8 +33,11 @@ def reported_devices(body):
     return found
 
 
-def apply_report(session, host_id, body):
-    """Write one inventory answer for `host_id` into the session; returns the verdict."""
+def apply_report(session, host_id, body, holders=True):
+    """Write one inventory answer for `host_id` into the session; returns the verdict.
+
+    `holders=False`: the answer may predate a claim or release written meanwhile, so what
+    it says of known devices' holders is not followed (a detached GPU is not taken back)."""
     rows = {row.id: row for row in session.query(Device).filter_by(host_id=host_id)}
     reported = reported_devices(body)
     verdict = reconcile(rows, reported)
@@ -52,7 +55,8 @@ def apply_report(session, host_id, body):
     for device_id, row in rows.items():
         if device_id in reported and device_id not in lost:
             _refresh(row, reported[device_id])
-            _follow_holder(row, known)
+            if holders:
+                _follow_holder(row, known)
     return verdict
 
 
