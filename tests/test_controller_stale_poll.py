@@ -6,38 +6,9 @@ the VM still held the GPU and wrote it just after the release. Real agents and a
 controller on SQLite; the poll is made stale by detaching between its fetch and its write.
 """
 
-import contextlib
-
-from tests.test_controller_support import ADMIN, poller, two_host_world
+from tests.test_controller_support import ADMIN, poller, stale_polls, two_host_world
 
 GPU = "0000:3b:00.0"
-
-
-class _DetachAfterFetch:
-    """The poller's client for one host: the inventory it returns was read before `act`
-    ran (as an answer slower than the controller's own writes would be)."""
-
-    def __init__(self, client, act):
-        self.client, self.act = client, act
-
-    def __getattr__(self, name):
-        return getattr(self.client, name)
-
-    def devices(self, etag=None):
-        answer = self.client.devices(etag)
-        self.act()
-        return answer
-
-
-@contextlib.contextmanager
-def stale_polls(app, act):
-    watcher = poller(app)
-    real = watcher._client
-    watcher._client = lambda host: _DetachAfterFetch(real(host), act)
-    try:
-        yield watcher
-    finally:
-        watcher._client = real
 
 
 def _device(client, device_id=GPU):

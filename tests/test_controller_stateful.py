@@ -8,7 +8,8 @@ USB, a host asked or not, started or not), deletes, starts, stops, attaches and 
 of GPUs and USB devices, device enable/disable and host maintenance/IOMMU switches, in
 any order; and the hostile ones: a create and a delete of one name racing (threads), a
 create whose agent answers only after the controller's timeout (the agent's host lock
-held meanwhile), the poller settling what is left, and domains made on an agent behind
+held meanwhile), a poll whose answer was read before an operator's detach, delete, attach
+or stop and is written after it, the poller settling what is left, and domains made on an agent behind
 the controller's back (orphans), adopted or deleted by the admin. Every answer must be
 2xx or a 4xx in the error envelope (a refusal), never a 5xx except the 503 of an agent
 that did not answer in time. After every step, what an operator reads must agree:
@@ -39,7 +40,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
 
-from tests.test_controller_support import ADMIN, two_host_world
+from tests.test_controller_support import ADMIN, stale_polls, two_host_world
 from tests.test_faults_controller_support import agent_domains
 
 NAMES = ("sm-1", "sm-2", "sm-3", "orph-1", "orph-2")
@@ -183,6 +184,17 @@ class ClaimsAgree(RuleBasedStateMachine):
         finally:
             config["timeout_s"] = saved
             holder.join(timeout=60)
+
+    @rule(data=st.data(), host=st.sampled_from(HOSTS),
+          action=st.sampled_from(("detach", "delete", "attach", "stop")))
+    def poll_answered_before_an_action(self, data, host, action):
+        """The poller reads an agent's inventory, the operator acts, then the poller writes
+        what it read: the claims stay the operator's (a detached GPU is not taken back)."""
+        act = {"detach": lambda: self.detach(data), "delete": lambda: self.delete(data),
+               "attach": lambda: self.attach(data),
+               "stop": lambda: self.start_or_stop(data, "stop")}[action]
+        with stale_polls(self.client.application, act) as watcher:
+            watcher.fetch_now(host, background=False)
 
     @rule()
     def poller_settles(self):

@@ -135,6 +135,35 @@ def poller(app):
     return app.extensions["hostplane_controller"].poller
 
 
+class _ActsAfterFetch:
+    """An agent client whose inventory answer was read before `act` ran."""
+
+    def __init__(self, client, act):
+        self.client, self.act = client, act
+
+    def __getattr__(self, name):
+        return getattr(self.client, name)
+
+    def devices(self, etag=None):
+        answer = self.client.devices(etag)
+        self.act()
+        return answer
+
+
+@contextlib.contextmanager
+def stale_polls(app, act):
+    """While inside, every poll of `app`'s poller reads its agent, runs `act` (the
+    operator's request, say), then writes what it read: an answer slower than the
+    controller's own writes, as a loaded agent or network gives."""
+    watcher = poller(app)
+    real = watcher._client
+    watcher._client = lambda host: _ActsAfterFetch(real(host), act)
+    try:
+        yield watcher
+    finally:
+        watcher._client = real
+
+
 class GunicornController(ServedProcess):
     """The controller as operators run it: gunicorn, 2 worker processes, one database."""
 

@@ -362,13 +362,16 @@ def test_7_host_own_disk_and_nic_refused_other_nvme_offered(env):
 
 
 NUMA_NIC = "0000:81:00.0"   # e1000e behind the pxb-pcie on NUMA node 1 (nodes.numa_options)
+OTHER_NIC = "0000:01:00.0"  # the node's other e1000e, behind rp1 (nodes.qemu_command)
+E1000E = ("8086", "10d3")
 
 
 def test_8_vm_pinned_to_numa_node_1_beside_its_device(env):
-    """Issue 17: node 2 has two NUMA nodes and an e1000e on node 1. Its inventory says so,
-    and a VM asking for that NIC with numa_node 1 is defined pinned to node 1's CPUs and
-    memory (virsh dumpxml on the node), runs there, and gives the NIC back when deleted.
-    Asked of the agent directly: choosing the node is the scheduler's (issue 17s)."""
+    """Issue 17: node 2 has two NUMA nodes and an e1000e on node 1. Its inventory says so;
+    a pool of e1000e NICs is made, the node's other e1000e disabled, and a VM asking the
+    controller for one NIC of the pool with `numa: required` is placed on the NIC of node
+    1 and defined pinned to node 1's CPUs and memory (virsh dumpxml on the node), runs
+    there, and gives the NIC back when deleted. The agent itself refuses a node it lacks."""
     import xml.etree.ElementTree as ET
     node_cpus = env.lab.ssh(1, "cat /sys/devices/system/node/node1/cpulist").stdout.strip()
     with step(env, "step 8: NUMA nodes and the device's node reported"):
@@ -378,14 +381,19 @@ def test_8_vm_pinned_to_numa_node_1_beside_its_device(env):
         truth = env.lab.ssh(1, f"cat /sys/bus/pci/devices/{NUMA_NIC}/numa_node").stdout
         assert (nic["type"], nic["numa_node"], int(truth)) == ("nic", 1, 1), nic
         assert nic["status"] == "ready" and nic["upstream"][-1] == "0000:80:00.0", nic
-    agent = env.agent(1)
-    with step(env, "step 8: VM with the NIC pinned to node 1, started"):
-        made = agent.call("POST", "/v1/vms", json={
-            "name": "e2e-numa", "vcpus": 1, "memory_mib": 64, "numa_node": 1,
-            "devices": [{"type": "pci", "id": NUMA_NIC}], "start": True})
-        assert made.status_code == 201, made.text
-        assert (made.json()["numa_node"], made.json()["state"]) == (1, "running")
+        assert (nic["vendor_id"], nic["device_id"]) == E1000E, nic
+    env.ctl.call("POST", "/v1/device-pools", expect=201, json={
+        "name": "e2e-e1000e", "vendor_id": E1000E[0], "device_id": E1000E[1]})
+    env.ctl.call("PATCH", f"/v1/devices/{N1}/{OTHER_NIC}", expect=200,
+                 json={"state": "disabled"})
     try:
+        with step(env, "step 8: VM placed by the controller beside its NIC, started"):
+            made = env.ctl.call("POST", "/v1/vms", expect=201, json={
+                "name": "e2e-numa", "vcpus": 1, "memory_mib": 64, "host": N1,
+                "numa": "required", "devices": [{"pool": "e2e-e1000e"}],
+                "start": True}).json()
+        assert ([d["id"] for d in made["devices"]], made["state"]) == \
+            ([NUMA_NIC], "running"), made
         root = ET.fromstring(env.lab.ssh(
             1, "virsh -c qemu:///system dumpxml --inactive e2e-numa").stdout)
         assert root.find("vcpu").get("cpuset") == node_cpus
@@ -397,13 +405,19 @@ def test_8_vm_pinned_to_numa_node_1_beside_its_device(env):
         driver = env.lab.ssh(1, f"basename $(readlink /sys/bus/pci/devices/"
                                 f"{NUMA_NIC}/driver)").stdout.strip()
         assert driver == "vfio-pci"
-        refused = agent.call("POST", "/v1/vms", json={
+        refused = env.agent(1).call("POST", "/v1/vms", json={
             "name": "e2e-numa-bad", "vcpus": 1, "memory_mib": 64, "numa_node": 2})
         assert refused.status_code == 409, refused.text
         assert refused.json()["error"]["code"] == "numa_node_not_found"
     finally:
         with step(env, "step 8: delete, NIC back on e1000e"):
-            assert agent.call("DELETE", "/v1/vms/e2e-numa").status_code == 204
+            env.ctl.call("DELETE", "/v1/vms/e2e-numa")
             assert wait_for(lambda: env.lab.ssh(
                 1, f"basename $(readlink /sys/bus/pci/devices/{NUMA_NIC}/driver)"
             ).stdout.strip() == "e1000e", 30)
+            assert wait_for(lambda: env.ctl.call("GET", "/v1/vms/e2e-numa").status_code
+                            == 404, 30)
+            assert env.ctl.get(f"/v1/devices/{N1}/{NUMA_NIC}")["status"] == "ready"
+            env.ctl.call("PATCH", f"/v1/devices/{N1}/{OTHER_NIC}", expect=200,
+                         json={"state": "enabled"})
+            env.ctl.call("DELETE", "/v1/device-pools/e2e-e1000e", expect=204)
