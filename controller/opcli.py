@@ -103,7 +103,7 @@ def placement_arguments(schedule):
     schedule.add_argument("--memory-mib", type=int, required=True)
     schedule.add_argument("--gpu", action="append", default=[], metavar="ADDR|VVVV:DDDD[xN]",
                           help="a GPU by PCI address, or N of a model (repeatable)")
-    schedule.add_argument("--pool", action="append", default=[], metavar="NAME[xN]",
+    schedule.add_argument("--pool", action="append", default=[], metavar="NAME[:N]",
                           help="N devices of a device pool (repeatable)")
     schedule.add_argument("--usb", action="append", default=[], metavar="ID",
                           help="a USB device id (repeatable)")
@@ -111,6 +111,11 @@ def placement_arguments(schedule):
     for name in ("host", "cluster", "anti-affinity-group"):
         schedule.add_argument(f"--{name}")
     schedule.add_argument("--strategy", choices=["least-cpu", "least-memory"])
+    schedule.add_argument("--numa", choices=["required", "preferred", "none"],
+                          help="devices, vCPUs and memory on one NUMA node")
+    schedule.add_argument("--locality", choices=["same-switch", "same-numa", "any"],
+                          help="where the devices of one ask sit, for a count over 1")
+    schedule.add_argument("--locality-mode", choices=["required", "preferred"])
     schedule.add_argument("--no-start", action="store_true", help="define, do not start")
     schedule.set_defaults(run=schedule_vm)
 
@@ -209,7 +214,8 @@ def placement_body(args):
         body["devices"] = opcli_pools.pool_asks(args.pool)
     if args.bridge:
         body["networks"] = [{"bridge": bridge} for bridge in args.bridge]
-    for name in ("host", "cluster", "anti_affinity_group", "strategy"):
+    for name in ("host", "cluster", "anti_affinity_group", "strategy", "numa", "locality",
+                 "locality_mode"):
         if getattr(args, name):
             body[name] = getattr(args, name)
     if args.no_start:

@@ -2,7 +2,7 @@
 
     hostplane vm create NAME --vcpus 4 --memory-mib 8192 --gpu 10de:1eb8 --usb ID
     hostplane vm show|start|stop|delete NAME          (stop --force)
-    hostplane vm attach NAME --gpu ADDR|VVVV:DDDD --usb ID --pool NAME[xN]
+    hostplane vm attach NAME --gpu ADDR|VVVV:DDDD --usb ID --pool NAME[:N]
     hostplane vm detach NAME HOST_ID DEVICE_ID
     hostplane host add URL --token-file FILE [--cluster C]
     hostplane host show|remove ID
@@ -44,7 +44,7 @@ def register(commands, gpu_asks):
     attach.add_argument("name")
     attach.add_argument("--gpu", action="append", default=[], metavar="ADDR|VVVV:DDDD[xN]")
     attach.add_argument("--usb", action="append", default=[], metavar="ID")
-    attach.add_argument("--pool", action="append", default=[], metavar="NAME[xN]")
+    attach.add_argument("--pool", action="append", default=[], metavar="NAME[:N]")
     attach.set_defaults(run=partial(vm_attach, gpu_asks=gpu_asks))
     detach = verbs.add_parser("detach", help="remove one device from the VM")
     detach.add_argument("name")

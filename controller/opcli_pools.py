@@ -7,7 +7,7 @@
     hostplane pool delete NAME
     hostplane pool share NAME TENANT --max-count 4;  hostplane pool unshare NAME TENANT
 
-and `--pool NAME[xN]` for `schedule`/`vm create`/`vm attach` (pool_asks).
+and `--pool NAME[:N]` for `schedule`/`vm create`/`vm attach` (pool_asks).
 """
 
 import re
@@ -16,7 +16,8 @@ from urllib.parse import quote
 from controller.opcli_base import CliError, emit_json, name_verbs, print_table
 
 MODEL = re.compile(r"^([0-9a-fA-F]{4}):([0-9a-fA-F]{4})$")
-POOL_ASK = re.compile(r"^([A-Za-z0-9][A-Za-z0-9_.-]{0,62}?)(?:x([0-9]+))?$")
+# NAME or NAME:COUNT; a pool name may end in x2, so the count has a separator of its own
+POOL_ASK = re.compile(r"^([A-Za-z0-9][A-Za-z0-9_.-]{0,62})(?::([0-9]+))?$")
 POOL_COLUMNS = [
     ("NAME", "name"), ("MATCH", lambda p: _match_text(p)), ("SIZE", "size"), ("FREE", "free"),
     ("ATTACHED", "attached"), ("UNAVAILABLE", "unavailable"),
@@ -52,12 +53,12 @@ def register(commands):
 
 
 def pool_asks(texts):
-    """--pool values as the API's `devices`: NAME or NAMExCOUNT."""
+    """--pool values as the API's `devices`: NAME or NAME:COUNT."""
     asks = []
     for text in texts:
         found = POOL_ASK.match(text)
         if not found:
-            raise CliError(f"--pool {text!r}: give a pool name, or NAMExCOUNT (a100x4)",
+            raise CliError(f"--pool {text!r}: give a pool name, or NAME:COUNT (a100:4)",
                            status=2)
         asks.append({"pool": found[1], "count": int(found[2] or 1)})
     return asks

@@ -18,7 +18,8 @@ from hostplane.errors import Conflict, Forbidden, NotFound
 
 def check_pool_claim(session, db, request, host_id, devices, index):
     """Lock the asked pools (gone or changed since the placement: 404/409) and, for a
-    tenant, check each pool's quota counting what its VMs hold now (403)."""
+    tenant, check the quota of each pool the claim takes devices of, counting what its
+    VMs hold now (403); a sibling from a pool not shared with it is 403 too."""
     names = sorted({ask.pool for ask in request.pools})
     query = select(DevicePool).where(DevicePool.name.in_(names)).order_by(DevicePool.name)
     rows = {row.name: row for row in session.scalars(
@@ -32,20 +33,40 @@ def check_pool_claim(session, db, request, host_id, devices, index):
                            code="pool_changed")
     if request.tenant is None:
         return
-    for name in names:
+    charged = _charged_pools(session, rows, index, host_id, devices)
+    for name in sorted(charged):
         share_row = session.scalars(db.locked(select(PoolShare).where(
             PoolShare.pool == name, PoolShare.tenant == request.tenant))).first()
-        if share_row is None:
+        match, adding = charged[name]
+        if share_row is None and name in rows:
             raise pool_not_found(name, "is no longer shared with you")
-        match = pool_match(rows[name])
-        adding = sum(1 for kind, device_id in devices
-                     if _fits_in_index(match, index, host_id, kind, device_id))
+        if share_row is None:
+            raise Forbidden(f"what you asked shares an IOMMU group with {adding} device(s) "
+                            f"of device pool {name}, which is not shared with you",
+                            code="pool_not_shared", details={"pool": name})
         used = used_by(session, match, request.tenant)
         refusal = quota_refusal(name, used, adding, share_row.max_count)
         if refusal:
             raise Forbidden(f"quota of device pool {name} exceeded: {used} of "
                             f"{share_row.max_count} in use, {adding} more asked",
                             code="quota_exceeded", details=refusal)
+
+
+def _charged_pools(session, asked, index, host_id, devices):
+    """{pool name: (match, devices of the claim in it)} for every pool the claim takes
+    devices of: the asked pools, and the pools of IOMMU-group siblings taken with them,
+    so that a cheap pool's share never hands out another pool's devices uncounted."""
+    rows = dict(asked)
+    rows.update((row.name, row) for row in session.scalars(
+        select(DevicePool).where(DevicePool.name.not_in(list(asked)))))
+    charged = {}
+    for name, row in rows.items():
+        match = pool_match(row)
+        adding = sum(1 for kind, device_id in devices
+                     if _fits_in_index(match, index, host_id, kind, device_id))
+        if adding or name in asked:
+            charged[name] = (match, adding)
+    return charged
 
 
 def pool_not_found(name, why):

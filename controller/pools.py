@@ -109,6 +109,9 @@ def patch(name, body):
         row = _locked_pool(session, name)
         match = checked(body.match, pool_match(row), code="invalid_request")
         _refuse_overlap(session, name, match)
+        kept = {(d.host_id, d.id) for d in _members(session, match)}
+        _refuse_held(name, [d for d in _members(session, pool_match(row))
+                            if (d.host_id, d.id) not in kept], "would leave out")
         row.update_match(match)
         session.flush()
         return _render(session, row, warn=True)
@@ -121,16 +124,25 @@ def delete(name):
 
     def write(session):
         row = _locked_pool(session, name)
-        attached = [d for d in _members(session, pool_match(row)) if d.status == "attached"]
-        if attached:
-            vms = sorted({d.vm for d in attached if d.vm})
-            raise Conflict(f"device pool {name} has {len(attached)} attached devices"
-                           + (f" (VMs {', '.join(vms)})" if vms else ""),
-                           code="pool_in_use", details={
-                               "vms": vms,
-                               "devices": [f"{d.host_id}/{d.id}" for d in attached]})
+        _refuse_held(name, _members(session, pool_match(row)), "has")
         session.delete(row)
     current().db.transaction(write)
+
+
+def _refuse_held(name, devices, doing):
+    """409 `pool_in_use` naming the VMs (and orphan domains) that hold any of `devices`: a
+    held device leaves its pool only when let go, or it would count against no quota."""
+    attached = [d for d in devices if d.status == "attached"]
+    if not attached:
+        return
+    vms = sorted({d.vm for d in attached if d.vm})
+    orphans = sorted({f"{d.host_id}/{d.reported_vm or '?'}" for d in attached if not d.vm})
+    holders = ([f"VMs {', '.join(vms)}"] if vms else []) + (
+        [f"orphan domains {', '.join(orphans)} (GET /v1/orphans)"] if orphans else [])
+    raise Conflict(f"device pool {name} {doing} {len(attached)} attached devices, held by "
+                   + " and ".join(holders), code="pool_in_use", details={
+                       "vms": vms, "orphans": orphans,
+                       "devices": [f"{d.host_id}/{d.id}" for d in attached]})
 
 
 def share(name, tenant_name, max_count):

@@ -197,7 +197,7 @@ def test_tenant_sees_only_shared_pools_and_is_held_to_its_quota(world):
 
 
 def test_cli_creates_shares_lists_and_places_by_pool(tmp_path, capsys):
-    from controller import opcli
+    from controller import opcli, opcli_pools
     from tests.test_controller_support import ADMIN_TOKEN, Served
     from tests.test_opcli import columns
     with two_host_world(tmp_path) as (app, client, _):
@@ -216,8 +216,18 @@ def test_cli_creates_shares_lists_and_places_by_pool(tmp_path, capsys):
                                      "SIZE": "4", "FREE": "4", "ATTACHED": "0",
                                      "UNAVAILABLE": "0", "HOSTS": "2", "SHARES": "acme:0/2"}]
             status, out, _ = run("schedule", "--explain", "--vcpus", "1", "--memory-mib", "64",
-                                 "--pool", "vfsx2")
+                                 "--pool", "vfs:2")
             assert status == 0 and "would be chosen" in out
+            # a pool name may end in x2: the count has its own separator
+            assert opcli_pools.pool_asks(["nvmex2", "a100:4"]) == [
+                {"pool": "nvmex2", "count": 1}, {"pool": "a100", "count": 4}]
+            status, out, _ = run("schedule", "--explain", "--vcpus", "1", "--memory-mib", "64",
+                                 "--pool", "vfs:2", "--locality", "same-switch",
+                                 "--locality-mode", "required")
+            assert status == 0 and "would be chosen" in out, out
+            status, out, _ = run("schedule", "--explain", "--vcpus", "1", "--memory-mib", "64",
+                                 "--pool", "vfs:2", "--numa", "required")
+            assert status == 1 and "numa_unknown" in out, out   # these trees have no nodes
             status, _, err = run("pool", "create", "bad", "--match", "8086")
             assert status == 2 and "--match" in err
             status, _, err = run("pool", "delete", "nothing")
