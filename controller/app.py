@@ -20,12 +20,13 @@ from controller.db import upgrade
 from controller.db.models import Host
 from controller.db.schema import ensure_schema
 from controller.gauges import InventoryCollector
-from controller.services import Controller, current
+from controller.refusals import error_for
+from controller.services import Controller, current, tenant
 from hostplane import auth
 from hostplane.core.ids import HOST_ID
 from hostplane.core.device_states import IllegalTransition
 from hostplane.core.vm_states import IllegalVmTransition
-from hostplane.errors import DatabaseUnavailable, envelope
+from hostplane.errors import ApiError, DatabaseUnavailable, envelope
 from hostplane.service import base_app, public_endpoints
 
 MODULES = [meta, hosts, devices, vms, orphans, schedule, events, networks, pools, dashboard]
@@ -46,6 +47,12 @@ def create_app(config=None, start=True):
         public_endpoints(MODULES), "hostplane_controller")
     controller = Controller(config)
     app.extensions["hostplane_controller"] = controller
+
+    @app.errorhandler(ApiError)
+    def _api_error(exc):   # an agent's answer reaches a tenant without the host's details
+        if "agent" in exc.details and tenant() is not None:
+            exc = error_for(controller.db, tenant(), exc)
+        return envelope(exc.status, exc.code, exc.message, exc.details)
 
     @app.errorhandler(IllegalTransition)
     def _illegal(exc):   # a claim that lost a race the scheduler could not see

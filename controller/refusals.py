@@ -18,7 +18,9 @@ from hostplane.metrics import counter
 _HOLDER = re.compile(r"(attached to (?:VM )?|held by (?:VM )?|which VM )"
                      r"([A-Za-z0-9][A-Za-z0-9_.-]{0,62})")
 
-_HOLDER_DETAILS = ("vm", "vms", "holder", "conflicts")
+_HOLDER_DETAILS = ("vm", "vms", "holder", "conflicts", "agent")
+# what an agent's message may say of its host: URIs (libvirt's, the agent's) and paths
+_INTERNALS = re.compile(r"\b[a-z][a-z0-9+.-]*://\S*|(?<![\w.:])/(?:[\w.-]+/)+[\w.-]*")
 
 
 
@@ -78,10 +80,12 @@ def refusal_details(hosts):
 
 def error_for(db, tenant, error):
     """An agent's refusal as `tenant` may read it: holders' names that are not its own
-    VMs' are hidden in the message and dropped from the details."""
+    VMs' are hidden in the message and dropped from the details, and so are the agent's
+    address, URIs and paths of its host. Applied to every agent error a tenant gets
+    (controller.app); an admin reads all of it."""
     if tenant is None:
         return error
-    error.message = _hider(db, tenant)(error.message)
+    error.message = _INTERNALS.sub("[host detail]", _hider(db, tenant)(error.message))
     error.details = {k: v for k, v in error.details.items() if k not in _HOLDER_DETAILS}
     error.args = (error.message,)
     return error

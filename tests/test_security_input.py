@@ -204,3 +204,30 @@ def test_a_tenant_never_reads_the_name_of_a_vm_that_is_not_its_own(world):
         agents["host-a"].app.test_client().delete("/v1/vms/secret-domain", headers=AUTH)
         for device in ("0000:3b:00.0", "0000:3b:00.1"):
             client.patch(f"/v1/devices/host-a/{device}", headers=ADMIN, json={"shared": False})
+
+
+def test_a_tenant_never_reads_an_agent_address_or_hypervisor_uri(world):
+    """Any agent refusal passed on to a tenant (here a live detach the hypervisor cannot
+    do) loses the agent's URL and the libvirt URI and paths; the admin reads them."""
+    _, client, agents = world
+    for device in ("0000:3b:00.0", "0000:3b:00.1"):
+        client.patch(f"/v1/devices/host-a/{device}", headers=ADMIN, json={"shared": True})
+    try:
+        made = client.post("/v1/vms", headers=TENANT, json={
+            "name": "t-live", "vcpus": 1, "memory_mib": 64, "host": "host-a",
+            "gpus": [{"id": "0000:3b:00.0"}]})
+        assert made.status_code == 201, made.get_json()
+        path = "/v1/vms/t-live/devices/host-a/0000:3b:00.0"
+        refused = client.delete(path, headers=TENANT)
+        assert refused.status_code == 409, refused.get_json()
+        error = refused.get_json()["error"]
+        assert error["code"] == "not_supported_by_libvirt"
+        assert "agent" not in error["details"], error
+        assert agents["host-a"].url.encode() not in refused.data, refused.data
+        assert b"test://" not in refused.data and b"/tmp/" not in refused.data, refused.data
+        admin = client.delete(path, headers=ADMIN).get_json()["error"]
+        assert admin["details"]["agent"] == agents["host-a"].url and "test://" in admin["message"]
+    finally:
+        client.delete("/v1/vms/t-live", headers=ADMIN)
+        for device in ("0000:3b:00.0", "0000:3b:00.1"):
+            client.patch(f"/v1/devices/host-a/{device}", headers=ADMIN, json={"shared": False})
