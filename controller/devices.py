@@ -4,8 +4,7 @@ where they are. Status changes go through hostplane.core.device_states."""
 
 from sqlalchemy import select
 
-from controller.db.models import Device, Host, Vm
-from controller.hosts import iso
+from controller.db.models import Device, Host, Vm, iso
 from controller.pools import device_pools
 from controller.services import current, tenant
 from hostplane.core import device_states

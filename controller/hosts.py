@@ -13,7 +13,7 @@ from sqlalchemy import func, or_, select
 from sqlalchemy.exc import IntegrityError
 
 from controller import networks
-from controller.db.models import Host, Vm
+from controller.db.models import Host, Vm, iso
 from controller.services import current
 from hostplane.core import host_states
 from hostplane.core.ids import HOST_ID
@@ -144,6 +144,3 @@ def render(host, usage=None):
             "last_seen": iso(host.last_seen), "created_at": iso(host.created_at)}
 
 
-def iso(moment):
-    """A timestamp as the API answers it (ISO 8601), or None."""
-    return moment.isoformat() if moment else None

@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from controller.db.models import Host
+from controller.db.models import Host, iso
 from controller.db.network_models import Network, NetworkHost
 from hostplane.core.networks import parse_spec
 from hostplane.errors import ApiError, BadRequest, Conflict, NotFound
@@ -196,7 +196,7 @@ def render_one(session, name):
 
 def render(session, row):
     view = {"name": row.name, "type": row.type, "clusters": row.clusters, **row.spec,
-            "created_at": row.created_at.isoformat() if row.created_at else None}
+            "created_at": iso(row.created_at)}
     if row.type == POOL:
         view["networks"] = {name: vni for name, vni in session.execute(
             select(Network.name, Network.vni).where(Network.pool == row.name)

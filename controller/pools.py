@@ -8,7 +8,7 @@ under its own row lock, which a claim from it holds shared until it commits.
 
 from sqlalchemy import select, text
 
-from controller.db.models import Device, Host
+from controller.db.models import Device, Host, iso
 from controller.db.pool_models import DevicePool, PoolShare
 from controller.pool_claims import pf_models_of, pool_match, pool_not_found, used_by
 from controller.services import current, require_admin, tenant
@@ -97,7 +97,7 @@ def create(body):
         row = DevicePool(name=body.name, **match.as_dict())
         session.add(row)
         session.flush()
-        return _render(session, row, warn=True)
+        return _render(session, row)
     return current().db.transaction(write)
 
 
@@ -114,7 +114,7 @@ def patch(name, body):
                             if (d.host_id, d.id) not in kept], "would leave out")
         row.update_match(match)
         session.flush()
-        return _render(session, row, warn=True)
+        return _render(session, row)
     return current().db.transaction(write)
 
 
@@ -253,13 +253,13 @@ def _known_tenant(name):
     return name
 
 
-def _render(session, row, warn=False, unusable=None):
+def _render(session, row, unusable=None):
     members = _members(session, pool_match(row))
     if unusable is None:
         unusable = _unusable_hosts(session)
     answer = {"name": row.name, **pool_match(row).as_dict(),
               **pool_counts(members, unusable),
-              "created_at": row.created_at.isoformat() if row.created_at else None}
+              "created_at": iso(row.created_at)}
     shares = session.scalars(select(PoolShare).where(PoolShare.pool == row.name)
                              .order_by(PoolShare.tenant)).all()
     if tenant() is None:
@@ -267,7 +267,7 @@ def _render(session, row, warn=False, unusable=None):
     else:
         answer["quota"] = next(_render_share(session, s) for s in shares
                                if s.tenant == tenant())
-    if warn and not members:
+    if not members:   # on every read, not only when made: a match that names nothing
         answer["warning"] = ("no known device matches: the pool has size 0 until a host "
                              "reports one")
     return answer

@@ -72,6 +72,26 @@ def test_match_naming_nothing_is_created_with_size_0_and_a_warning(world):
     pool = answer.get_json()
     assert pool["size"] == 0 and pool["hosts"] == {} and "no known device" in pool["warning"]
     assert pool["vendor_id"] == "10de"   # stored as the inventory says ids
+    read = world.get("/v1/device-pools/future", headers=ADMIN).get_json()
+    assert read == pool   # the warning on every read; one timestamp form on SQLite too
+    assert read["created_at"].endswith("+00:00")
+
+
+@pytest.mark.parametrize("body", [{"count": "1"}, {"count": True}, {"count": 1.0}])
+def test_a_count_must_be_a_json_integer(world, body):
+    make_pool(world, "t4", **T4)
+    answer = create(world, "v1", devices=[{"pool": "t4", **body}])
+    assert answer.status_code == 400 and error(answer)["code"] == "invalid_request"
+    shared = world.put("/v1/device-pools/t4/shares/acme", headers=ADMIN,
+                       json={"max_count": body["count"]})
+    assert shared.status_code == 400
+
+
+@pytest.mark.parametrize("query", ["pool=bad%20x", "type=banana", "status=free", "kind=pcie",
+                                   "host=-x", "cluster=a%2Fb"])
+def test_a_device_filter_that_can_never_match_is_400(world, query):
+    answer = world.get(f"/v1/devices?{query}", headers=ADMIN)
+    assert answer.status_code == 400 and error(answer)["code"] == "invalid_filter", query
 
 
 def test_overlapping_match_is_refused_naming_the_devices_it_would_share(world):
@@ -96,6 +116,8 @@ def test_overlapping_match_is_refused_naming_the_devices_it_would_share(world):
     ({"vendor_id": "10de", "device_id": "1eb"}, "invalid_request"),
     ({"vendor_id": "10de", "device_id": "1eb8", "vf_of": "8086"}, "invalid_request"),
     ({"vendor_id": "10de", "device_id": "1eb8", "name": "bad name"}, "invalid_request"),
+    ({"vendor_id": "10de", "device_id": "1eb8", "type": "banana"}, "invalid_request"),
+    ({"vendor_id": "10de", "device_id": "1eb8", "type": "usb"}, "invalid_request"),
 ])
 def test_bad_pool_bodies_are_400_and_store_nothing(world, body, code):
     answer = world.post("/v1/device-pools", headers=ADMIN, json={"name": "p", **body})

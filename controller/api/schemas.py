@@ -10,6 +10,7 @@ from hostplane.api import checked
 from hostplane.bodies import StrictBody, VmBasics, VmStop  # noqa: F401 (VmStop: the vms API's)
 from hostplane.core.ids import (check_device_id, check_host_id, check_name, normalize_pci_address,
                                 normalize_usb_id)
+from hostplane.core.pci import PCI_TYPES
 from hostplane.core.pools import MAX_ASK, PoolMatch
 from hostplane.core.scheduler import GpuAsk, PlacementRequest
 
@@ -101,7 +102,7 @@ class UsbBody(StrictBody):
 class PoolAskBody(StrictBody):
     """`count` devices of a device pool (any PCI kind)."""
     pool: str
-    count: int = Field(default=1, ge=1, le=MAX_ASK)
+    count: int = Field(default=1, ge=1, le=MAX_ASK, strict=True)
 
     _pool = field_validator("pool")(lambda v: check_name(v, "pool name"))
 
@@ -116,7 +117,7 @@ class _PoolMatchFields(StrictBody):
     """A pool's match: vendor_id and device_id, then optional narrowing fields."""
     subsystem_vendor_id: str | None = Field(default=None, pattern=HEX4)
     subsystem_device_id: str | None = Field(default=None, pattern=HEX4)
-    type: str | None = Field(default=None, pattern=r"^[a-z][a-z0-9-]{0,31}$")
+    type: Literal[PCI_TYPES] | None = None   # the agent's PCI types (pools are PCI only)
     vf_of: str | None = Field(default=None, pattern=r"^[0-9a-fA-F]{4}:[0-9a-fA-F]{4}$",
                               description="a virtual function's PF model, vendor:device")
 
@@ -142,7 +143,7 @@ class DevicePoolPatch(_PoolMatchFields):
 
 
 class DevicePoolShare(StrictBody):
-    max_count: int = Field(ge=0, le=1_000_000, description="devices of the pool the "
+    max_count: int = Field(ge=0, le=1_000_000, strict=True, description="devices of the pool the "
                            "tenant's VMs may hold at once")
 
 

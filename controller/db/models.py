@@ -14,6 +14,14 @@ def utcnow():
     return datetime.now(timezone.utc)
 
 
+def iso(moment):
+    """A stored timestamp as the API answers it (ISO 8601, UTC), or None: SQLite gives
+    back what it stored without its zone, PostgreSQL with it; the answer is the same."""
+    if moment is None:
+        return None
+    return (moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)).isoformat()
+
+
 def first_revision():
     """A random start, so a host deleted and registered again never repeats a revision
     that a controller process may still hold in its snapshot cache."""

@@ -26,6 +26,9 @@ _CLASS_TYPES = (
     ("0c03", "usb-controller"),
     ("06", "bridge"),
 )
+# Every type device_type answers (class types, and the ones decided beside the class).
+PCI_TYPES = ("gpu", "gpu-audio", "display", "nvswitch", "nvme", "storage", "nic",
+             "usb-controller", "bridge", "other")
 AUDIO_CLASS = "0403"
 DISPLAY_CLASS = "03"
 # Class 06 subclasses that are bridges whatever their header says: host, ISA, EISA, MCA,
