@@ -1,7 +1,8 @@
 """Placement latency on a generated cluster: 10,000 or 100,000 hosts, 10 devices each.
 
 Goals (issues 5 and 17, at 100,000 hosts / 1,000,000 devices on 2 cores): median ≤ 10 ms
-for one GPU and for 4 GPUs under one switch, ≤ 20 ms for a device-free VM. Prints the
+for one GPU or pool device and for 4 GPUs or pool devices under one switch, ≤ 20 ms for a
+device-free VM. Prints the
 snapshot build time and peak RSS apart, then median and p95 over repeated calls
 (time.perf_counter) of `choose` (what a create runs: the chosen host alone, through the
 capacity index) and of `place` (what explain runs: every host judged) for:
@@ -10,7 +11,9 @@ capacity index) and of `place` (what explain runs: every host judged) for:
   - no device at all, so that every host is judged in full (no goal set by the issue);
   - one GPU by vendor/device under enforced anti-affinity and strategy;
   - four GPUs 10de:20b5 under one PCIe switch (locality same-switch, required), on the
-    eight-GPU servers (two switches of four, one per NUMA node).
+    eight-GPU servers (two switches of four, one per NUMA node);
+  - one device of pool "t4" (10de:1eb8 of type gpu: a match beyond the model);
+  - four devices of pool "a100" (10de:20b5) under one switch, as the GPUs above.
 Then, with --controller, the same cluster written to a database (a temporary SQLite file,
 or --database-url) and one GPU explained end to end through the controller's placement
 code (controller.placement.explain: revision check, cached snapshot, place): the first
@@ -31,7 +34,9 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from hostplane.core.placement_pools import PoolAsk  # noqa: E402
 from hostplane.core.placement_topology import NumaNode  # noqa: E402
+from hostplane.core.pools import PoolMatch  # noqa: E402
 from hostplane.core.scheduler import (DeviceView, GpuAsk, HostView, PlacementRequest,  # noqa: E402
                                       Policy, Snapshot, VmView, choose, place)
 
@@ -157,8 +162,15 @@ def main():
         ("4 GPUs 10de:20b5 same-switch", PlacementRequest(
             "bench", 16, 65536, gpus=(GpuAsk(vendor_id="10de", device_id="20b5", count=4),),
             locality="same-switch", locality_mode="required", numa="preferred"), Policy()),
+        ("1 pool device (t4)", PlacementRequest(
+            "bench", 4, 8192, pools=(PoolAsk("t4", PoolMatch("10de", "1eb8", type="gpu")),)),
+         Policy()),
+        ("4 pool devices (a100) same-switch", PlacementRequest(
+            "bench", 16, 65536, pools=(PoolAsk("a100", PoolMatch("10de", "20b5"), 4),),
+            locality="same-switch", locality_mode="required", numa="preferred"), Policy()),
     ]
-    goal = {"1 GPU 10de:1eb8": 10.0, "no device": 20.0, "4 GPUs 10de:20b5 same-switch": 10.0}
+    goal = {"1 GPU 10de:1eb8": 10.0, "no device": 20.0, "4 GPUs 10de:20b5 same-switch": 10.0,
+            "1 pool device (t4)": 10.0, "4 pool devices (a100) same-switch": 10.0}
     for title, request, policy in cases:
         for how, call in (("choose", choose), ("place", place)):
             placement, median, p95, best = timed(args.runs,

@@ -8,7 +8,7 @@ disabled, its IOMMU group not viable). A placement then only reads dictionaries.
 import bisect
 
 from hostplane.core.pci import iommu_groups
-from hostplane.core.placement_capacity import CapacityIndex
+from hostplane.core.placement_capacity import CapacityIndex, count_keys
 from hostplane.core.reasons import Reason
 
 HOST_STATUS_REASONS = {"connecting": Reason("still connecting", "host_not_connected"),
@@ -96,9 +96,13 @@ class SnapshotIndex:
                 found.sort(key=claim_order)
                 table.setdefault(model, {})[host_id] = found
         if not reasons:
-            self.capacity.add(host, [None] + [
-                ("gpu",) + model for model, found in gpus.items()
-                if (host_id, found[0].id) not in self.blockers])
+            keys = [None]
+            for model, found in models.items():
+                free = 0
+                while free < len(found) and (host_id, found[free].id) not in self.blockers:
+                    free += 1   # sorted claimable first
+                keys += count_keys(model, free)
+            self.capacity.add(host, keys)
         for vm in vms:
             if vm.anti_affinity_group:
                 per_host = self.anti_affinity.setdefault((vm.tenant, vm.anti_affinity_group), {})
