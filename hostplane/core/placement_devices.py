@@ -45,7 +45,7 @@ class Offer:
     count: int
     none: Reason
     shortfall: object   # got → Reason
-    title: str          # "10de:20b5", "pool a100": what explain says was found
+    title: str          # "10de:20b5", "of pool a100": what explain says was offered
 
 
 def offers(asks, pools, host_id, index, shared_only):

@@ -70,6 +70,7 @@ class Topology:
         free, titles = self._free(host, offered)
         found = describe(free, host, titles) if free else None
         nodes = self._node_room(host)
+        free_ids = {device.id for device in free}
         best = None   # the first arrangement of the highest bonus; else the last refused
         for scope in self._scopes(free, host):
             devices, reasons = pick_pci(self.asks, host.id, self.index, self.shared_only,
@@ -78,7 +79,7 @@ class Topology:
                 continue
             picked = [self.index.device(host.id, "pci", device_id) for _, device_id in devices]
             arrangement = self._judge(picked, host, nodes, vcpus, memory, devices, found,
-                                      {device.id for device in free})
+                                      free_ids)
             if best is None or best.reasons or (
                     not arrangement.reasons and arrangement.bonus > best.bonus):
                 best = arrangement
