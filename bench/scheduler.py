@@ -3,8 +3,9 @@
 Goals (issues 5 and 17, at 100,000 hosts / 1,000,000 devices on 2 cores): median ≤ 10 ms
 for one GPU or pool device and for 4 GPUs or pool devices under one switch, ≤ 20 ms for a
 device-free VM. Prints the snapshot build time and peak RSS apart, then median, p95,
-best and first of repeated calls (time.perf_counter) of `choose` (what a create runs: the chosen host alone, through the
-capacity index) and of `place` (what explain runs: every host judged) for:
+best and first of repeated calls (time.perf_counter) of `choose` (what a create runs:
+the chosen host alone, through the capacity index) and of `place` (what explain runs:
+every host judged) for:
   - one GPU by vendor/device;
   - two GPUs by vendor/device plus one USB device (which pins the VM to the USB's host);
   - no device at all, so that every host is judged in full (no goal set by the issue);
