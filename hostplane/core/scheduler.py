@@ -245,9 +245,9 @@ def place(request, snapshot, policy=Policy()):
 def choose(request, snapshot, policy=Policy()):
     """The host `place` would choose, found by judging the best few hosts, not all.
 
-    Hosts are taken best score first from the capacity index (hosts with a claimable GPU
-    of an asked model, or every host that can take a VM), so a placement on a large
-    cluster costs the hosts it looks at. The answer is `place`'s first candidate alone,
+    Hosts are taken best score first from the capacity index (hosts with enough claimable
+    functions of the model of an ask by count, GPU model or pool, or every host that can
+    take a VM), so a placement on a large cluster costs the hosts it looks at. The answer is `place`'s first candidate alone,
     without the rejected hosts; when no host fits it is `place`'s whole answer, since the
     refusal lists every host's reasons.
     """
