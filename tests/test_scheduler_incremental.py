@@ -1,5 +1,6 @@
 """A snapshot updated host by host (`Snapshot.apply`) equals one built afresh from the same
-rows: same indexes, same placements and reasons. The controller's snapshot cache relies
+rows: same indexes (the hosts of pool matches asked before the update included), same
+placements and reasons. The controller's snapshot cache relies
 on it to reload only the hosts whose revision moved."""
 
 import dataclasses
@@ -7,6 +8,8 @@ import random
 
 import pytest
 
+from hostplane.core.placement_pools import PoolAsk, matching_devices
+from hostplane.core.pools import PoolMatch
 from hostplane.core.scheduler import (DeviceView, GpuAsk, HostView, PlacementRequest, Policy,
                                       Snapshot, VmView, place)
 
@@ -48,8 +51,14 @@ def flatten(parts):
     return hosts, devices, vms
 
 
-def comparable(index):
+def comparable(index, pool_matches=None):
+    """The index's tables; with `pool_matches`, the hosts of these pool matches worked
+    out afresh (an index built afresh has been asked about no pool yet)."""
     tables = {name: value for name, value in vars(index).items()}
+    if pool_matches is not None:
+        tables["pool_holders"] = {
+            match: {host_id for host_id in index.pci_models.get(match.model, {})
+                    if matching_devices(match, host_id, index)} for match in pool_matches}
     tables["held"] = {vm: sorted(held, key=lambda d: (d.host_id, d.id))
                       for vm, held in index.held.items()}
     return tables
@@ -62,6 +71,10 @@ REQUESTS = [
     PlacementRequest("r4", 4, 2048, anti_affinity_group="db", tenant="acme",
                      gpus=(GpuAsk(id="0000:3b:00.0"),)),
     PlacementRequest("r5", 1, 512, cluster="c1"),
+    PlacementRequest("r6", 2, 1024,
+                     pools=(PoolAsk("t4", PoolMatch("10de", "1eb8", type="gpu")),)),
+    PlacementRequest("r7", 2, 1024, pools=(PoolAsk("a10", PoolMatch("10de", "2236"), 2),),
+                     locality="same-switch"),
 ]
 
 
@@ -101,7 +114,7 @@ def test_snapshot_updated_in_place_equals_one_built_afresh(seed):
         cached.apply(changes)
         fresh = Snapshot.build(*flatten(parts))
         assert cached.hosts == fresh.hosts
-        assert comparable(cached.index) == comparable(fresh.index)
+        assert comparable(cached.index) == comparable(fresh.index, cached.index.pool_holders)
         for request in REQUESTS:
             for policy in (Policy(), Policy(strategy_mode="enforced")):
                 assert place(request, cached, policy) == place(request, fresh, policy)

@@ -4,7 +4,8 @@ fits the same reasons for every host. Random clusters from hypothesis: host size
 near-equal and far apart, over-full and empty hosts, disconnected, disabled and
 maintenance hosts, IOMMU switched off, shared and held GPUs, tenants, anti-affinity
 enforced and soft, enforced strategy limits, overcommit, existing VMs, hosts changed in
-place (`Snapshot.apply`), NUMA nodes and PCIe switches under numa and locality policies."""
+place (`Snapshot.apply`), NUMA nodes and PCIe switches under numa and locality policies,
+asks of GPU models and of pools (matched by model or by model and type) by count."""
 
 from unittest import mock
 
@@ -19,6 +20,7 @@ from hostplane.core.scheduler import (DeviceView, GpuAsk, HostView, PlacementReq
                                       Snapshot, VmView, choose, place)
 
 MODELS = (("10de", "1eb8"), ("10de", "20b5"), ("1002", "740f"))
+AUDIO = ("10de", "10f8")   # every GPU's audio function: many of one model per host
 SIZES = (0, 1, 8, 16, 16, 17, 32, 32, 33, 64, 96, 128)
 SWITCHES = ((), ("0000:00:01.0",), ("0000:00:01.0", "0000:10:00.0"),
             ("0000:00:02.0", "0000:20:00.0", "0000:21:08.0"))
@@ -49,7 +51,7 @@ def host_parts(draw, number):
             held = draw(mostly(None, f"vm-{host_id}-{slot}"))
             devices.append(DeviceView(
                 host_id, "pci", f"0000:{slot + 1:02x}:00.{fn}", kind, vendor,
-                product if kind == "gpu" else "10f8", draw(mostly("enabled", "disabled")),
+                product if kind == "gpu" else AUDIO[1], draw(mostly("enabled", "disabled")),
                 "attached" if held else draw(mostly("ready", "unavailable")), held,
                 draw(st.booleans()), draw(mostly(True, False)), group, None, None,
                 draw(st.sampled_from([None, 0, 1, -1])), draw(st.sampled_from(SWITCHES))))
@@ -100,9 +102,10 @@ def requests(draw, snapshot):
         numa=draw(mostly("none", "preferred", "required")),
         locality=draw(mostly("any", "same-switch", "same-numa")),
         locality_mode=draw(st.sampled_from(["preferred", "required"])),
-        pools=draw(st.lists(st.builds(lambda model, count: PoolAsk(
-            f"pool-{model[1]}", PoolMatch(*model), count),
-            st.sampled_from(MODELS), mostly(1, 2)), max_size=1)))
+        pools=draw(st.lists(st.builds(lambda model, count, typed: PoolAsk(
+            f"pool-{model[1]}", PoolMatch(*model, type="gpu" if typed else None), count),
+            st.sampled_from(MODELS + (AUDIO,)), mostly(1, 2, 3, 4, 5), st.booleans()),
+            max_size=2)))
 
 
 policies = st.builds(Policy, cpu_overcommit=st.sampled_from([1.0, 1.5, 4.0]),
@@ -142,3 +145,36 @@ def test_a_large_cluster_is_chosen_through_the_index_with_the_full_walks_answer(
             request = PlacementRequest("vm-new", vcpus, 4096, strategy=strategy)
             assert_same_answer(snapshot, request, Policy())
             assert_same_answer(snapshot, request, Policy(strategy_mode="enforced"))
+
+
+def test_a_pool_ask_judges_only_hosts_with_enough_free_devices_of_its_model():
+    """600 hosts of one NVMe drive each, free on all; 20 hosts hold 4 more, 3 of them free.
+    Asking 3 of the pool judges hosts from the 20 alone (hosts with at least 2 free, the
+    power of two below 3), and finds the full walk's choice."""
+    nvme = ("144d", "a808")
+    hosts, devices = [], []
+    for n in range(600):
+        host_id = f"h{n:03d}"
+        hosts.append(HostView(host_id, "c1", "connected", "enabled", True, True, 32, 65536,
+                              n % 30, 0))
+        drives = 5 if n % 30 == 7 else 1
+        for slot in range(drives):
+            held = f"vm-{host_id}" if slot == 4 else None
+            devices.append(DeviceView(host_id, "pci", f"0000:{slot + 0x5e:02x}:00.0", "nvme",
+                                      *nvme, "enabled", "attached" if held else "ready", held,
+                                      False, True, slot, None, None))
+    snapshot = Snapshot.build(hosts, devices, [])
+    request = PlacementRequest("vm-new", 2, 1024,
+                               pools=(PoolAsk("nvme", PoolMatch(*nvme), 3),))
+    judged = []
+    judge = scheduler._Judge.__call__
+
+    def counting(self, host):
+        judged.append(host.id)
+        return judge(self, host)
+
+    with mock.patch.object(scheduler._Judge, "__call__", counting):
+        quick = choose(request, snapshot, Policy())
+    assert quick.chosen == place(request, snapshot, Policy()).chosen
+    assert quick.chosen.host_id == "h007" and len(quick.chosen.devices) == 3
+    assert judged and all(int(host_id[1:]) % 30 == 7 for host_id in judged)

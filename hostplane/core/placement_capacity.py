@@ -10,12 +10,18 @@ hosts it looks at plus the number of distinct sizes (a few CPU thread counts; me
 sizes as the hosts report them).
 
 Tables are kept per key: None for every host that can take a VM at all (connected, enabled,
-with some CPU and memory), ("gpu", vendor, device) for hosts with at least one claimable
-GPU of that model. Any other key (a device pool) fits the same way.
+with some CPU and memory), and ("pci", vendor, device, n) for hosts with at least n
+claimable PCI functions of that model, n a power of two up to 64 (`count_keys`). An ask
+by count, of a GPU model or of a pool, reads the table of its model and the largest n not
+above its count (`count_key`). Pools are matched at request time, so the index knows
+models, not pools: a pool is a part of its model, a model's GPUs a part of its functions,
+so a host outside that table cannot give the ask.
 """
 
 import bisect
 import heapq
+
+from hostplane.core.pools import MAX_ASK
 
 RESOURCES = ("cpu", "memory")
 MARGIN = 1e-9   # a stop on "over the limit" waits this much, so float rounding hides no host
@@ -31,25 +37,26 @@ class CapacityIndex:
         """File `host` under each of `keys`; hosts without CPU or memory are never filed."""
         if host.cpu_threads <= 0 or host.memory_mib <= 0:
             return
-        filed = self.entries[host.id] = []
-        for resource, used, total in (("cpu", host.used_vcpus, host.cpu_threads),
-                                      ("memory", host.used_memory_mib, host.memory_mib)):
-            number = total   # one bucket per size
-            entry = (used, host.id)
+        keys = tuple(keys)
+        filed = (("cpu", host.cpu_threads, (host.used_vcpus, host.id)),   # one bucket per size
+                 ("memory", host.memory_mib, (host.used_memory_mib, host.id)))
+        self.entries[host.id] = (keys, filed)   # one record per host, however many keys
+        for resource, number, entry in filed:
             for key in keys:
                 bucket = self.tables.setdefault((key, resource), {}).get(number)
                 if bucket is None:
                     bucket = self.tables[(key, resource)][number] = _Bucket()
                 bucket.add(entry, self.bulk)
-                filed.append((key, resource, number, entry))
 
     def remove(self, host_id):
-        for key, resource, number, entry in self.entries.pop(host_id, ()):
-            table = self.tables[(key, resource)]
-            if table[number].remove(entry):
-                del table[number]
-                if not table:
-                    del self.tables[(key, resource)]
+        keys, filed = self.entries.pop(host_id, ((), ()))
+        for resource, number, entry in filed:
+            for key in keys:
+                table = self.tables[(key, resource)]
+                if table[number].remove(entry):
+                    del table[number]
+                    if not table:
+                        del self.tables[(key, resource)]
 
     def finish(self):
         for table in self.tables.values():
@@ -64,7 +71,8 @@ class CapacityIndex:
     def _contents(self):
         return ({name: {number: b.entries for number, b in table.items()}
                  for name, table in self.tables.items()},
-                {host_id: sorted(filed, key=repr) for host_id, filed in self.entries.items()})
+                {host_id: (sorted(keys, key=repr), filed)
+                 for host_id, (keys, filed) in self.entries.items()})
 
     def size(self, key):
         return sum(len(b.entries) for b in self.tables.get((key, "cpu"), {}).values())
@@ -80,6 +88,16 @@ class CapacityIndex:
             neg_score, _, number, place, use, host = heapq.heappop(frontier)
             yield use, -neg_score, host
             _push(frontier, buckets, number, place + 1, hosts, resource, asked, overcommit)
+
+
+def count_keys(model, free):
+    """Keys of a host with `free` claimable PCI functions of `model` (vendor, device)."""
+    return [("pci",) + model + (1 << power,) for power in range(min(free, MAX_ASK).bit_length())]
+
+
+def count_key(model, count):
+    """The table holding every host with at least `count` claimable functions of `model`."""
+    return ("pci",) + model + (1 << (min(count, MAX_ASK).bit_length() - 1),)
 
 
 def _use(host, resource, asked, overcommit):

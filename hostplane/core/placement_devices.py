@@ -5,6 +5,7 @@ IOMMU group (its gpu-audio function, or a second GPU behind the same bridge), si
 a group to one VM or to none. Tenants see only devices an admin shared, and never USB.
 """
 
+from dataclasses import dataclass
 from functools import partial
 
 from hostplane.core.placement_index import device_blocker
@@ -14,22 +15,60 @@ from hostplane.core.reasons import Reason
 from hostplane.core.usb import limit_class
 
 
-def pick_pci(asks, host_id, index, shared_only, allowed=None, pools=()):
+def pick_pci(asks, host_id, index, shared_only, allowed=None, pools=(), offered=None):
     """((("pci", id), ...), reasons) for the GPU asks on this host, asks by id first,
-    then the pool asks (a pool shared with a tenant needs no per-device share); GPUs asked
-    by model only among the `allowed` ids, when given (one switch or node)."""
+    then the asks by count (GPU models, then pools; a pool shared with a tenant needs no
+    per-device share), these only among the `allowed` ids when given (one switch or node).
+    `offered`: what `offers` gives for this host, when the caller has it already."""
     taken = {}        # id → ("pci", id), in claim order: asked devices and group siblings
     counted = set()   # ids that satisfied an ask
     reasons = []
     for ask in asks:
         if ask.id is not None:
             _pick_by_id(ask.id, host_id, index, shared_only, taken, counted, reasons)
-        else:
-            _pick_by_model(ask, host_id, index, shared_only, taken, counted, reasons, allowed)
-    for ask in pools:
-        _pick_some(pool_devices(ask, host_id, index), ask.count, host_id, index, taken,
-                   counted, reasons, no_pool_device(ask), partial(pool_shortfall, ask))
+    if offered is None:
+        offered = offers(asks, pools, host_id, index, shared_only)
+    for offer in offered:
+        devices = offer.devices
+        if allowed is not None:
+            devices = [device for device in devices if device.id in allowed]
+        _pick_some(devices, offer.count, host_id, index, taken, counted, reasons, offer.none,
+                   offer.shortfall)
     return tuple(taken.values()), reasons
+
+
+@dataclass(frozen=True, slots=True)
+class Offer:
+    """The devices of one host an ask by count may take (claimable first), and the
+    sentences for none here and for too few."""
+    devices: list
+    count: int
+    none: Reason
+    shortfall: object   # got → Reason
+    title: str          # "10de:20b5", "of pool a100": what explain says was offered
+
+
+def offers(asks, pools, host_id, index, shared_only):
+    """An Offer per ask by count (GPU model, then pool) on this host: one code path for
+    both, read once per host however many scopes locality tries."""
+    found = []
+    for ask in asks:
+        if ask.id is None:
+            gpus = index.gpu_models.get((ask.vendor_id, ask.device_id), {}).get(host_id, ())
+            if shared_only:
+                gpus = [gpu for gpu in gpus if gpu.shared]
+            plural = "GPU" if ask.count == 1 else "GPUs"
+            found.append(Offer(gpus, ask.count, no_gpu_model(ask), partial(
+                _gpu_shortfall, ask, plural), f"{ask.vendor_id}:{ask.device_id}"))
+    for ask in pools:
+        found.append(Offer(pool_devices(ask, host_id, index), ask.count, no_pool_device(ask),
+                           partial(pool_shortfall, ask), f"of pool {ask.pool}"))
+    return found
+
+
+def _gpu_shortfall(ask, plural, got):
+    return Reason(f"only {got} of {ask.count} {plural} {ask.vendor_id}:{ask.device_id} free",
+                  "not_enough_gpus")
 
 
 def by_id_first(asks):
@@ -69,18 +108,6 @@ def _pick_by_id(device_id, host_id, index, shared_only, taken, counted, reasons)
             return
         _take(index.claims[(host_id, device_id)], taken)
     counted.add(device_id)
-
-
-def _pick_by_model(ask, host_id, index, shared_only, taken, counted, reasons, allowed=None):
-    gpus = index.gpu_models.get((ask.vendor_id, ask.device_id), {}).get(host_id, ())
-    if shared_only:
-        gpus = [gpu for gpu in gpus if gpu.shared]
-    if allowed is not None:
-        gpus = [gpu for gpu in gpus if gpu.id in allowed]
-    plural = "GPU" if ask.count == 1 else "GPUs"
-    _pick_some(gpus, ask.count, host_id, index, taken, counted, reasons, no_gpu_model(ask),
-               lambda got: Reason(f"only {got} of {ask.count} {plural} {ask.vendor_id}:"
-                                  f"{ask.device_id} free", "not_enough_gpus"))
 
 
 def _pick_some(devices, count, host_id, index, taken, counted, reasons, none, shortfall):

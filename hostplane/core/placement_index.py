@@ -8,7 +8,8 @@ disabled, its IOMMU group not viable). A placement then only reads dictionaries.
 import bisect
 
 from hostplane.core.pci import iommu_groups
-from hostplane.core.placement_capacity import CapacityIndex
+from hostplane.core.placement_capacity import CapacityIndex, count_keys
+from hostplane.core.placement_pools import matching_devices
 from hostplane.core.reasons import Reason
 
 HOST_STATUS_REASONS = {"connecting": Reason("still connecting", "host_not_connected"),
@@ -36,6 +37,8 @@ class SnapshotIndex:
         self.blockers = {}          # (host_id, id) → why this PCI device cannot be claimed
         self.claims = {}            # (host_id, id) → (("pci", id), ...) of its whole IOMMU group
         self.anti_affinity = {}     # (tenant, group) → {host_id: [vm names]}
+        self.pool_holders = {}      # pool match → {host ids with a device it fits}: filled
+                                    # on its first ask (placement_pools), kept by _add/_remove
         self.parts = {}             # host id → (host, devices, vms): what `_remove` takes out
         self.capacity = CapacityIndex()   # hosts that can take a VM, by free capacity
         parts = {host.id: ([], []) for host in hosts}
@@ -96,9 +99,16 @@ class SnapshotIndex:
                 found.sort(key=claim_order)
                 table.setdefault(model, {})[host_id] = found
         if not reasons:
-            self.capacity.add(host, [None] + [
-                ("gpu",) + model for model, found in gpus.items()
-                if (host_id, found[0].id) not in self.blockers])
+            keys = [None]
+            for model, found in models.items():
+                free = 0
+                while free < len(found) and (host_id, found[free].id) not in self.blockers:
+                    free += 1   # sorted claimable first
+                keys += count_keys(model, free)
+            self.capacity.add(host, keys)
+        for match, holders in self.pool_holders.items():
+            if matching_devices(match, host_id, self):
+                holders.add(host_id)
         for vm in vms:
             if vm.anti_affinity_group:
                 per_host = self.anti_affinity.setdefault((vm.tenant, vm.anti_affinity_group), {})
@@ -112,6 +122,8 @@ class SnapshotIndex:
         self.capacity.remove(host_id)
         del self.hosts[host_id], self.host_reasons[host_id]
         self.troubled.pop(host_id, None)
+        for holders in self.pool_holders.values():
+            holders.discard(host_id)
         _drop(self.clusters, host.cluster, lambda hosts: hosts.discard(host_id))
         for device in devices:
             key = (host_id, device.id)

@@ -43,18 +43,29 @@ def pf_model(index, device):
 
 def pool_devices(ask, host_id, index):
     """The host's devices of the pool, claimable first and smallest IOMMU group first."""
-    devices = index.pci_models.get(ask.match.model, {}).get(host_id, ())
-    if _by_model_only(ask.match):
+    return matching_devices(ask.match, host_id, index)
+
+
+def matching_devices(match, host_id, index):
+    devices = index.pci_models.get(match.model, {}).get(host_id, ())
+    if _by_model_only(match):
         return devices
-    return [device for device in devices if ask.match.fits(device, pf_model(index, device))]
+    return [device for device in devices if match.fits(device, pf_model(index, device))]
 
 
 def pool_hosts(ask, index):
-    """Hosts holding at least one device of the pool (for Locality)."""
+    """Hosts holding at least one device of the pool (for Locality). A match beyond the
+    model is worked out once per snapshot, on its first ask, and then kept host by host
+    by the index (`SnapshotIndex.pool_holders`): one pass over the model's hosts costs
+    milliseconds at 100,000 hosts."""
     holders = index.pci_models.get(ask.match.model, {})
     if _by_model_only(ask.match):
         return holders
-    return {host_id for host_id in holders if pool_devices(ask, host_id, index)}
+    found = index.pool_holders.get(ask.match)
+    if found is None:
+        found = {host_id for host_id in holders if matching_devices(ask.match, host_id, index)}
+        index.pool_holders[ask.match] = found   # whole, in one step: readers may share it
+    return found
 
 
 def one_pool_shortcut(request, index):

@@ -1,9 +1,10 @@
-"""NUMA and PCIe locality: which of a host's free GPUs to take, and on which NUMA node.
+"""NUMA and PCIe locality: which of a host's free devices to take, and on which NUMA node.
 
 A VM whose GPUs sit under one PCIe switch moves data between them without crossing the
 CPU; one whose GPUs, vCPUs and memory sit on one NUMA node never crosses the socket
 link. So, for a request asking `numa` ("required" or "preferred") or `locality`
-("same-switch" or "same-numa", for more than one GPU), a host's free GPUs are tried
+("same-switch" or "same-numa", for more than one device), a host's free devices of the
+asks by count (GPU models and pools alike: `placement_devices.offers`) are tried
 scope by scope: under one switch (the smallest switch that has enough), then on one NUMA
 node, then anywhere. A required policy rejects the host when no scope satisfies it; a
 preferred one adds to the score: +2 for one switch, +1 for one NUMA node (locality),
@@ -53,40 +54,43 @@ class Topology:
     def __init__(self, request, policy, index, asks, shared_only):
         self.request, self.policy, self.index = request, policy, index
         self.asks, self.shared_only = asks, shared_only
-        self.model_asks = [ask for ask in asks if ask.id is None]
-        wanted = sum(ask.count for ask in asks)
-        self.locality = request.locality if wanted > 1 else "any"
+        self.locality = request.locality if asked_count(request) > 1 else "any"
         self.max_bonus = ({"same-switch": 2, "same-numa": 1}.get(self.locality, 0)
                           + (request.numa != "none"))
 
     @staticmethod
     def wanted(request):
-        return request.numa != "none" or (
-            request.locality != "any" and sum(ask.count for ask in request.gpus) > 1)
+        return request.numa != "none" or (request.locality != "any"
+                                          and asked_count(request) > 1)
 
-    def arrange(self, host, vcpus, memory):
-        """The best arrangement of the asked GPUs on `host` (which can give them somehow),
-        or the reasons a required policy cannot be met there."""
-        free = self._free_gpus(host)
-        found = describe(free, host) if free else None
+    def arrange(self, host, vcpus, memory, offered):
+        """The best arrangement of the asked devices on `host` (which can give them
+        somehow), or the reasons a required policy cannot be met there. `offered`: the
+        host's `offers` for the request, read once by the caller."""
+        free, titles = self._free(host, offered)
+        found = describe(free, host, titles) if free else None
         nodes = self._node_room(host)
+        free_ids = {device.id for device in free}
         best = None   # the first arrangement of the highest bonus; else the last refused
         for scope in self._scopes(free, host):
             devices, reasons = pick_pci(self.asks, host.id, self.index, self.shared_only,
-                                        allowed=scope, pools=self.request.pools)
+                                        allowed=scope, offered=offered)
             if reasons:
                 continue
             picked = [self.index.device(host.id, "pci", device_id) for _, device_id in devices]
-            arrangement = self._judge(picked, host, nodes, vcpus, memory, devices, found)
+            arrangement = self._judge(picked, host, nodes, vcpus, memory, devices, found,
+                                      free_ids)
             if best is None or best.reasons or (
                     not arrangement.reasons and arrangement.bonus > best.bonus):
                 best = arrangement
         return best
 
-    def _judge(self, picked, host, nodes, vcpus, memory, devices, found):
-        """Switch locality weighs the GPUs; the NUMA node, every PCI function picked (a NIC
-        asked by address pins the VM to its node as a GPU does)."""
-        chosen = [device for device in picked if device.type == "gpu"]
+    def _judge(self, picked, host, nodes, vcpus, memory, devices, found, free_ids):
+        """Switch locality weighs the GPUs and the devices asked by count; the NUMA node,
+        every PCI function picked (a NIC asked by address pins the VM to its node as a GPU
+        does)."""
+        chosen = [device for device in picked if device.type == "gpu" or device.id in free_ids]
+        noun = _noun(chosen)
         switches = {switch_of(device) for device in chosen}
         one_switch = len(switches) == 1 and None not in switches
         device_nodes = {node_of(device, host) for device in picked}
@@ -95,12 +99,12 @@ class Topology:
         if self.locality == "same-switch":
             bonus += 2 if one_switch else 1 if one_node else 0
             if not one_switch and self.request.locality_mode == "required":
-                reasons.append(Reason(f"no {len(chosen)} free GPUs under one switch ({found})",
+                reasons.append(Reason(f"no {len(chosen)} free {noun} under one switch ({found})",
                                       "locality_switch"))
         elif self.locality == "same-numa":
             bonus += 1 if one_node else 0
             if not one_node and self.request.locality_mode == "required":
-                reasons.append(Reason(f"no {len(chosen)} free GPUs on one NUMA node ({found})",
+                reasons.append(Reason(f"no {len(chosen)} free {noun} on one NUMA node ({found})",
                                       "locality_numa"))
         node = None
         if self.request.numa != "none":
@@ -133,20 +137,21 @@ class Topology:
         return Reason(f"no NUMA node has room for {vcpus} vCPUs and {memory} MiB ({room})",
                       "numa_no_room")
 
-    def _free_gpus(self, host):
-        """Claimable GPUs of the asked models on `host` (shared ones, for a tenant)."""
-        free = []
-        per_host = self.index.gpu_models
-        for ask in self.model_asks:
-            for gpu in per_host.get((ask.vendor_id, ask.device_id), {}).get(host.id, ()):
-                if (host.id, gpu.id) in self.index.blockers:
+    def _free(self, host, offered):
+        """Claimable devices the asks by count may take on `host` (for a tenant, shared
+        GPUs; any device of a pool shared with it), and the titles of the asks offering
+        some ("10de:20b5", "of pool nvme")."""
+        free, titles = {}, {}
+        for offer in offered:
+            for device in offer.devices:
+                if (host.id, device.id) in self.index.blockers:
                     break   # sorted claimable first
-                if gpu.shared or not self.shared_only:
-                    free.append(gpu)
-        return list({gpu.id: gpu for gpu in free}.values())
+                free[device.id] = device
+                titles[offer.title] = None
+        return list(free.values()), sorted(titles)
 
     def _scopes(self, free, host):
-        """Sets of allowed GPU ids, best locality first; None: any free GPU."""
+        """Sets of allowed device ids, best locality first; None: any free device."""
         scopes = []
         if self.locality == "same-switch":
             scopes += _groups(free, switch_of)
@@ -173,10 +178,11 @@ def node_of(device, host):
     return host.numa_nodes[0].id if len(host.numa_nodes) == 1 else None
 
 
-def describe(devices, host):
+def describe(devices, host, titles=None):
     """"4 GPUs 10de:20b5 free: 2 under switch 0000:10:00.0, 2 under switch 0000:20:00.0;
-    NUMA node 0: 4" — what an operator needs to see why a host was or was not chosen."""
-    models = sorted({f"{d.vendor_id}:{d.product_id}" for d in devices})
+    NUMA node 0: 4" — what an operator needs to see why a host was or was not chosen.
+    `titles` name what was asked ("10de:20b5", "of pool nvme"); else the devices' models."""
+    models = titles or sorted({f"{d.vendor_id}:{d.product_id}" for d in devices})
     switches, nodes = {}, {}
     for device in devices:
         where = switch_of(device)
@@ -185,14 +191,23 @@ def describe(devices, host):
         node = node_of(device, host)
         node = f"NUMA node {node}" if node is not None else "NUMA node unknown"
         nodes[node] = nodes.get(node, 0) + 1
-    plural = "GPU" if len(devices) == 1 else "GPUs"
-    return (f"{len(devices)} {plural} {', '.join(models)} free: "
+    return (f"{len(devices)} {_noun(devices)} {', '.join(models)} free: "
             + ", ".join(f"{count} {where}" for where, count in sorted(switches.items()))
             + "; " + ", ".join(f"{where}: {count}" for where, count in sorted(nodes.items())))
 
 
+def asked_count(request):
+    """Devices asked by GPU model or address and by pool: locality matters above one."""
+    return sum(ask.count for ask in request.gpus) + sum(ask.count for ask in request.pools)
+
+
+def _noun(devices):
+    noun = "GPU" if all(device.type == "gpu" for device in devices) else "device"
+    return noun if len(devices) == 1 else noun + "s"
+
+
 def _groups(free, key):
-    """Allowed-id sets per value of `key` (None left out), fewest GPUs first (best fit)."""
+    """Allowed-id sets per value of `key` (None left out), fewest devices first (best fit)."""
     groups = {}
     for device in free:
         value = key(device)

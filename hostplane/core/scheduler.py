@@ -12,9 +12,10 @@ placement, minus one per VM of the same soft anti-affinity group already there; 
 
 from dataclasses import dataclass, field
 
-from hostplane.core.placement_capacity import MARGIN
-from hostplane.core.placement_devices import (by_id_first, first_free_gpu, one_gpu_shortcut,
-                                              pick_pci, pick_usb, usb_global_reasons)
+from hostplane.core.placement_capacity import MARGIN, count_key
+from hostplane.core.placement_devices import (by_id_first, first_free_gpu, offers,
+                                              one_gpu_shortcut, pick_pci, pick_usb,
+                                              usb_global_reasons)
 from hostplane.core.placement_index import SnapshotIndex
 from hostplane.core.placement_locality import Locality
 from hostplane.core.placement_pools import one_pool_shortcut
@@ -244,9 +245,9 @@ def place(request, snapshot, policy=Policy()):
 def choose(request, snapshot, policy=Policy()):
     """The host `place` would choose, found by judging the best few hosts, not all.
 
-    Hosts are taken best score first from the capacity index (hosts with a claimable GPU
-    of an asked model, or every host that can take a VM), so a placement on a large
-    cluster costs the hosts it looks at. The answer is `place`'s first candidate alone,
+    Hosts are taken best score first from the capacity index (hosts with enough claimable
+    functions of the model of an ask by count, GPU model or pool, or every host that can
+    take a VM), so a placement on a large cluster costs the hosts it looks at. The answer is `place`'s first candidate alone,
     without the rejected hosts; when no host fits it is `place`'s whole answer, since the
     refusal lists every host's reasons.
     """
@@ -280,8 +281,11 @@ def choose(request, snapshot, policy=Policy()):
 
 
 def _stream(judge, index, policy):
-    """Hosts best score first: those holding the rarest asked GPU model, or all."""
-    keys = [("gpu", ask.vendor_id, ask.device_id) for ask in judge.gpu_asks if ask.id is None]
+    """Hosts best score first: those with enough claimable functions of the rarest model
+    asked by count (a GPU model or a pool's model), or all."""
+    keys = [count_key((ask.vendor_id, ask.device_id), ask.count)
+            for ask in judge.gpu_asks if ask.id is None]
+    keys += [count_key(ask.match.model, ask.count) for ask in judge.request.pools]
     key = min(keys, key=index.capacity.size) if keys else None
     if judge.cpu_strategy:
         return index.capacity.best_first(key, "cpu", judge.request.vcpus,
@@ -350,7 +354,7 @@ class _Judge:
         score = 1.0 - use
         if self.group_hosts:
             score -= self._anti_affinity(host, reasons)
-        devices, picked = (), True
+        devices, picked, offered = (), True, ()
         if self.gpu_asks or request.pools:
             if not host.iommu_enabled:
                 reasons.append(IOMMU_OFF)
@@ -359,13 +363,15 @@ class _Judge:
             if self.shortcut is not None:
                 devices = first_free_gpu(self.shortcut, host.id, self.index)
             if not devices:
+                offered = offers(self.gpu_asks, request.pools, host.id, self.index,
+                                 self.shared_only)
                 devices, found = pick_pci(self.gpu_asks, host.id, self.index, self.shared_only,
-                                          pools=request.pools)
+                                          offered=offered)
                 reasons += found
                 picked = not found
         node = where = None
         if self.topology is not None and picked:   # the host can give them: arrange them
-            arranged = self.topology.arrange(host, vcpus, memory)
+            arranged = self.topology.arrange(host, vcpus, memory, offered)
             reasons += arranged.reasons
             score += arranged.bonus
             devices, node, where = arranged.devices, arranged.numa_node, arranged.found
