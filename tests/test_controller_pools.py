@@ -244,7 +244,7 @@ def test_cli_creates_shares_lists_and_places_by_pool(tmp_path, capsys):
             assert opcli_pools.pool_asks(["nvmex2", "a100:4"]) == [
                 {"pool": "nvmex2", "count": 1}, {"pool": "a100", "count": 4}]
             status, out, _ = run("schedule", "--explain", "--vcpus", "1", "--memory-mib", "64",
-                                 "--pool", "vfs:2", "--locality", "same-switch",
+                                 "--pool", "vfs:2", "--locality", "same-numa",
                                  "--locality-mode", "required")
             assert status == 0 and "would be chosen" in out, out
             status, out, _ = run("schedule", "--explain", "--vcpus", "1", "--memory-mib", "64",
