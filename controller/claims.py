@@ -43,8 +43,10 @@ def claim_on(session, db, request, policy, host_id, new_vm):
     by_key = {(row.kind, row.id): row for row in rows}
     if new_vm is not None:
         row = Vm(host_id=host_id, **new_vm)
-        if chosen.numa_node is not None:   # counted against its node (VmView.numa_node)
-            row.spec = {**row.spec, "numa_node": chosen.numa_node}
+        # the policy judges devices added later; the node is counted (VmView.numa_node)
+        row.spec = {**row.spec, "numa": request.numa}
+        if chosen.numa_node is not None:
+            row.spec["numa_node"] = chosen.numa_node
         vm_states.begin_create(row, new_vm["op_id"], new_vm["op_since"])
         session.add(row)
         session.flush()   # PostgreSQL: a racing insert of the name fails here, in the retry

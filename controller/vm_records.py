@@ -122,6 +122,8 @@ def render(vm, devices):
             "memory_mib": vm.memory_mib, "tenant": vm.tenant,
             "anti_affinity_group": vm.anti_affinity_group,
             "networks": (vm.spec or {}).get("networks", []),
+            "numa": (vm.spec or {}).get("numa", "none"),
+            "numa_node": (vm.spec or {}).get("numa_node"),
             "devices": [{"host_id": d.host_id, "kind": d.kind, "id": d.id, "type": d.type,
                          "status": d.status} for d in devices],
             "created_at": vm.created_at.isoformat() if vm.created_at else None}

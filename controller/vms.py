@@ -130,7 +130,8 @@ def add_devices(name, body):
                                usb=[usb.id for usb in body.usb], tenant=tenant(),
                                pools=pool_asks(body.devices),
                                anti_affinity_group=vm.anti_affinity_group,
-                               strategy=ctl.strategy, existing_vm=vm_view(vm))
+                               strategy=ctl.strategy, existing_vm=vm_view(vm),
+                               numa=(vm.spec or {}).get("numa", "none"))
     host_id, devices, _numa_node = place_and_claim(ctl.db, request, ctl.policy, None,
                                                    ctl.config["scheduler"]["claim_attempts"])
     if host_id != vm.host_id:   # stopped, device-less, asked for USB elsewhere: it moves

@@ -67,6 +67,7 @@ class Topology:
         """The best arrangement of the asked devices on `host` (which can give them
         somehow), or the reasons a required policy cannot be met there. `offered`: the
         host's `offers` for the request, read once by the caller."""
+        self.host_id = host.id
         free, titles = self._free(host, offered)
         found = describe(free, host, titles) if free else None
         nodes = self._node_room(host)
@@ -117,7 +118,11 @@ class Topology:
 
     def _vm_node(self, chosen, device_nodes, nodes, vcpus, memory):
         """The node holding the devices, if the VM fits there; with no devices, the node
-        with the most room for the strategy's resource (lowest id on ties)."""
+        with the most room for the strategy's resource (lowest id on ties). A VM pinned
+        already (devices added later) stays on its node: the devices must be there."""
+        pinned = self._pinned_node()
+        if pinned is not None:
+            return pinned if not chosen or device_nodes == {pinned} else None
         fits = [node for node, (cpu, mib) in nodes.items() if vcpus <= cpu and memory <= mib]
         if chosen:
             if device_nodes is None:
@@ -127,9 +132,17 @@ class Topology:
         room = 0 if self.request.strategy == "least-cpu" else 1
         return min(fits, key=lambda node: (-nodes[node][room], node), default=None)
 
+    def _pinned_node(self):
+        vm = self.request.existing_vm
+        return vm.numa_node if vm is not None and vm.host_id == self.host_id else None
+
     def _numa_refusal(self, host, chosen, one_node, nodes, vcpus, memory):
         if not host.numa_nodes:
             return Reason("host NUMA nodes not reported", "numa_unknown")
+        pinned = self._pinned_node()
+        if pinned is not None:
+            return Reason(f"the VM is pinned to NUMA node {pinned} and no asked device "
+                          f"there is free ({describe(chosen, host)})", "numa_other_node")
         if chosen and not one_node:
             return Reason(f"asked devices span NUMA nodes ({describe(chosen, host)})", "numa_split")
         room = ", ".join(f"node {node}: {max(int(cpu), 0)} vCPUs, {max(int(mib), 0)} MiB free"

@@ -44,6 +44,7 @@ CODES = {
     "numa_unknown": "the host's agent has not reported its NUMA nodes",
     "numa_split": "the asked devices sit on more than one NUMA node",
     "numa_no_room": "no NUMA node has the vCPUs and memory left for the VM",
+    "numa_other_node": "the VM is pinned to a NUMA node where no asked device is free",
 }
 
 
