@@ -175,3 +175,17 @@ def test_numa_required_follows_a_device_asked_by_id_that_is_not_a_gpu():
     refused = place(too_big, snapshot)
     assert refused.chosen is None
     assert [reason.code for reason in refused.rejected["host-a"]] == ["numa_no_room"]
+
+
+def test_gpus_asked_by_address_on_two_nodes_say_what_they_are_not_none():
+    """The probe's `(None)`: GPUs asked by address are no ask by count, so the refusal
+    described nothing; it names the GPUs picked and their nodes."""
+    snapshot = Snapshot.build([server("host-a")], split_server("host-a"), [])
+    request = PlacementRequest(name="pair", vcpus=2, memory_mib=1024,
+                               gpus=(GpuAsk(id="0000:12:00.0"), GpuAsk(id="0000:22:00.0")),
+                               locality="same-numa", locality_mode="required")
+    placement = place(request, snapshot)
+    assert placement.chosen is None
+    [reason] = placement.rejected["host-a"]
+    assert reason.code == "locality_numa" and "None" not in reason, reason
+    assert "NUMA node 0: 1, NUMA node 1: 1" in reason, reason

@@ -92,6 +92,7 @@ class Topology:
         does)."""
         chosen = [device for device in picked if device.type == "gpu" or device.id in free_ids]
         noun = _noun(chosen)
+        found = found or describe(chosen, host)   # asked by address: what was picked
         switches = {switch_of(device) for device in chosen}
         one_switch = len(switches) == 1 and None not in switches
         device_nodes = {node_of(device, host) for device in picked}
