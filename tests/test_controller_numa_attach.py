@@ -10,8 +10,7 @@ import pytest
 
 from tests.hosts import INTEL, SAMSUNG
 from tests.synthetic import Host, PciFunction as F
-from tests.test_controller_support import (ADMIN, LoopbackAgent, controller_app,
-                                           controller_config, register)
+from tests.test_controller_support import ADMIN, loopback_world
 
 NODE_1 = ("0000:11:00.0", "0000:21:00.0")   # each below its own root port, bus - 1
 NODE_0 = ("0000:91:00.0", "0000:a1:00.0")
@@ -31,17 +30,10 @@ def two_node_host():
 
 @pytest.fixture()
 def client(tmp_path):
-    agent = LoopbackAgent(tmp_path, "host-a", two_node_host())
-    app = controller_app(controller_config(tmp_path))
-    client = app.test_client()
-    try:
-        register(client, agent)
+    with loopback_world(tmp_path, {"host-a": two_node_host()}) as (_, client, _agents):
         assert client.post("/v1/device-pools", headers=ADMIN, json={
             "name": "nvme", "vendor_id": SAMSUNG, "device_id": "a808"}).status_code == 201
         yield client
-    finally:
-        agent.stop()
-        app.extensions["hostplane_controller"].close()
 
 
 def held(vm):

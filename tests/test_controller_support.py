@@ -209,8 +209,16 @@ class GunicornController(ServedProcess):
 def two_host_world(tmp_path):
     """host-a: two 10de:1eb8 GPUs, USB stick 4C530001; host-b: two 10de:2236, stick
     4C530002; both registered with a controller on SQLite. Yields (app, client, agents)."""
-    agents = {"host-a": LoopbackAgent(tmp_path, "host-a", gpu_host()),
-              "host-b": LoopbackAgent(tmp_path, "host-b", gpu_host(NVIDIA_A10, "4C530002"))}
+    with loopback_world(tmp_path, {"host-a": gpu_host(),
+                                   "host-b": gpu_host(NVIDIA_A10, "4C530002")}) as world:
+        yield world
+
+
+@contextlib.contextmanager
+def loopback_world(tmp_path, trees):
+    """A real agent per {host id: synthetic host}, each registered with a controller on
+    SQLite. Yields (app, client, {host id: LoopbackAgent})."""
+    agents = {host_id: LoopbackAgent(tmp_path, host_id, tree) for host_id, tree in trees.items()}
     app = controller_app(controller_config(tmp_path))
     client = app.test_client()
     try:

@@ -19,8 +19,7 @@ from agent.app import create_app
 from tests.conftest import AUTH, agent_config
 from tests.hosts import NVIDIA, hgx_server
 from tests.synthetic import PciFunction as F, write_sysfs_tree
-from tests.test_controller_support import (ADMIN, LoopbackAgent, controller_app,
-                                           controller_config, register)
+from tests.test_controller_support import ADMIN, loopback_world
 from tests.test_virt_support import (RUN_PREFIX, URI, agent_client, create_vm, inactive_xml,  # noqa: F401
                                      lv, pci_source, prefix)
 
@@ -85,15 +84,8 @@ def test_agent_reads_and_refuses_ids_with_5_digit_domains(agent, lv, prefix):  #
 # --- controller --------------------------------------------------------------------------
 @pytest.fixture
 def hgx_world(tmp_path):
-    agent = LoopbackAgent(tmp_path, "hgx", hgx_with_wide_domain_gpu())
-    app = controller_app(controller_config(tmp_path))
-    client = app.test_client()
-    try:
-        register(client, agent)
+    with loopback_world(tmp_path, {"hgx": hgx_with_wide_domain_gpu()}) as (_, client, _agents):
         yield client
-    finally:
-        agent.stop()
-        app.extensions["hostplane_controller"].close()
 
 
 def listing(client, **filters):
