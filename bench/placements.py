@@ -4,7 +4,9 @@
 makes: health, host facts, devices with ETag, VM create, list and lookup, networks), a
 throw-away database on the running PostgreSQL, two controller processes (gunicorn, one
 worker each) on that database, and concurrent clients creating 2,000 VMs that each ask
-for one GPU by model. Prints registration time, placements/s, p50/p99 latency and the
+for one device of a device pool (`--ask pool`, the default; the pool matches the hosts'
+GPU model and is made before the clock starts) or one GPU by model (`--ask gpu`). Prints
+registration time, placements/s, p50/p99 latency and the
 answers by status, then counts double claims two ways: devices the agents were asked to
 give to two VMs, and VMs the database shows holding other than one GPU. Goal ≥ 200/s.
 
@@ -14,6 +16,7 @@ controllers' pollers are off: registration fetches each host once, and the measu
 placement, not polling.
 
     .venv/bin/python bench/placements.py [--agents 5000] [--vms 2000] [--clients 32]
+                                         [--ask pool|gpu]
 """
 
 import argparse
@@ -35,6 +38,8 @@ sys.path.insert(0, ROOT)
 TOKEN = "bench-agent-token"          # nosec B105 - a throw-away token on loopback
 ADMIN_TOKEN = "bench-admin-token"    # nosec B105
 GPU = {"vendor_id": "10de", "device_id": "1eb8"}
+POOL = "bench-gpus"
+ASKS = {"pool": {"devices": [{"pool": POOL, "count": 1}]}, "gpu": {"gpus": [GPU]}}
 BOOT_ID = uuid.uuid4().hex
 
 
@@ -226,6 +231,8 @@ def main():
     parser.add_argument("--vms", type=int, default=2000)
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--threads", type=int, default=16, help="per controller process")
+    parser.add_argument("--ask", choices=sorted(ASKS), default="pool",
+                        help="one device of a pool (default) or one GPU by model")
     parser.add_argument("--serve-agents", metavar="PORTS_FILE", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_agents:
@@ -288,9 +295,15 @@ def measure(args, controllers, agents, database_url, controller_pids):
     print(f"registered {codes.count(201):,} of {args.agents:,} hosts in {took:.0f} s "
           f"({args.agents / took:.0f}/s; other answers: {sorted(set(codes) - {201})})")
 
+    if args.ask == "pool":
+        made = requests.post(controllers[0] + "/v1/device-pools", headers=admin, timeout=60,
+                             json={"name": POOL, **GPU})
+        made.raise_for_status()
+        print(f"pool {POOL}: {made.json().get('size')} devices")
+
     def create(number):
         body = {"name": f"bench-{number:05d}", "vcpus": 2, "memory_mib": 2048,
-                "gpus": [GPU], "start": True}
+                **ASKS[args.ask], "start": True}
 
         def call(session):
             started = time.perf_counter()
@@ -307,7 +320,7 @@ def measure(args, controllers, agents, database_url, controller_pids):
     for controller_url in controllers:   # each process loads its snapshot before the clock
         run_all([lambda session, u=controller_url: session.post(
             u + "/v1/schedule/explain", headers=admin, timeout=120,
-            json={"name": "warm", "vcpus": 1, "memory_mib": 64, "gpus": [GPU]})], 1)
+            json={"name": "warm", "vcpus": 1, "memory_mib": 64, **ASKS[args.ask]})], 1)
     parts = {   # whose CPU a placement costs: pid and parent pid sets, or a command line
         "controllers": lambda pid, parent, command: parent in controller_pids or
         pid in controller_pids,
@@ -326,7 +339,7 @@ def measure(args, controllers, agents, database_url, controller_pids):
         codes[code] = codes.get(code, 0) + 1
     placed = codes.get(201, 0)
     p99 = latencies[max(0, int(len(latencies) * 0.99) - 1)]
-    print(f"{args.vms:,} creates, {args.clients} clients, 2 controllers: {took:.1f} s, "
+    print(f"{args.vms:,} creates asking {args.ask}, {args.clients} clients, 2 controllers: {took:.1f} s, "
           f"{placed / took:.0f} placements/s (goal ≥ 200: {'met' if placed / took >= 200 else 'MISSED'}); "
           f"latency p50 {statistics.median(latencies):.0f} ms, p99 {p99:.0f} ms; "
           f"answers {codes}")

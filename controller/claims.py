@@ -26,13 +26,16 @@ def name_taken(request):
 
 
 def claim_on(session, db, request, policy, host_id, new_vm):
+    """(the scheduler's Candidate, the host row as locked here), or None when the host
+    can no longer take `request`; the VM row (`new_vm`) is inserted."""
     session.info["held_claim"] = True   # held in the snapshot already (snapshot_cache)
     if new_vm is not None and session.get(Vm, new_vm["name"]) is not None:
         raise name_taken(request)
     moving = request.existing_vm is not None and request.existing_vm.host_id != host_id
-    # both hosts' rows when moving, in id order, as every writer takes them
-    db.lock_hosts(session, {host_id, request.existing_vm.host_id} if moving else {host_id})
-    local, rows = snapshot(session, [host_id], lock=db.locked)
+    if moving:   # both hosts' rows, in id order, as every writer takes them
+        db.lock_hosts(session, {host_id, request.existing_vm.host_id})
+    # the host's row first (the snapshot reads it locked), then its devices
+    local, rows, hosts = snapshot(session, [host_id], lock=db.locked)
     if moving:
         _reserve_move(session, db, request.existing_vm, host_id)
     chosen = place(request, local, policy).chosen
@@ -52,7 +55,7 @@ def claim_on(session, db, request, policy, host_id, new_vm):
         session.flush()   # PostgreSQL: a racing insert of the name fails here, in the retry
     for key in chosen.devices:
         device_states.claim(by_key[key], request.name)
-    return chosen
+    return chosen, hosts[0]   # the host row too: its caller calls its agent with it
 
 
 def _reserve_move(session, db, seen, target):

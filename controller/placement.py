@@ -52,8 +52,8 @@ def _placement(db, request, policy, every_host=True, first=False):
 
 
 def place_and_claim(db, request, policy, new_vm, attempts=5):
-    """Reserve devices and capacity for `request`; returns (host_id, [device rows' ids],
-    the host NUMA node chosen for the VM or None).
+    """Reserve devices and capacity for `request`; returns (the chosen host's row as the
+    claim locked it, [device rows' ids], the host NUMA node chosen for the VM or None).
 
     `new_vm` (a dict of Vm columns) is inserted in the claiming transaction; None when
     devices are added to `request.existing_vm`.
@@ -74,7 +74,8 @@ def place_and_claim(db, request, policy, new_vm, attempts=5):
             cache_for(db).settled(request)
         if claimed is not None:
             count(operation, placement)
-            return placement.chosen.host_id, list(claimed.devices), claimed.numa_node
+            chosen, host = claimed
+            return host, list(chosen.devices), chosen.numa_node
         placement = _placement(db, request, policy, every_host=False)
     count(operation, placement, "contended")
     raise Conflict("lost the race for these devices several times; try again",

@@ -14,13 +14,14 @@ from hostplane.core.scheduler import DeviceView, HostView, Snapshot, VmView
 
 def snapshot(session, host_ids=None, lock=None):
     """The cluster (or the given hosts, row-locked with `lock`) as a scheduler snapshot,
-    and the device rows it was built from."""
-    hosts, devices, vms, rows = cluster_views(session, host_ids, lock)
-    return Snapshot.build(hosts, devices, vms), rows
+    the device rows and the host rows it was built from."""
+    hosts, devices, vms, rows, host_rows = cluster_views(session, host_ids, lock)
+    return Snapshot.build(hosts, devices, vms), rows, host_rows
 
 
 def cluster_views(session, host_ids=None, lock=None):
-    """(host views, device views, VM views, device rows) of the cluster or of `host_ids`."""
+    """(host views, device views, VM views, device rows, host rows) of the cluster or of
+    `host_ids`."""
     hosts_q, devices_q = select(Host), select(Device)
     vms_q = select(Vm).where(or_(Vm.host_id.is_not(None), Vm.moving_to.is_not(None)))
     if host_ids is not None:
@@ -35,7 +36,7 @@ def cluster_views(session, host_ids=None, lock=None):
     seen = {host.id for host in hosts}
     return ([host_view(h, usage.get(h.id, (0, 0))) for h in hosts],
             [device_view(d) for d in devices],
-            [vm_view(v) for v in vms if v.host_id in seen], devices)
+            [vm_view(v) for v in vms if v.host_id in seen], devices, hosts)
 
 
 def usage_by_host(vms):

@@ -33,8 +33,10 @@ def visible(vm, name, tenant):
 def settle_create(db, name, op_id, agent_state):
     """The agent made the VM of operation `op_id`: the row takes its state; its view."""
     def record(session):
-        session.info["held_claim"] = True   # the state of a VM its claim placed already
-        vm = locked_vm(session, db, name)
+        # Only the VM row is locked and changed: its state is nothing a placement counts
+        # (models.SCHEDULED_VM_COLUMNS), so no host is locked or its revision bumped, and
+        # holding this one lock it waits on no other writer.
+        vm = session.scalars(db.locked(select(Vm).where(Vm.name == name))).first()
         if vm is None or vm.op_id != op_id:
             raise Conflict(f"{name} was deleted while its create was under way",
                            code="vm_gone")

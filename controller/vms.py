@@ -43,15 +43,11 @@ def create(body):
     new_vm = {"name": body.name, "tenant": request.tenant, "vcpus": body.vcpus,
               "memory_mib": body.memory_mib, "anti_affinity_group": body.anti_affinity_group,
               "spec": spec, "op_id": op_id, "op_since": time.time()}
-    host_id, devices, numa_node = place_and_claim(ctl.db, request, ctl.policy, new_vm,
-                                                  ctl.config["scheduler"]["claim_attempts"])
+    # the host as the claim locked it: a host deleted since then fails the agent call
+    host, devices, numa_node = place_and_claim(ctl.db, request, ctl.policy, new_vm,
+                                               ctl.config["scheduler"]["claim_attempts"])
     agent_spec = vm_spec(body.name, body.vcpus, body.memory_mib, spec["networks"], devices,
                          op_id, start=body.start, numa_node=numa_node)
-    try:
-        host = _host(host_id)
-    except ApiError:   # deleted meanwhile: nothing was sent
-        forget_create(ctl.db, body.name, op_id)
-        raise
     try:
         answer = ctl.agent(host).create_vm(agent_spec)
     except ApiError as exc:
@@ -132,12 +128,13 @@ def add_devices(name, body):
                                anti_affinity_group=vm.anti_affinity_group,
                                strategy=ctl.strategy, existing_vm=vm_view(vm),
                                numa=(vm.spec or {}).get("numa", "none"))
-    host_id, devices, _numa_node = place_and_claim(ctl.db, request, ctl.policy, None,
-                                                   ctl.config["scheduler"]["claim_attempts"])
+    host, devices, _numa_node = place_and_claim(ctl.db, request, ctl.policy, None,
+                                                ctl.config["scheduler"]["claim_attempts"])
+    host_id = host.id
     if host_id != vm.host_id:   # stopped, device-less, asked for USB elsewhere: it moves
         move_and_attach(ctl, vm, host_id, devices, _host)
         return get(name)
-    agent, done = ctl.agent(_host(host_id)), []
+    agent, done = ctl.agent(host), []
     try:
         for kind, device_id in devices:
             agent.attach(name, kind, device_id)

@@ -128,6 +128,10 @@ class Vm(Base):
 # every poll and must not invalidate cached snapshots.
 SCHEDULED_HOST_COLUMNS = ("cluster", "status", "state", "iommu_enabled", "iommu_ready",
                           "cpu_threads", "memory_mib", "numa_nodes")
+# What a VM row's placement counts (controller.placement_views.vm_view): a VM holds its
+# room whatever its state, so a create settling (state, op_since) changes no snapshot.
+SCHEDULED_VM_COLUMNS = ("host_id", "moving_to", "vcpus", "memory_mib", "tenant",
+                        "anti_affinity_group", "spec")
 
 
 @event.listens_for(Session, "before_flush")
@@ -135,23 +139,38 @@ def _bump_host_revisions(session, _context, _instances):
     """Bump `revision` of every host whose scheduling view this flush changes.
 
     Before the flush, so that the host row is locked before its device rows, in the same
-    order a claim takes them (no deadlock on PostgreSQL). Writes that bypass the ORM
-    (`update(Device)...`) must bump the revision themselves.
+    order a claim takes them (no deadlock on PostgreSQL). Once per host and transaction:
+    a snapshot never sees a transaction half done, so a second bump tells it nothing.
+    Writes that bypass the ORM (`update(Device)...`) must bump the revision themselves.
     """
     touched = set()
     for row in session.new | session.dirty | session.deleted:
         if isinstance(row, Host):
-            if row in session.dirty and any(attributes.get_history(row, column).has_changes()
-                                            for column in SCHEDULED_HOST_COLUMNS):
+            if row in session.dirty and _changed(row, SCHEDULED_HOST_COLUMNS):
                 touched.add(row.id)
+        elif isinstance(row, Vm) and row in session.dirty and not _changed(
+                row, SCHEDULED_VM_COLUMNS):
+            continue
         elif isinstance(row, (Device, Vm)):
             for column in ("host_id", "moving_to") if isinstance(row, Vm) else ("host_id",):
                 history = attributes.get_history(row, column)
                 touched.update(history.added or history.unchanged or ())
                 touched.update(history.deleted or ())
-    touched.discard(None)
+    bumped = session.info.setdefault("revisions_bumped_hosts", set())
+    touched -= bumped | {None}
     if touched:
+        bumped.update(touched)
         session.info["revisions_bumped"] = True   # snapshot caches look after the commit
         session.connection().execute(
             update(Host.__table__).where(Host.__table__.c.id.in_(sorted(touched)))
             .values(revision=Host.__table__.c.revision + 1))
+
+
+def _changed(row, columns):
+    return any(attributes.get_history(row, column).has_changes() for column in columns)
+
+
+@event.listens_for(Session, "after_commit")
+@event.listens_for(Session, "after_rollback")
+def _new_transaction_bumps_again(session):
+    session.info.pop("revisions_bumped_hosts", None)
