@@ -8,7 +8,7 @@ the row's name alone may have been deleted and taken again while an agent was si
 
 from sqlalchemy import or_, select
 
-from controller.db.models import Device, Vm
+from controller.db.models import Device, Vm, iso
 from controller.claims import release_held
 from hostplane.core import vm_states
 from hostplane.errors import ApiError, Conflict, DependencyDown, NotFound
@@ -128,4 +128,4 @@ def render(vm, devices):
             "numa_node": (vm.spec or {}).get("numa_node"),
             "devices": [{"host_id": d.host_id, "kind": d.kind, "id": d.id, "type": d.type,
                          "status": d.status} for d in devices],
-            "created_at": vm.created_at.isoformat() if vm.created_at else None}
+            "created_at": iso(vm.created_at)}
