@@ -7,7 +7,6 @@ Hosts and devices are written directly: this is about the database, not the agen
 """
 
 import uuid
-import threading
 from collections import Counter
 
 from sqlalchemy import select
@@ -18,6 +17,7 @@ from controller.vm_records import forget_create
 from controller.config import DEFAULTS
 from hostplane.core.scheduler import GpuAsk, PlacementRequest
 from hostplane.errors import ApiError
+from tests.support import all_at_once
 from tests.test_controller_support import database_url  # noqa: F401 - fixture
 
 CLAIMERS = 200
@@ -55,23 +55,15 @@ def test_concurrent_claims_for_8_gpus_give_exactly_8_and_no_device_twice(databas
     db = Database(database_url, busy_timeout_s=60)
     policy = policy_from(DEFAULTS)
     _cluster(db)
-    barrier = threading.Barrier(CLAIMERS)
-    outcomes = [None] * CLAIMERS
 
     def claim(index):
-        barrier.wait()
         try:
             place_and_claim(db, _ask(f"vm-{index}"), policy, _vm(f"vm-{index}"))
-            outcomes[index] = 201
+            return 201
         except ApiError as exc:
-            outcomes[index] = exc.status
+            return exc.status
 
-    threads = [threading.Thread(target=claim, args=(i,)) for i in range(CLAIMERS)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    counts = Counter(outcomes)
+    counts = Counter(all_at_once(CLAIMERS, claim))
     assert counts[201] == 8 and set(counts) <= {201, 409, 422}, counts
     with db.read() as session:
         gpus = session.scalars(select(Device).where(Device.type == "gpu")).all()

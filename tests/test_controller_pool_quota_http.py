@@ -3,7 +3,6 @@ gunicorn (2 worker processes, 16 threads each) on SQLite and on PostgreSQL, four
 agents (two NIC VFs each) creating the VMs, each create pinned to one of them so that
 claims on different hosts run at once. Exactly 3 VMs, 3 VFs held."""
 
-import threading
 from collections import Counter
 
 import requests
@@ -11,6 +10,7 @@ import requests
 from tests.conftest import TOKEN as AGENT_TOKEN
 from tests.test_controller_support import (ADMIN, TENANT, GunicornController, LoopbackAgent,
                                            gpu_host)
+from tests.support import all_at_once
 from tests.test_controller_support import database_url  # noqa: F401 - fixture
 
 RACERS, QUOTA = 100, 3
@@ -30,23 +30,14 @@ def test_100_racing_tenant_creates_over_http_against_a_quota_of_3(tmp_path, data
             ).json()["size"] == 8
         assert requests.put(url + "/v1/device-pools/vfs/shares/acme", headers=ADMIN,
                             timeout=30, json={"max_count": QUOTA}).ok
-        barrier = threading.Barrier(RACERS)
-        outcomes = [None] * RACERS
-
         def create(index):
-            barrier.wait()
             answer = requests.post(url + "/v1/vms", headers=TENANT, timeout=120, json={
                 "name": f"q-{index}", "vcpus": 1, "memory_mib": 64, "start": False,
                 "devices": [{"pool": "vfs"}], "host": f"quota-host-{index % 4}"})
-            outcomes[index] = (answer.status_code, None if answer.ok
-                               else answer.json()["error"]["code"])
+            return (answer.status_code, None if answer.ok
+                    else answer.json()["error"]["code"])
 
-        threads = [threading.Thread(target=create, args=(i,)) for i in range(RACERS)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        counts = Counter(outcomes)
+        counts = Counter(all_at_once(RACERS, create))
         assert counts[(201, None)] == QUOTA, counts
         assert set(counts) <= {(201, None), (403, "quota_exceeded"),
                                (409, "claim_contended"), (422, "unplaceable")}, counts

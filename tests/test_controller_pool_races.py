@@ -21,9 +21,10 @@ from hostplane.core.placement_pools import PoolAsk
 from hostplane.core.pools import PoolMatch
 from hostplane.core.scheduler import PlacementRequest
 from hostplane.errors import ApiError
+from tests.support import all_at_once
 from tests.test_controller_claims import _cluster
 from tests.test_controller_support import (controller_app, controller_config,  # noqa: F401
-                                           database_url, insert_host_row)
+                                           database_url, insert_device_row, insert_host_row)
 
 T4 = PoolMatch("10de", "1eb8")
 RACERS = 100
@@ -42,23 +43,13 @@ def _vm(name, tenant):
 
 def _race(count, work):
     """Run work(i) in `count` threads released together; their outcomes (status codes)."""
-    barrier = threading.Barrier(count)
-    outcomes = [None] * count
-
     def run(index):
-        barrier.wait()
         try:
             work(index)
-            outcomes[index] = 201
+            return 201
         except ApiError as exc:
-            outcomes[index] = (exc.status, exc.code)
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(count)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    return Counter(outcomes)
+            return (exc.status, exc.code)
+    return Counter(all_at_once(count, run))
 
 
 def test_100_racing_tenant_creates_against_a_quota_of_3_give_exactly_3(database_url):
@@ -131,12 +122,8 @@ def test_migration_0006_fills_subsystem_ids_and_physfn_from_kept_facts(database_
     with engine.begin() as db:
         insert_host_row(db, now)
         for device_id, kept in facts.items():
-            db.execute(sa.text(
-                "INSERT INTO devices (host_id, id, kind, type, vendor_id, product_id, name, "
-                "state, status, shared, assignable, facts, upstream, created_at, updated_at) "
-                "VALUES ('h', :id, 'pci', 'nic', '8086', '1889', 'x', 'enabled', 'ready', "
-                "false, true, :facts, '[]', :now, :now)"),
-                {"id": device_id, "facts": kept, "now": now})
+            insert_device_row(db, now, device_id, type="nic", vendor_id="8086",
+                              product_id="1889", facts=kept, upstream="[]")
     upgrade(database_url)
     with engine.begin() as db:
         rows = {row[0]: tuple(row[1:]) for row in db.execute(sa.text(

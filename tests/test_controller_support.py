@@ -262,6 +262,19 @@ def insert_host_row(connection, now, host_id="h"):
         {"id": host_id, "now": now})
 
 
+def insert_device_row(connection, now, device_id, **columns):
+    """A PCI device row of host "h" written in SQL, for migration tests: the columns every
+    revision has (a 10de:1eb8 GPU, enabled and ready), then `columns`, which may name
+    columns of the revision the test starts from."""
+    import sqlalchemy as sa
+    values = {"host_id": "h", "id": device_id, "kind": "pci", "type": "gpu",
+              "vendor_id": "10de", "product_id": "1eb8", "name": "x", "state": "enabled",
+              "status": "ready", "shared": False, "assignable": True, "facts": "{}",
+              "created_at": now, "updated_at": now, **columns}
+    devices = sa.table("devices", *(sa.column(name) for name in values))
+    connection.execute(sa.insert(devices).values(**values))
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def database_url(request, tmp_path):
     if request.param == "sqlite":

@@ -236,7 +236,8 @@ def test_a_use_that_appears_after_the_scan_is_seen_at_the_next_read(tmp_path, mo
 
 
 # --- migration 0004 on both databases ----------------------------------------------------
-from tests.test_controller_support import database_url, insert_host_row  # noqa: E402,F401
+from tests.test_controller_support import (database_url, insert_device_row,  # noqa: E402,F401
+                                           insert_host_row)
 
 
 def test_migration_0004_adds_topology_columns_and_moves_unassignable_rows_off_ready(
@@ -249,12 +250,7 @@ def test_migration_0004_adds_topology_columns_and_moves_unassignable_rows_off_re
     with engine.begin() as db:
         insert_host_row(db, now)
         for device_id, assignable in (("0000:00:01.0", False), ("0000:3b:00.0", True)):
-            db.execute(sa.text(
-                "INSERT INTO devices (host_id, id, kind, type, vendor_id, product_id, name, "
-                "state, status, shared, assignable, facts, created_at, updated_at) VALUES "
-                "('h', :id, 'pci', 'gpu', '10de', '1eb8', 'x', 'enabled', 'ready', false, "
-                ":assignable, '{}', :now, :now)"),
-                {"id": device_id, "assignable": assignable, "now": now})
+            insert_device_row(db, now, device_id, assignable=assignable)
     upgrade(database_url)
     with engine.begin() as db:
         rows = dict(db.execute(sa.text("SELECT id, status FROM devices")).all())

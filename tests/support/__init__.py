@@ -4,9 +4,28 @@ Deadlines here only stop a broken run from hanging; nothing is a timing test.
 """
 
 import socket
+import threading
 import time
 
 import requests
+
+
+def all_at_once(count, work):
+    """`work(i)` for i in range(count), each in its own thread, all released together by
+    a barrier (the racing callers of the race tests); their results, in index order."""
+    barrier = threading.Barrier(count)
+    results = [None] * count
+
+    def run(index):
+        barrier.wait()
+        results[index] = work(index)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return results
 
 
 def free_port():
