@@ -26,7 +26,7 @@ from controller.db import upgrade
 from tests.conftest import TOKEN as AGENT_TOKEN
 from tests.test_controller_support import ADMIN
 from tests.test_controller_support import database_url  # noqa: F401 - fixture
-from tests.support import free_port, wait_until
+from tests.support import all_at_once, free_port, wait_until
 from tests.test_faults_controller_support import AgentProcess, Api, ControllerProcess, agent_domains
 
 GPU = {"vendor_id": "10de", "device_id": "1eb8"}
@@ -234,17 +234,7 @@ def assert_claims_match_domains(api, *agents):
 
 def at_once(callers, call):
     """What `callers` threads answered, each making `call()` at the same moment."""
-    barrier, answers = threading.Barrier(callers), []
-
-    def one():
-        barrier.wait()
-        answers.append(call())
-    threads = [threading.Thread(target=one) for _ in range(callers)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
-    return answers
+    return all_at_once(callers, lambda _index: call())
 
 
 def agent_host_id(agent):

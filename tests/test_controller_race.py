@@ -4,12 +4,12 @@ The controller runs under gunicorn (2 worker processes, 16 threads each) as in p
 four real agents (two GPUs each, libvirt's in-memory `test:///default`) create the VMs.
 """
 
-import threading
 from collections import Counter
 
 import requests
 
 from tests.conftest import AUTH as AGENT_AUTH, TOKEN as AGENT_TOKEN
+from tests.support import all_at_once
 from tests.test_controller_support import (ADMIN, GunicornController, LoopbackAgent, gpu_host)
 from tests.test_controller_support import database_url  # noqa: F401 - fixture
 
@@ -52,22 +52,12 @@ def test_1000_concurrent_creates_for_8_gpus_make_exactly_8_vms(tmp_path, databas
 
 
 def _race(url):
-    barrier = threading.Barrier(REQUESTS)
-    statuses = [None] * REQUESTS
-
     def create(index):
         body = {"name": f"race-{index}", "vcpus": 1, "memory_mib": 64, "start": False,
                 "gpus": [{"vendor_id": "10de", "device_id": "1eb8"}]}
-        barrier.wait()
         try:
-            statuses[index] = requests.post(url + "/v1/vms", headers=ADMIN, json=body,
-                                            timeout=300).status_code
+            return requests.post(url + "/v1/vms", headers=ADMIN, json=body,
+                                 timeout=300).status_code
         except requests.RequestException as exc:
-            statuses[index] = type(exc).__name__
-
-    threads = [threading.Thread(target=create, args=(i,)) for i in range(REQUESTS)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    return statuses
+            return type(exc).__name__
+    return all_at_once(REQUESTS, create)
