@@ -29,8 +29,6 @@ def claim_on(session, db, request, policy, host_id, new_vm):
     """(the scheduler's Candidate, the host row as locked here), or None when the host
     can no longer take `request`; the VM row (`new_vm`) is inserted."""
     session.info["held_claim"] = True   # held in the snapshot already (snapshot_cache)
-    if new_vm is not None and session.get(Vm, new_vm["name"]) is not None:
-        raise name_taken(request)
     moving = request.existing_vm is not None and request.existing_vm.host_id != host_id
     if moving:   # both hosts' rows, in id order, as every writer takes them
         db.lock_hosts(session, {host_id, request.existing_vm.host_id})
@@ -52,7 +50,7 @@ def claim_on(session, db, request, policy, host_id, new_vm):
             row.spec["numa_node"] = chosen.numa_node
         vm_states.begin_create(row, new_vm["op_id"], new_vm["op_since"])
         session.add(row)
-        session.flush()   # PostgreSQL: a racing insert of the name fails here, in the retry
+        session.flush()   # a name in use fails here (IntegrityError: placement.name_taken)
     for key in chosen.devices:
         device_states.claim(by_key[key], request.name)
     return chosen, hosts[0]   # the host row too: its caller calls its agent with it

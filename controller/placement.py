@@ -68,7 +68,7 @@ def place_and_claim(db, request, policy, new_vm, attempts=5):
         try:
             claimed = db.transaction(lambda session: claim_on(
                 session, db, request, policy, placement.chosen.host_id, new_vm))
-        except IntegrityError:   # PostgreSQL: a create of the same name committed first
+        except IntegrityError:   # the name is in use (or a racing create of it committed)
             raise name_taken(request) from None
         finally:
             cache_for(db).settled(request)

@@ -7,6 +7,9 @@ the other wherever they land, and a pool cannot be deleted while a claim from it
 SQLite's `BEGIN IMMEDIATE` already serialises every writer.
 """
 
+import threading
+import weakref
+
 from sqlalchemy import select, tuple_
 
 from controller.db.models import Device, Vm
@@ -14,6 +17,9 @@ from controller.db.pool_models import DevicePool, PoolShare
 from hostplane.core.placement_pools import pf_model
 from hostplane.core.pools import PoolMatch, model_of, quota_refusal
 from hostplane.errors import Conflict, Forbidden, NotFound
+
+_seen = weakref.WeakKeyDictionary()   # Database → seen_pools
+_seen_lock = threading.Lock()
 
 
 def check_pool_claim(session, db, request, host_id, devices, index):
@@ -26,6 +32,8 @@ def check_pool_claim(session, db, request, host_id, devices, index):
         query if db.is_sqlite else query.with_for_update(read=True))}
     for ask in request.pools:
         row = rows.get(ask.pool)
+        if row is None or pool_match(row) != ask.match:
+            seen_pools(db).clear()   # what controller.pools.pool_asks reuses is stale
         if row is None:
             raise pool_not_found(ask.pool, "was deleted meanwhile")
         if pool_match(row) != ask.match:
@@ -39,6 +47,7 @@ def check_pool_claim(session, db, request, host_id, devices, index):
             PoolShare.pool == name, PoolShare.tenant == request.tenant))).first()
         match, adding = charged[name]
         if share_row is None and name in rows:
+            seen_pools(db).clear()
             raise pool_not_found(name, "is no longer shared with you")
         if share_row is None:
             raise Forbidden(f"what you asked shares an IOMMU group with {adding} device(s) "
@@ -50,6 +59,13 @@ def check_pool_claim(session, db, request, host_id, devices, index):
             raise Forbidden(f"quota of device pool {name} exceeded: {used} of "
                             f"{share_row.max_count} in use, {adding} more asked",
                             code="quota_exceeded", details=refusal)
+
+
+def seen_pools(db):
+    """{(tenant, pool name): (PoolMatch, time.monotonic() found)} that pool asks of this
+    process may reuse (controller.pools.pool_asks); cleared when a claim finds one stale."""
+    with _seen_lock:
+        return _seen.setdefault(db, {})
 
 
 def _charged_pools(session, asked, index, host_id, devices):

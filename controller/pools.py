@@ -6,11 +6,14 @@ a claim (locks, quotas) is controller.pool_claims. A pool is changed, shared or 
 under its own row lock, which a claim from it holds shared until it commits.
 """
 
+import time
+
 from sqlalchemy import select, text
 
 from controller.db.models import Device, Host, iso
 from controller.db.pool_models import DevicePool, PoolShare
-from controller.pool_claims import pf_models_of, pool_match, pool_not_found, used_by
+from controller.pool_claims import (pf_models_of, pool_match, pool_not_found, seen_pools,
+                                   used_by)
 from controller.services import current, require_admin, tenant
 from hostplane.api import checked
 from hostplane.core.ids import check_name
@@ -19,6 +22,8 @@ from hostplane.core.placement_pools import PoolAsk
 from hostplane.core.pools import (Pool, overlapping, pool_counts, pool_of, quota_refusal,
                                   shared_devices)
 from hostplane.errors import Conflict, NotFound
+
+POOL_SEEN_S = 2.0   # how long a create may reuse a pool it found (pool_asks)
 
 
 # --- reading --------------------------------------------------------------------------
@@ -34,14 +39,43 @@ def get(name):
         return _render(session, _visible(session, name))
 
 
-def pool_asks(asks):
+def pool_asks(asks, reuse=False):
     """PoolAsks for the request's `devices`: 404 `pool_not_found` for a pool that does not
-    exist or, for a tenant, is not shared with it."""
+    exist or, for a tenant, is not shared with it.
+
+    With `reuse` (a create or attach), a pool found here is reused for `POOL_SEEN_S`
+    without reading it again (a create read its pool in a transaction of its own): the
+    claim locks and re-reads every asked pool and the caller's share anyway, and refuses
+    one changed, deleted or unshared since (controller.pool_claims), which forgets it. A
+    pool not found is always read again, so one just made or shared is never refused
+    from memory; a pool changed in this process is forgotten at once."""
     if not asks:
         return ()
-    with current().db.read() as session:
-        return tuple(PoolAsk(ask.pool, pool_match(_visible(session, ask.pool)), ask.count)
-                     for ask in asks)
+    seen, now = seen_pools(current().db), time.monotonic()
+    matches = {}
+    for name in {ask.pool for ask in asks}:
+        found = seen.get((tenant(), name))
+        if reuse and found is not None and now - found[1] < POOL_SEEN_S:
+            matches[name] = found[0]
+    missing = {ask.pool for ask in asks} - matches.keys()
+    if missing:
+        with current().db.read() as session:
+            for name in sorted(missing):
+                matches[name] = pool_match(_visible(session, name))
+                seen[(tenant(), name)] = (matches[name], now)
+    return tuple(PoolAsk(ask.pool, matches[ask.pool], ask.count) for ask in asks)
+
+
+def placed_from_pools(asks, place):
+    """`place(PoolAsks)` on the pools as this process last found them; once more on the
+    pools read afresh when its claim found one changed or gone since (the claim made
+    nothing, and the caller should not get a 409 for what it could not see)."""
+    try:
+        return place(pool_asks(asks, reuse=True))
+    except (Conflict, NotFound) as exc:
+        if not asks or exc.code not in ("pool_changed", "pool_not_found"):
+            raise
+    return place(pool_asks(asks))
 
 
 def quotas(asks):
@@ -115,7 +149,7 @@ def patch(name, body):
         row.update_match(match)
         session.flush()
         return _render(session, row)
-    return current().db.transaction(write)
+    return _forgetting_seen(current().db.transaction(write))
 
 
 def delete(name):
@@ -126,7 +160,7 @@ def delete(name):
         row = _locked_pool(session, name)
         _refuse_held(name, _members(session, pool_match(row)), "has")
         session.delete(row)
-    current().db.transaction(write)
+    _forgetting_seen(current().db.transaction(write))
 
 
 def _refuse_held(name, devices, doing):
@@ -174,10 +208,16 @@ def unshare(name, tenant_name):
             raise NotFound(f"device pool {name} is not shared with {tenant_name}",
                            code="share_not_found")
         session.delete(row)
-    current().db.transaction(write)
+    _forgetting_seen(current().db.transaction(write))
 
 
 # --- helpers --------------------------------------------------------------------------
+def _forgetting_seen(result):
+    """`result`, once the pools pool_asks found in this process are forgotten."""
+    seen_pools(current().db).clear()
+    return result
+
+
 def _visible_rows(session):
     query = select(DevicePool).order_by(DevicePool.name)
     if tenant() is not None:

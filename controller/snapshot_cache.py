@@ -69,6 +69,7 @@ def _seen_here(session):
     if bumped and not session.info.pop("held_claim", False):
         with _caches_lock:
             for cache in _caches.values():
+                cache.stale_since = time.monotonic()
                 cache.checked = float("-inf")
     session.info.pop("held_claim", None)
 
@@ -88,6 +89,7 @@ class SnapshotCache:
         self.revisions = {}            # host id → revision the snapshot holds
         self.fingerprint = None        # (host count, sum of revisions) when last refreshed
         self.checked = float("-inf")   # time.monotonic() of the last fingerprint match
+        self.stale_since = float("-inf")   # of the last write here a refresh must see
         self.reloads = {"full": 0, "hosts": 0}   # what refreshes cost (bench, tests)
         self.held = {}                 # id(request) → (request, Candidate): claims under way
         self.dirty = set()             # hosts whose held claims settled: read them again
@@ -98,7 +100,7 @@ class SnapshotCache:
         the chosen host alone (all reasons when none fits). With `hold`, the chosen host's
         devices and room count as taken until `settled`."""
         if time.monotonic() - self.checked > max_age:
-            self.refresh()
+            self.refresh(max_age)
         with self.lock:
             placement = (place if every_host else choose)(request, self.snapshot, policy)
         if placement.chosen is None and max_age > 0:   # a refusal is never from old rows
@@ -117,22 +119,38 @@ class SnapshotCache:
                 self.dirty.add(held[1].host_id)
                 self.fingerprint = None
 
-    def refresh(self):
+    def refresh(self, max_age=0.0):
         """Bring the snapshot up to the database's revisions. The database is read outside
-        the snapshot's lock, so placements go on meanwhile on the snapshot as it was."""
-        with self.reading, self.db.read() as session:
+        the snapshot's lock, so placements go on meanwhile on the snapshot as it was.
+
+        One refresh at a time; a caller that waited for another's reads none itself when
+        that one began after this call (or within `max_age` before it): under load, the
+        threads queued behind a refresh would otherwise each read every revision again."""
+        asked = time.monotonic()
+        with self.reading:
+            if self.checked >= asked - max_age:
+                return
+            self._read_revisions()
+
+    def _read_revisions(self):
+        with self.db.read() as session:
             checked = time.monotonic()
             fingerprint = tuple(session.execute(
                 select(func.count(), func.coalesce(func.sum(Host.revision), 0))).one())
             with self.lock:
                 if fingerprint == self.fingerprint:
-                    self.checked = checked
+                    self._checked(checked)
                     return
                 dirty, self.dirty = self.dirty, set()
             self._refresh(session, dirty)
             with self.lock:
                 self.fingerprint = fingerprint if not self.dirty else None
-                self.checked = checked
+                self._checked(checked)
+
+    def _checked(self, checked):
+        """A read begun at `checked` is current, unless a write here committed after it
+        began (it may have read the revisions before that commit)."""
+        self.checked = checked if self.stale_since < checked else float("-inf")
 
     def _assume(self, claims):
         """Count `claims` ((request, Candidate), ...) in the snapshot, host by host."""

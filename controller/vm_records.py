@@ -36,12 +36,16 @@ def settle_create(db, name, op_id, agent_state):
         # Only the VM row is locked and changed: its state is nothing a placement counts
         # (models.SCHEDULED_VM_COLUMNS), so no host is locked or its revision bumped, and
         # holding this one lock it waits on no other writer.
-        vm = session.scalars(db.locked(select(Vm).where(Vm.name == name))).first()
+        # the row and what it holds in one read (rows of (VM, device or None))
+        query = (select(Vm, Device).outerjoin(Device, Device.vm == Vm.name)
+                 .where(Vm.name == name).order_by(Device.id))
+        rows = session.execute(query if db.is_sqlite else query.with_for_update(of=Vm)).all()
+        vm = rows[0][0] if rows else None
         if vm is None or vm.op_id != op_id:
             raise Conflict(f"{name} was deleted while its create was under way",
                            code="vm_gone")
         vm_states.created(vm, op_id, agent_state)
-        return render(vm, held(session, name))
+        return render(vm, [device for _vm, device in rows if device is not None])
     return db.transaction(record)
 
 

@@ -22,7 +22,7 @@ from controller.claims import release
 from controller.db.models import Device, Host, Vm
 from controller.moves import move_and_attach
 from controller.placement import place_and_claim
-from controller.pools import pool_asks
+from controller.pools import placed_from_pools
 from controller.placement_views import vm_view
 from controller.vm_records import (delete_on_agent, finish_delete, forget_create, held,
                                    locked_vm, pending_error, render, settle_create,
@@ -36,15 +36,15 @@ from hostplane.errors import ApiError, Conflict, NotFound
 
 def create(body):
     ctl = current()
-    request = body.placement(tenant(), ctl.strategy, pool_asks(body.devices))
     op_id = uuid.uuid4().hex
     spec = {"networks": [n.model_dump() for n in body.networks], "start": body.start}
-    new_vm = {"name": body.name, "tenant": request.tenant, "vcpus": body.vcpus,
+    new_vm = {"name": body.name, "tenant": tenant(), "vcpus": body.vcpus,
               "memory_mib": body.memory_mib, "anti_affinity_group": body.anti_affinity_group,
               "spec": spec, "op_id": op_id, "op_since": time.time()}
     # the host as the claim locked it: a host deleted since then fails the agent call
-    host, devices, numa_node = place_and_claim(ctl.db, request, ctl.policy, new_vm,
-                                               ctl.config["scheduler"]["claim_attempts"])
+    host, devices, numa_node = placed_from_pools(body.devices, lambda pools: place_and_claim(
+        ctl.db, body.placement(tenant(), ctl.strategy, pools), ctl.policy, new_vm,
+        ctl.config["scheduler"]["claim_attempts"]))
     agent_spec = vm_spec(body.name, body.vcpus, body.memory_mib, spec["networks"], devices,
                          op_id, start=body.start, numa_node=numa_node)
     try:
@@ -120,15 +120,17 @@ def add_devices(name, body):
     instead be moved to the host of the USB it asks for (controller.moves)."""
     ctl = current()
     vm = _lookup(name, "attach")
-    request = PlacementRequest(name=name, vcpus=vm.vcpus, memory_mib=vm.memory_mib,
-                               gpus=[gpu.ask() for gpu in body.gpus],
-                               usb=[usb.id for usb in body.usb], tenant=tenant(),
-                               pools=pool_asks(body.devices),
-                               anti_affinity_group=vm.anti_affinity_group,
-                               strategy=ctl.strategy, existing_vm=vm_view(vm),
-                               numa=(vm.spec or {}).get("numa", "none"))
-    host, devices, _numa_node = place_and_claim(ctl.db, request, ctl.policy, None,
-                                                ctl.config["scheduler"]["claim_attempts"])
+
+    def claim(pools):
+        request = PlacementRequest(name=name, vcpus=vm.vcpus, memory_mib=vm.memory_mib,
+                                   gpus=[gpu.ask() for gpu in body.gpus],
+                                   usb=[usb.id for usb in body.usb], tenant=tenant(),
+                                   pools=pools, anti_affinity_group=vm.anti_affinity_group,
+                                   strategy=ctl.strategy, existing_vm=vm_view(vm),
+                                   numa=(vm.spec or {}).get("numa", "none"))
+        return place_and_claim(ctl.db, request, ctl.policy, None,
+                               ctl.config["scheduler"]["claim_attempts"])
+    host, devices, _numa_node = placed_from_pools(body.devices, claim)
     host_id = host.id
     if host_id != vm.host_id:   # stopped, device-less, asked for USB elsewhere: it moves
         move_and_attach(ctl, vm, host_id, devices, _host)
