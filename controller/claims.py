@@ -10,7 +10,7 @@ from sqlalchemy import select
 
 from controller.db.models import Device, Vm
 from controller.pool_claims import check_pool_claim
-from controller.placement_views import snapshot
+from controller.placement_views import claim_snapshot
 from hostplane.core import device_states, vm_states
 from hostplane.core.scheduler import place
 from hostplane.errors import Conflict
@@ -33,7 +33,7 @@ def claim_on(session, db, request, policy, host_id, new_vm):
     if moving:   # both hosts' rows, in id order, as every writer takes them
         db.lock_hosts(session, {host_id, request.existing_vm.host_id})
     # the host's row first (the snapshot reads it locked), then its devices
-    local, rows, hosts = snapshot(session, [host_id], lock=db.locked)
+    local, by_key, host = claim_snapshot(session, db.locked, host_id)
     if moving:
         _reserve_move(session, db, request.existing_vm, host_id)
     chosen = place(request, local, policy).chosen
@@ -41,7 +41,6 @@ def claim_on(session, db, request, policy, host_id, new_vm):
         return None
     if request.pools:   # pool rows locked, tenant quotas checked (controller.pool_claims)
         check_pool_claim(session, db, request, host_id, chosen.devices, local.index)
-    by_key = {(row.kind, row.id): row for row in rows}
     if new_vm is not None:
         row = Vm(host_id=host_id, **new_vm)
         # the policy judges devices added later; the node is counted (VmView.numa_node)
@@ -53,7 +52,7 @@ def claim_on(session, db, request, policy, host_id, new_vm):
         session.flush()   # a name in use fails here (IntegrityError: placement.name_taken)
     for key in chosen.devices:
         device_states.claim(by_key[key], request.name)
-    return chosen, hosts[0]   # the host row too: its caller calls its agent with it
+    return chosen, host   # the host row too: its caller calls its agent with it
 
 
 def _reserve_move(session, db, seen, target):

@@ -4,39 +4,86 @@ Read by the snapshot cache (the whole cluster, or the hosts that changed) and by
 (the chosen host's rows, locked). Imports nothing else of the controller but its models.
 """
 
-from sqlalchemy import or_, select
+from sqlalchemy import bindparam, or_, select
+from sqlalchemy.orm import load_only
 
 from controller.db.models import Device, Host, Vm
 from hostplane.core.numa import parse_cpulist
 from hostplane.core.placement_topology import NumaNode
 from hostplane.core.scheduler import DeviceView, HostView, Snapshot, VmView
 
+# The columns the scheduler weighs (host_view, device_view, vm_view read nothing else): the
+# cache reads them for thousands of hosts, so as plain rows, without the ORM's objects or
+# the columns it never looks at (a device's facts, a host's token).
+HOST_FIELDS = ("id", "cluster", "status", "state", "iommu_enabled", "iommu_ready",
+               "cpu_threads", "memory_mib", "numa_nodes")
+DEVICE_FIELDS = ("host_id", "kind", "id", "type", "vendor_id", "product_id", "state", "status",
+                 "vm", "shared", "assignable", "iommu_group", "usb_major", "name", "numa_node",
+                 "upstream", "subsystem_vendor_id", "subsystem_device_id", "physfn")
+VM_FIELDS = ("name", "host_id", "moving_to", "state", "anti_affinity_group", "tenant", "spec",
+             "vcpus", "memory_mib")
 
-def snapshot(session, host_ids=None, lock=None):
-    """The cluster (or the given hosts, row-locked with `lock`) as a scheduler snapshot,
-    the device rows and the host rows it was built from."""
-    hosts, devices, vms, rows, host_rows = cluster_views(session, host_ids, lock)
-    return Snapshot.build(hosts, devices, vms), rows, host_rows
+
+def _columns(model, fields):
+    return [model.__table__.c[field] for field in fields]
 
 
-def cluster_views(session, host_ids=None, lock=None):
-    """(host views, device views, VM views, device rows, host rows) of the cluster or of
-    `host_ids`."""
-    hosts_q, devices_q = select(Host), select(Device)
-    vms_q = select(Vm).where(or_(Vm.host_id.is_not(None), Vm.moving_to.is_not(None)))
-    if host_ids is not None:
-        hosts_q = hosts_q.where(Host.id.in_(host_ids))
-        devices_q = devices_q.where(Device.host_id.in_(host_ids))
-        vms_q = vms_q.where(or_(Vm.host_id.in_(host_ids), Vm.moving_to.in_(host_ids)))
-    lock = lock or (lambda statement: statement)
-    hosts = session.scalars(lock(hosts_q.order_by(Host.id))).all()
-    devices = session.scalars(lock(devices_q.order_by(Device.host_id, Device.id))).all()
-    vms = session.scalars(vms_q.order_by(Vm.host_id, Vm.name)).all()
+def _in_hosts(column):
+    return column.in_(bindparam("host_ids", expanding=True))
+
+
+# Built once: a claim and every refresh of the cache run them.
+_PLACED_VMS = or_(Vm.__table__.c.host_id.is_not(None), Vm.__table__.c.moving_to.is_not(None))
+_VMS_OF = or_(_in_hosts(Vm.__table__.c.host_id), _in_hosts(Vm.__table__.c.moving_to))
+_ALL = (select(*_columns(Host, HOST_FIELDS)).order_by(Host.__table__.c.id),
+        select(*_columns(Device, DEVICE_FIELDS)).order_by(Device.__table__.c.host_id,
+                                                         Device.__table__.c.id),
+        select(*_columns(Vm, VM_FIELDS)).where(_PLACED_VMS).order_by(Vm.__table__.c.host_id,
+                                                                     Vm.__table__.c.name))
+_SOME = (_ALL[0].where(_in_hosts(Host.__table__.c.id)),
+         _ALL[1].where(_in_hosts(Device.__table__.c.host_id)),
+         _ALL[2].where(_VMS_OF))
+# A claim's host row also carries how to reach its agent (the caller calls it).
+_CLAIMED_HOST = select(*_columns(Host, HOST_FIELDS + ("url", "token"))).where(
+    Host.__table__.c.id == bindparam("host_id"))
+_CLAIMED_DEVICES = (select(Device).options(load_only(*(getattr(Device, f) for f in DEVICE_FIELDS)))
+                    .where(Device.host_id == bindparam("host_id")).order_by(Device.id))
+
+
+def snapshot(session):
+    """The whole cluster as a scheduler snapshot."""
+    return Snapshot.build(*cluster_views(session))
+
+
+def cluster_views(session, host_ids=None):
+    """(host views, device views, VM views) of the cluster or of `host_ids`."""
+    if host_ids is None:
+        hosts, devices, vms = (session.execute(query).all() for query in _ALL)
+    else:
+        ids = {"host_ids": list(host_ids)}
+        hosts, devices, vms = (session.execute(query, ids).all() for query in _SOME)
+    return _views(hosts, devices, vms)
+
+
+def claim_snapshot(session, lock, host_id):
+    """The snapshot of `host_id` as a claim sees it, its rows locked with `lock` (host
+    first, then devices); also {(kind, id): device row} (ORM rows, which the claim
+    changes) and the host's row (None if gone), with its agent's url and token."""
+    ids = {"host_id": host_id}
+    host = session.execute(lock(_CLAIMED_HOST), ids).first()
+    devices = session.scalars(lock(_CLAIMED_DEVICES), ids).all()
+    vms = session.execute(_SOME[2], {"host_ids": [host_id]}).all()
+    hosts = [host] if host is not None else []
+    return (Snapshot.build(*_views(hosts, devices, vms)),
+            {(row.kind, row.id): row for row in devices}, host)
+
+
+def _views(hosts, devices, vms):
     usage = usage_by_host(vms)
     seen = {host.id for host in hosts}
     return ([host_view(h, usage.get(h.id, (0, 0))) for h in hosts],
             [device_view(d) for d in devices],
-            [vm_view(v) for v in vms if v.host_id in seen], devices, hosts)
+            [vm_view(v) for v in vms if v.host_id in seen])
 
 
 def usage_by_host(vms):

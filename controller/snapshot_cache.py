@@ -170,7 +170,7 @@ class SnapshotCache:
         gone = self.revisions.keys() - current.keys()
         if self.snapshot is None or len(changed) > max(FULL_RELOAD_MIN_HOSTS,
                                                       FULL_RELOAD_SHARE * len(current)):
-            fresh = snapshot(session)[0]
+            fresh = snapshot(session)
             with self.lock:
                 self.snapshot = fresh
                 self._assume(self.held.values())
@@ -184,7 +184,7 @@ class SnapshotCache:
         for start in range(0, len(changed), IN_CHUNK):
             chunk = changed[start:start + IN_CHUNK]
             changes.update(dict.fromkeys(chunk))   # deleted since the revisions were read
-            changes.update(_parts(*cluster_views(session, chunk)[:3]))
+            changes.update(_parts(*cluster_views(session, chunk)))
         with self.lock:
             self.snapshot.apply(changes)
             self._assume([held for held in self.held.values() if held[1].host_id in changes])

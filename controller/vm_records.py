@@ -7,6 +7,7 @@ the row's name alone may have been deleted and taken again while an agent was si
 """
 
 from sqlalchemy import or_, select
+from sqlalchemy.orm import load_only
 
 from controller.db.models import Device, Vm, iso
 from controller.claims import release_held
@@ -38,6 +39,7 @@ def settle_create(db, name, op_id, agent_state):
         # holding this one lock it waits on no other writer.
         # the row and what it holds in one read (rows of (VM, device or None))
         query = (select(Vm, Device).outerjoin(Device, Device.vm == Vm.name)
+                 .options(load_only(*RENDERED_DEVICE_FIELDS))
                  .where(Vm.name == name).order_by(Device.id))
         rows = session.execute(query if db.is_sqlite else query.with_for_update(of=Vm)).all()
         vm = rows[0][0] if rows else None
@@ -121,6 +123,9 @@ def expected_domains(session, host_id=None):
 
 def held(session, name):
     return session.scalars(select(Device).where(Device.vm == name).order_by(Device.id)).all()
+
+
+RENDERED_DEVICE_FIELDS = (Device.host_id, Device.kind, Device.id, Device.type, Device.status)
 
 
 def render(vm, devices):
