@@ -10,7 +10,7 @@ SQLite's `BEGIN IMMEDIATE` already serialises every writer.
 import threading
 import weakref
 
-from sqlalchemy import select, tuple_
+from sqlalchemy import bindparam, select, tuple_
 
 from controller.db.models import Device, Vm
 from controller.db.pool_models import DevicePool, PoolShare
@@ -26,10 +26,9 @@ def check_pool_claim(session, db, request, host_id, devices, index):
     """Lock the asked pools (gone or changed since the placement: 404/409) and, for a
     tenant, check the quota of each pool the claim takes devices of, counting what its
     VMs hold now (403); a sibling from a pool not shared with it is 403 too."""
-    names = sorted({ask.pool for ask in request.pools})
-    query = select(DevicePool).where(DevicePool.name.in_(names)).order_by(DevicePool.name)
-    rows = {row.name: row for row in session.scalars(
-        query if db.is_sqlite else query.with_for_update(read=True))}
+    names = {"names": sorted({ask.pool for ask in request.pools})}
+    rows = {row.name: row for row in session.execute(
+        _ASKED_POOLS if db.is_sqlite else _ASKED_POOLS_SHARED, names)}
     for ask in request.pools:
         row = rows.get(ask.pool)
         if row is None or pool_match(row) != ask.match:
@@ -59,6 +58,14 @@ def check_pool_claim(session, db, request, host_id, devices, index):
             raise Forbidden(f"quota of device pool {name} exceeded: {used} of "
                             f"{share_row.max_count} in use, {adding} more asked",
                             code="quota_exceeded", details=refusal)
+
+
+# Built once (a claim from pools runs it): the asked pools as plain rows, in name order,
+# and on PostgreSQL held shared until the claim commits.
+_ASKED_POOLS = (select(DevicePool.__table__)
+                .where(DevicePool.__table__.c.name.in_(bindparam("names", expanding=True)))
+                .order_by(DevicePool.__table__.c.name))
+_ASKED_POOLS_SHARED = _ASKED_POOLS.with_for_update(read=True)
 
 
 def seen_pools(db):

@@ -6,13 +6,17 @@ An operation is named by the create's `op_id`, which the agent records in the do
 the row's name alone may have been deleted and taken again while an agent was silent.
 """
 
-from sqlalchemy import or_, select
+from sqlalchemy import bindparam, or_, select
 from sqlalchemy.orm import load_only
 
 from controller.db.models import Device, Vm, iso
 from controller.claims import release_held
 from hostplane.core import vm_states
 from hostplane.errors import ApiError, Conflict, DependencyDown, NotFound
+
+# What `render` shows of a device (a read for an answer loads no more).
+RENDERED_DEVICE_FIELDS = (Device.host_id, Device.kind, Device.id, Device.type, Device.status)
+
 
 def locked_vm(session, db, name):
     """The VM row locked for writing, after its hosts (the lock order of every writer);
@@ -38,10 +42,8 @@ def settle_create(db, name, op_id, agent_state):
         # (models.SCHEDULED_VM_COLUMNS), so no host is locked or its revision bumped, and
         # holding this one lock it waits on no other writer.
         # the row and what it holds in one read (rows of (VM, device or None))
-        query = (select(Vm, Device).outerjoin(Device, Device.vm == Vm.name)
-                 .options(load_only(*RENDERED_DEVICE_FIELDS))
-                 .where(Vm.name == name).order_by(Device.id))
-        rows = session.execute(query if db.is_sqlite else query.with_for_update(of=Vm)).all()
+        rows = session.execute(_VM_AND_DEVICES if db.is_sqlite else _VM_AND_DEVICES_LOCKED,
+                               {"name": name}).all()
         vm = rows[0][0] if rows else None
         if vm is None or vm.op_id != op_id:
             raise Conflict(f"{name} was deleted while its create was under way",
@@ -49,6 +51,13 @@ def settle_create(db, name, op_id, agent_state):
         vm_states.created(vm, op_id, agent_state)
         return render(vm, [device for _vm, device in rows if device is not None])
     return db.transaction(record)
+
+
+# Built once (every create's settle runs it): a VM and the devices it holds, in one read.
+_VM_AND_DEVICES = (select(Vm, Device).outerjoin(Device, Device.vm == Vm.name)
+                   .options(load_only(*RENDERED_DEVICE_FIELDS))
+                   .where(Vm.name == bindparam("name")).order_by(Device.id))
+_VM_AND_DEVICES_LOCKED = _VM_AND_DEVICES.with_for_update(of=Vm)
 
 
 def forget_create(db, name, op_id):
@@ -123,9 +132,6 @@ def expected_domains(session, host_id=None):
 
 def held(session, name):
     return session.scalars(select(Device).where(Device.vm == name).order_by(Device.id)).all()
-
-
-RENDERED_DEVICE_FIELDS = (Device.host_id, Device.kind, Device.id, Device.type, Device.status)
 
 
 def render(vm, devices):
