@@ -33,7 +33,7 @@ def claim_on(session, db, request, policy, host_id, new_vm):
     if moving:   # both hosts' rows, in id order, as every writer takes them
         db.lock_hosts(session, {host_id, request.existing_vm.host_id})
     # the host's row first (the snapshot reads it locked), then its devices
-    local, by_key, host = claim_snapshot(session, db.locked, host_id)
+    local, by_key, host = claim_snapshot(session, not db.is_sqlite, host_id)
     if moving:
         _reserve_move(session, db, request.existing_vm, host_id)
     chosen = place(request, local, policy).chosen

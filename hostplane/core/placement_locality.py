@@ -95,7 +95,7 @@ class Locality:
     def _narrow(self, host_ids, reason):
         host_ids = host_ids if isinstance(host_ids, (set, frozenset, dict)) else set(host_ids)
         self.checks.append((host_ids, reason))
-        if self.possible is None:
-            self.possible = set(host_ids)
+        if self.possible is None:   # the index's own set: read, never changed in place
+            self.possible = host_ids
         else:
-            self.possible.intersection_update(host_ids)
+            self.possible = {host_id for host_id in self.possible if host_id in host_ids}
