@@ -211,16 +211,43 @@ def wait_up(url, path="/v1/health", seconds=60):
     raise RuntimeError(f"{url} did not come up")
 
 
+class Client:
+    """The load's HTTP client: a keep-alive pool of urllib3, not requests, since the
+    clients share the machine's CPUs with what they measure (requests cost them about
+    twice as much per call). Transport failures raise ConnectionError."""
+
+    def __init__(self):
+        import urllib3
+        self.pool = urllib3.PoolManager(maxsize=2, retries=False)
+        self.failures = (urllib3.exceptions.HTTPError, OSError)
+
+    def post(self, url, body, headers, timeout):
+        try:
+            answer = self.pool.request("POST", url, body=json.dumps(body).encode(),
+                                       headers={**headers, "Content-Type": "application/json"},
+                                       timeout=timeout, retries=False)
+        except self.failures as exc:
+            raise ConnectionError(str(exc)) from None
+        return Reply(answer.status, answer.data)
+
+
+class Reply:
+    def __init__(self, status_code, data):
+        self.status_code, self.data = status_code, data
+
+    def json(self):
+        return json.loads(self.data)
+
+
 def run_all(calls, workers):
-    """Run `calls` (functions of a requests.Session) on `workers` threads; their results."""
-    import requests
+    """Run `calls` (functions of a Client) on `workers` threads; their results."""
     local = threading.local()
 
     def run(call):
-        session = getattr(local, "session", None)
-        if session is None:
-            session = local.session = requests.Session()
-        return call(session)
+        client = getattr(local, "client", None)
+        if client is None:
+            client = local.client = Client()
+        return call(client)
     with ThreadPoolExecutor(workers) as pool:
         return list(pool.map(run, calls))
 
@@ -279,13 +306,13 @@ def measure(args, controllers, agents, database_url, controller_pids):
     def register(number):
         body = {"url": agents[f"sim-{number:05d}"], "token": TOKEN}
 
-        def call(session):
+        def call(client):
             for _ in range(5):   # a dropped connection is asked again (409: it was done)
                 try:
-                    code = session.post(controllers[number % 2] + "/v1/hosts", json=body,
-                                        headers=admin, timeout=300).status_code
+                    code = client.post(controllers[number % 2] + "/v1/hosts", body,
+                                       headers=admin, timeout=300).status_code
                     return 201 if code == 409 else code
-                except requests.ConnectionError:
+                except ConnectionError:
                     time.sleep(1)
             return "connection error"
         return call
@@ -305,12 +332,12 @@ def measure(args, controllers, agents, database_url, controller_pids):
         body = {"name": f"bench-{number:05d}", "vcpus": 2, "memory_mib": 2048,
                 **ASKS[args.ask], "start": True}
 
-        def call(session):
+        def call(client):
             started = time.perf_counter()
             try:
-                answer = session.post(controllers[number % 2] + "/v1/vms", json=body,
-                                      headers=admin, timeout=300)
-            except requests.ConnectionError:
+                answer = client.post(controllers[number % 2] + "/v1/vms", body,
+                                     headers=admin, timeout=300)
+            except ConnectionError:
                 return "connection error", time.perf_counter() - started
             code = answer.status_code
             if code != 201:
@@ -318,9 +345,9 @@ def measure(args, controllers, agents, database_url, controller_pids):
             return code, time.perf_counter() - started
         return call
     for controller_url in controllers:   # each process loads its snapshot before the clock
-        run_all([lambda session, u=controller_url: session.post(
-            u + "/v1/schedule/explain", headers=admin, timeout=120,
-            json={"name": "warm", "vcpus": 1, "memory_mib": 64, **ASKS[args.ask]})], 1)
+        run_all([lambda client, u=controller_url: client.post(
+            u + "/v1/schedule/explain", {"name": "warm", "vcpus": 1, "memory_mib": 64,
+                                         **ASKS[args.ask]}, headers=admin, timeout=120)], 1)
     parts = {   # whose CPU a placement costs: pid and parent pid sets, or a command line
         "controllers": lambda pid, parent, command: parent in controller_pids or
         pid in controller_pids,
