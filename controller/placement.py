@@ -65,13 +65,14 @@ def place_and_claim(db, request, policy, new_vm, attempts=5):
         if placement.chosen is None:
             count(operation, placement)
             raise unplaceable(request, placement, db)
+        claimed = None
         try:
             claimed = db.transaction(lambda session: claim_on(
                 session, db, request, policy, placement.chosen.host_id, new_vm))
         except IntegrityError:   # the name is in use (or a racing create of it committed)
             raise name_taken(request) from None
-        finally:
-            cache_for(db).settled(request)
+        finally:   # a create's claim as committed, which the cache may take as it held it
+            cache_for(db).settled(request, claimed if new_vm is not None else None)
         if claimed is not None:
             count(operation, placement)
             chosen, host = claimed

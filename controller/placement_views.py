@@ -43,9 +43,10 @@ _ALL = (select(*_columns(Host, HOST_FIELDS)).order_by(Host.__table__.c.id),
 _SOME = (_ALL[0].where(_in_hosts(Host.__table__.c.id)),
          _ALL[1].where(_in_hosts(Device.__table__.c.host_id)),
          _ALL[2].where(_VMS_OF))
-# A claim's host row also carries how to reach its agent (the caller calls it); its device
-# rows are objects, which the claim changes. As they are, and locked (PostgreSQL).
-_CLAIMED_HOST = select(*_columns(Host, HOST_FIELDS + ("url", "token"))).where(
+# A claim's host row also carries how to reach its agent (the caller calls it) and the
+# revision it had (the cache's settle); its device rows are objects, which the claim
+# changes. As they are, and locked (PostgreSQL).
+_CLAIMED_HOST = select(*_columns(Host, HOST_FIELDS + ("url", "token", "revision"))).where(
     Host.__table__.c.id == bindparam("host_id"))
 _CLAIMED_DEVICES = (select(Device).options(load_only(*(getattr(Device, f) for f in DEVICE_FIELDS)))
                     .where(Device.host_id == bindparam("host_id")).order_by(Device.id))

@@ -17,7 +17,9 @@ several controller processes stay correct, each with its own cache.
 Claims under way are assumed in the snapshot (`hold`, until `settled`): concurrent creates
 in one process would otherwise all choose the same best host and all but one lose the race
 for it. The assumption is put back on every reload of its host until its claim is settled;
-then the host is read again as the database has it.
+then the host is read again as the database has it, unless a create's claim took just
+what was assumed on the host as the snapshot had it (the assumption is then the
+database's state, one revision on).
 """
 
 import dataclasses
@@ -111,13 +113,22 @@ class SnapshotCache:
                 self._assume([(request, placement.chosen)])
         return placement
 
-    def settled(self, request):
-        """The claim of `request` committed or gave up: read its host again next time."""
+    def settled(self, request, claimed=None):
+        """The claim of `request` committed or gave up: read its host again next time —
+        unless `claimed` (a create's committed claim: the Candidate, and the host row as
+        the claim read it) is what the snapshot assumed, on the revision the snapshot
+        holds. The database's host is then the snapshot's, one revision on (a claim bumps
+        it once), and reading it again would cost this process a reload per create."""
         with self.lock:
             held = self.held.pop(id(request), None)
-            if held is not None:
-                self.dirty.add(held[1].host_id)
-                self.fingerprint = None
+            if held is None:
+                return
+            host_id = held[1].host_id
+            if claimed is not None and _as_assumed(held[1], *claimed, self.revisions):
+                self.revisions[host_id] = claimed[1].revision + 1
+            else:
+                self.dirty.add(host_id)
+            self.fingerprint = None
 
     def refresh(self, max_age=0.0):
         """Bring the snapshot up to the database's revisions. The database is read outside
@@ -192,6 +203,14 @@ class SnapshotCache:
                 del current[host_id]   # gone before its rows were read: try again next time
         self.revisions = current
         self.reloads["hosts"] += len(changes)
+
+
+def _as_assumed(assumed_candidate, chosen, host, revisions):
+    """Did the claim take what the snapshot assumed, on the host as the snapshot has it?"""
+    return (chosen.host_id == assumed_candidate.host_id == host.id
+            and tuple(chosen.devices) == tuple(assumed_candidate.devices)
+            and chosen.numa_node == assumed_candidate.numa_node
+            and revisions.get(host.id) == host.revision)
 
 
 def revisions(session):

@@ -5,8 +5,11 @@ once, and a snapshot with nothing changed is not read again.
 Real agents on loopback (host-a: GPUs 10de:1eb8, host-b: 10de:2236).
 """
 
+from dataclasses import replace
+
 import pytest
 
+from controller.placement_views import snapshot
 from controller.snapshot_cache import cache_for
 from hostplane.core.scheduler import GpuAsk, PlacementRequest
 from tests.test_controller_support import (ADMIN, NVIDIA_A10, LoopbackAgent, controller_app,
@@ -117,3 +120,35 @@ def test_a_create_right_after_a_change_made_here_sees_the_change(two_controllers
     second = one.post("/v1/vms", headers=ADMIN, json={
         "name": "back-on-a", "vcpus": 1, "memory_mib": 64, "start": False})
     assert second.get_json()["host"] == "host-a"
+
+
+def test_a_create_made_here_is_not_read_again_yet_the_snapshot_stays_the_databases(
+        two_controllers):
+    """A create's claim took exactly what its process's snapshot assumed, on the revision
+    the snapshot had: the host is not read again (it was, once per create), and the
+    snapshot equals one built afresh from the database — but for the VMs' states, which
+    a placement does not count. The other process reads the host again and sees it."""
+    (one, other), apps = two_controllers
+    explain(one, gpus=[A10])
+    explain(other, gpus=[A10])
+    before = dict(cache(apps[0]).reloads)
+    for name in ("here-1", "here-2"):
+        made = one.post("/v1/vms", headers=ADMIN, json={
+            "name": name, "vcpus": 2, "memory_mib": 256, "start": False, "gpus": [A10]})
+        assert made.status_code == 201 and made.get_json()["host"] == "host-b"
+    explain(one)   # reads the revisions again
+    assert cache(apps[0]).reloads == before
+
+    held = cache(apps[0])
+    with apps[0].extensions["hostplane_controller"].db.read() as session:
+        fresh = snapshot(session)
+
+    def parts(snap):
+        return {host_id: (host, devices, [replace(vm, state="-") for vm in vms])
+                for host_id, (host, devices, vms) in snap.index.parts.items()}
+    assert held.snapshot.hosts == fresh.hosts
+    assert parts(held.snapshot) == parts(fresh)
+    assert held.snapshot.index.capacity == fresh.index.capacity
+    refused = explain(other, gpus=[A10])
+    assert refused["chosen"] is None
+    assert any("attached to here-" in r for r in refused["rejected"]["host-b"])
