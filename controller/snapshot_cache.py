@@ -29,6 +29,7 @@ import time
 import weakref
 
 from sqlalchemy import event, func, select
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from controller.db.models import Host
@@ -225,6 +226,9 @@ def revisions(session):
     try:
         cursor.execute(statement)
         return dict(cursor.fetchall())
+    except dialect.loaded_dbapi.Error as exc:   # as SQLAlchemy's own (the 503 handlers)
+        raise DBAPIError.instance(statement, None, exc, dialect.loaded_dbapi.Error,
+                                  dialect=dialect) from exc
     finally:
         cursor.close()
 

@@ -8,7 +8,10 @@ request would fail. A real PostgreSQL server; its backends are ended with
 import subprocess
 import time
 
+import pytest
+from psycopg.pq import TransactionStatus
 from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
 
 from controller.db import Database, upgrade
 from tests.test_controller_support import drop_postgres_database, postgres_database
@@ -38,6 +41,12 @@ def test_a_connection_ended_while_idle_is_replaced_before_a_request_uses_it():
         time.sleep(0.3)
         second = backend_pid(db)   # answered, on a new connection
         assert second != first
+        time.sleep(0.3)
+        pinged = db.engine.raw_connection()   # pinged, and handed out idle, not in a transaction
+        try:
+            assert pinged.dbapi_connection.info.transaction_status == TransactionStatus.IDLE
+        finally:
+            pinged.close()
         # a write transaction too, and used at once again: no ping, the same connection
         assert db.transaction(lambda session: session.execute(
             text("SELECT pg_backend_pid()")).scalar()) == second
@@ -65,3 +74,16 @@ def test_without_the_idle_ping_the_same_request_fails():
     finally:
         db.close()
         drop_postgres_database(name)
+
+
+def test_the_revisions_read_by_the_drivers_cursor_fails_as_sqlalchemy_does(tmp_path):
+    """The cache reads host revisions through the driver's own cursor; its failures must
+    still be SQLAlchemy's errors, which the API answers 503 (or names a missing schema),
+    not a driver's own exception and a 500."""
+    from controller.snapshot_cache import revisions
+    db = Database(f"sqlite:///{tmp_path}/empty.db")   # no schema: no hosts table
+    try:
+        with db.read() as session, pytest.raises(DBAPIError):
+            revisions(session)
+    finally:
+        db.close()

@@ -146,6 +146,7 @@ def _ping_when_idle(engine, idle_s):
             cursor = dbapi_connection.cursor()
             cursor.execute("SELECT 1")
             cursor.close()
+            dbapi_connection.rollback()   # hand the connection out as it was: idle
         except engine.dialect.loaded_dbapi.Error as exc:
             raise DisconnectionError(f"connection lost while idle: {exc}") from exc
 
