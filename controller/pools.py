@@ -52,12 +52,13 @@ def pool_asks(asks, reuse=False):
     if not asks:
         return ()
     seen, now = seen_pools(current().db), time.monotonic()
+    names = {ask.pool for ask in asks}
     matches = {}
-    for name in {ask.pool for ask in asks}:
+    for name in names:
         found = seen.get((tenant(), name))
         if reuse and found is not None and now - found[1] < POOL_SEEN_S:
             matches[name] = found[0]
-    missing = {ask.pool for ask in asks} - matches.keys()
+    missing = names - matches.keys()
     if missing:
         with current().db.read() as session:
             for name in sorted(missing):
@@ -70,8 +71,9 @@ def placed_from_pools(asks, place):
     """`place(PoolAsks)` on the pools as this process last found them; once more on the
     pools read afresh when its claim found one changed or gone since (the claim made
     nothing, and the caller should not get a 409 for what it could not see)."""
+    pools = pool_asks(asks, reuse=True)   # a pool it cannot find is 404 at once
     try:
-        return place(pool_asks(asks, reuse=True))
+        return place(pools)
     except (Conflict, NotFound) as exc:
         if not asks or exc.code not in ("pool_changed", "pool_not_found"):
             raise

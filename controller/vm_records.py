@@ -40,8 +40,8 @@ def settle_create(db, name, op_id, agent_state):
     def record(session):
         # Only the VM row is locked and changed: its state is nothing a placement counts
         # (models.SCHEDULED_VM_COLUMNS), so no host is locked or its revision bumped, and
-        # holding this one lock it waits on no other writer.
-        # the row and what it holds in one read (rows of (VM, device or None))
+        # holding this one lock it waits on no other writer. Read with what it holds, in
+        # one statement: rows of (VM, device or None).
         rows = session.execute(_VM_AND_DEVICES if db.is_sqlite else _VM_AND_DEVICES_LOCKED,
                                {"name": name}).all()
         vm = rows[0][0] if rows else None
