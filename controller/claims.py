@@ -8,13 +8,16 @@ same transaction that records the VM (vm_states). A release gives them back.
 
 from sqlalchemy import select
 
-from controller.db.models import Device, Vm
+from controller.db.drafts import Draft, insert_row, update_rows
+from controller.db.models import Device, Vm, bump_revisions
 from controller.pool_claims import check_pool_claim
 from controller.placement_views import claim_snapshot
 from hostplane.core import device_states, vm_states
 from hostplane.core.scheduler import place
 from hostplane.errors import Conflict
 
+VMS, DEVICES = Vm.__table__, Device.__table__
+DEVICE_KEY = ("host_id", "id")   # the primary key
 
 def name_taken(request):
     """409 for a create of a name in use; a tenant is not told whose it is, or whether
@@ -41,17 +44,22 @@ def claim_on(session, db, request, policy, host_id, new_vm):
         return None
     if request.pools:   # pool rows locked, tenant quotas checked (controller.pool_claims)
         check_pool_claim(session, db, request, host_id, chosen.devices, local.index)
+    # Written as plain statements, not through the ORM (controller.db.drafts): the host's
+    # revision first (its row is locked already), then the VM, then its devices.
+    bump_revisions(session, [host_id])
     if new_vm is not None:
-        row = Vm(host_id=host_id, **new_vm)
+        fields = {key: value for key, value in new_vm.items() if key not in ("op_id", "op_since")}
+        row = Draft({**fields, "host_id": host_id})
         # the policy judges devices added later; the node is counted (VmView.numa_node)
         row.spec = {**row.spec, "numa": request.numa}
         if chosen.numa_node is not None:
             row.spec["numa_node"] = chosen.numa_node
         vm_states.begin_create(row, new_vm["op_id"], new_vm["op_since"])
-        session.add(row)
-        session.flush()   # a name in use fails here (IntegrityError: placement.name_taken)
-    for key in chosen.devices:
-        device_states.claim(by_key[key], request.name)
+        insert_row(session, VMS, row)   # a name in use fails here (IntegrityError: name_taken)
+    devices = [Draft(by_key[key]._mapping) for key in chosen.devices]
+    for device in devices:
+        device_states.claim(device, request.name)
+    update_rows(session, DEVICES, devices, DEVICE_KEY)
     return chosen, host   # the host row too: its caller calls its agent with it
 
 

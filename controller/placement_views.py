@@ -5,7 +5,6 @@ Read by the snapshot cache (the whole cluster, or the hosts that changed) and by
 """
 
 from sqlalchemy import bindparam, or_, select
-from sqlalchemy.orm import load_only
 
 from controller.db.models import Device, Host, Vm
 from hostplane.core.numa import parse_cpulist
@@ -44,12 +43,10 @@ _SOME = (_ALL[0].where(_in_hosts(Host.__table__.c.id)),
          _ALL[1].where(_in_hosts(Device.__table__.c.host_id)),
          _ALL[2].where(_VMS_OF))
 # A claim's host row also carries how to reach its agent (the caller calls it) and the
-# revision it had (the cache's settle); its device rows are objects, which the claim
-# changes. As they are, and locked (PostgreSQL).
+# revision it had (the cache's settle). As they are, and locked (PostgreSQL).
 _CLAIMED_HOST = select(*_columns(Host, HOST_FIELDS + ("url", "token", "revision"))).where(
     Host.__table__.c.id == bindparam("host_id"))
-_CLAIMED_DEVICES = (select(Device).options(load_only(*(getattr(Device, f) for f in DEVICE_FIELDS)))
-                    .where(Device.host_id == bindparam("host_id")).order_by(Device.id))
+_CLAIMED_DEVICES = _ALL[1].where(Device.__table__.c.host_id == bindparam("host_id"))
 _CLAIMED = {False: (_CLAIMED_HOST, _CLAIMED_DEVICES),
             True: (_CLAIMED_HOST.with_for_update(), _CLAIMED_DEVICES.with_for_update())}
 
@@ -71,12 +68,12 @@ def cluster_views(session, host_ids=None):
 
 def claim_snapshot(session, locking, host_id):
     """The snapshot of `host_id` as a claim sees it, its rows locked when `locking` (host
-    first, then devices); also {(kind, id): device row} (ORM rows, which the claim
-    changes) and the host's row (None if gone), with its agent's url and token."""
+    first, then devices); also {(kind, id): device row} and the host's row (None if
+    gone), with its agent's url and token."""
     ids = {"host_id": host_id}
     host_query, devices_query = _CLAIMED[locking]
     host = session.execute(host_query, ids).first()
-    devices = session.scalars(devices_query, ids).all()
+    devices = session.execute(devices_query, ids).all()
     vms = session.execute(_SOME[2], {"host_ids": [host_id]}).all()
     hosts = [host] if host is not None else []
     return (Snapshot.build(*_views(hosts, devices, vms)),

@@ -6,8 +6,7 @@ An operation is named by the create's `op_id`, which the agent records in the do
 the row's name alone may have been deleted and taken again while an agent was silent.
 """
 
-from sqlalchemy import bindparam, or_, select
-from sqlalchemy.orm import load_only
+from sqlalchemy import bindparam, or_, select, update
 
 from controller.db.models import Device, Vm, iso
 from controller.claims import release_held
@@ -15,7 +14,7 @@ from hostplane.core import vm_states
 from hostplane.errors import ApiError, Conflict, DependencyDown, NotFound
 
 # What `render` shows of a device (a read for an answer loads no more).
-RENDERED_DEVICE_FIELDS = (Device.host_id, Device.kind, Device.id, Device.type, Device.status)
+RENDERED_DEVICE_FIELDS = ("host_id", "kind", "id", "type", "status")
 
 
 def locked_vm(session, db, name):
@@ -40,24 +39,36 @@ def settle_create(db, name, op_id, agent_state):
     def record(session):
         # Only the VM row is locked and changed: its state is nothing a placement counts
         # (models.SCHEDULED_VM_COLUMNS), so no host is locked or its revision bumped, and
-        # holding this one lock it waits on no other writer. Read with what it holds, in
-        # one statement: rows of (VM, device or None).
-        rows = session.execute(_VM_AND_DEVICES if db.is_sqlite else _VM_AND_DEVICES_LOCKED,
-                               {"name": name}).all()
-        vm = rows[0][0] if rows else None
-        if vm is None or vm.op_id != op_id:
-            raise Conflict(f"{name} was deleted while its create was under way",
-                           code="vm_gone")
-        vm_states.created(vm, op_id, agent_state)
-        return render(vm, [device for _vm, device in rows if device is not None])
+        # holding this one lock it waits on no other writer. One UPDATE on the condition
+        # vm_states.created checks, without the ORM's load and flush of the row.
+        vm = session.execute(_SETTLE_CREATE, {
+            "vm_name": name, "vm_op_id": op_id, "from_states": sorted(vm_states.CREATED_FROM),
+            **{f"new_{key}": value for key, value in
+               vm_states.created_values(agent_state).items()}}).first()
+        if vm is None:   # not that create's row in a state it settles from: say why
+            _refuse_settle(session, db, name, op_id, agent_state)
+        return render(vm, session.execute(_HELD, {"name": name}).all())
     return db.transaction(record)
 
 
-# Built once (every create's settle runs it): a VM and the devices it holds, in one read.
-_VM_AND_DEVICES = (select(Vm, Device).outerjoin(Device, Device.vm == Vm.name)
-                   .options(load_only(*RENDERED_DEVICE_FIELDS))
-                   .where(Vm.name == bindparam("name")).order_by(Device.id))
-_VM_AND_DEVICES_LOCKED = _VM_AND_DEVICES.with_for_update(of=Vm)
+def _refuse_settle(session, db, name, op_id, agent_state):
+    vm = session.scalars(db.locked(select(Vm).where(Vm.name == name))).first()
+    if vm is None or vm.op_id != op_id:
+        raise Conflict(f"{name} was deleted while its create was under way", code="vm_gone")
+    vm_states.created(vm, op_id, agent_state)   # raises IllegalVmTransition
+    raise AssertionError(f"{name} settles from {vm.state}, yet its UPDATE matched nothing")
+
+
+# Built once (every create's settle runs them).
+_VMS = Vm.__table__
+_SETTLE_CREATE = (update(_VMS)
+                  .where(_VMS.c.name == bindparam("vm_name"), _VMS.c.op_id == bindparam("vm_op_id"),
+                         _VMS.c.state.in_(bindparam("from_states", expanding=True)))
+                  .values({key: bindparam(f"new_{key}")
+                           for key in vm_states.created_values(None)})
+                  .returning(*_VMS.c))
+_HELD = (select(*(Device.__table__.c[column] for column in RENDERED_DEVICE_FIELDS))
+         .where(Device.__table__.c.vm == bindparam("name")).order_by(Device.__table__.c.id))
 
 
 def forget_create(db, name, op_id):

@@ -9,14 +9,16 @@ Hosts and devices are written directly: this is about the database, not the agen
 import uuid
 from collections import Counter
 
+import pytest
 from sqlalchemy import select
 
 from controller.db import Database, Device, Host, Vm, upgrade
 from controller.placement import place_and_claim, policy_from
-from controller.vm_records import forget_create
+from controller.vm_records import forget_create, settle_create
 from controller.config import DEFAULTS
+from hostplane.core import vm_states
 from hostplane.core.scheduler import GpuAsk, PlacementRequest
-from hostplane.errors import ApiError
+from hostplane.errors import ApiError, Conflict
 from tests.support import all_at_once
 from tests.test_controller_support import database_url  # noqa: F401 - fixture
 
@@ -97,4 +99,38 @@ def test_released_claim_is_free_for_the_next_request(database_url):
                    for r in exc.details["hosts"]["claim-0"]), exc.details
     else:
         raise AssertionError("a third GPU was claimed on a host with two")
+    db.close()
+
+
+def test_a_late_settle_changes_only_the_create_it_answers(database_url):
+    """A create whose agent answered late finds its row deleted and the name taken again
+    by another create: it must not settle that other create's row (which stays `creating`
+    until its own agent answers), nor a row being deleted."""
+    upgrade(database_url)
+    db = Database(database_url)
+    policy = policy_from(DEFAULTS)
+    _cluster(db, hosts=1)
+    late, current = _vm("vm"), {**_vm("vm"), "op_id": uuid.uuid4().hex}
+    place_and_claim(db, _ask("vm"), policy, late)
+    assert forget_create(db, "vm", late["op_id"])
+    place_and_claim(db, _ask("vm"), policy, current)
+
+    with pytest.raises(Conflict) as refused:
+        settle_create(db, "vm", late["op_id"], "running")
+    assert refused.value.code == "vm_gone"
+    with db.read() as session:
+        row = session.get(Vm, "vm")
+        assert (row.state, row.op_id) == ("creating", current["op_id"])
+
+    view = settle_create(db, "vm", current["op_id"], "running")
+    assert view["state"] == "running" and view["host"] == "claim-0"
+    assert sorted((d["type"], d["status"]) for d in view["devices"]) == [
+        ("gpu", "attached"), ("gpu-audio", "attached")]
+
+    with db.write() as session:   # a delete under way: a create's answer cannot end it
+        vm_states.begin_delete(session.get(Vm, "vm"), op_stale=False, now=0.0)
+    with pytest.raises(vm_states.IllegalVmTransition):
+        settle_create(db, "vm", current["op_id"], "running")
+    with db.read() as session:
+        assert session.get(Vm, "vm").state == "deleting"
     db.close()

@@ -141,7 +141,7 @@ def _bump_host_revisions(session, _context, _instances):
     Before the flush, so that the host row is locked before its device rows, in the same
     order a claim takes them (no deadlock on PostgreSQL). Once per host and transaction:
     a snapshot never sees a transaction half done, so a second bump tells it nothing.
-    Writes that bypass the ORM (`update(Device)...`) must bump the revision themselves.
+    Writes that bypass the ORM (`update(Device)...`) call `bump_revisions` themselves.
     """
     touched = set()
     for row in session.new | session.dirty | session.deleted:
@@ -156,12 +156,18 @@ def _bump_host_revisions(session, _context, _instances):
                 history = attributes.get_history(row, column)
                 touched.update(history.added or history.unchanged or ())
                 touched.update(history.deleted or ())
+    bump_revisions(session, touched)
+
+
+def bump_revisions(session, host_ids):
+    """Bump the revision of `host_ids` once in this transaction (the flush above, and
+    writes that bypass the ORM, call it)."""
     bumped = session.info.setdefault("revisions_bumped_hosts", set())
-    touched -= bumped | {None}
-    if touched:
-        bumped.update(touched)
+    wanted = set(host_ids) - bumped - {None}
+    if wanted:
+        bumped.update(wanted)
         session.info["revisions_bumped"] = True   # snapshot caches look after the commit
-        session.connection().execute(_BUMP, {"host_ids": sorted(touched)})
+        session.connection().execute(_BUMP, {"host_ids": sorted(wanted)})
 
 
 # Built once: nearly every write runs it.

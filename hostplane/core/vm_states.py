@@ -39,10 +39,21 @@ def begin_create(vm, op_id, now):
     vm.state, vm.op_id, vm.op_since = CREATING, op_id, now
 
 
+# A create settles only a row in one of these states, of its own operation id; a writer
+# may put that condition and `created_values` in one statement (controller.vm_records).
+CREATED_FROM = frozenset({CREATING})
+
+
 def created(vm, op_id, agent_state):
     """creating → what the agent reports, only for the create that made this row."""
-    _expect(vm, {CREATING}, op_id)
-    vm.state, vm.op_since = observed(agent_state), None
+    _expect(vm, CREATED_FROM, op_id)
+    for name, value in created_values(agent_state).items():
+        setattr(vm, name, value)
+
+
+def created_values(agent_state):
+    """What `created` sets."""
+    return {"state": observed(agent_state), "op_since": None}
 
 
 def report(vm, agent_state):
