@@ -58,11 +58,12 @@ def snapshot(session):
 
 def cluster_views(session, host_ids=None):
     """(host views, device views, VM views) of the cluster or of `host_ids`."""
+    connection = session.connection()   # plain statements: the ORM session adds only cost
     if host_ids is None:
-        hosts, devices, vms = (session.execute(query).all() for query in _ALL)
+        hosts, devices, vms = (connection.execute(query).all() for query in _ALL)
     else:
         ids = {"host_ids": list(host_ids)}
-        hosts, devices, vms = (session.execute(query, ids).all() for query in _SOME)
+        hosts, devices, vms = (connection.execute(query, ids).all() for query in _SOME)
     return _views(hosts, devices, vms)
 
 
@@ -72,9 +73,10 @@ def claim_snapshot(session, locking, host_id):
     gone), with its agent's url and token."""
     ids = {"host_id": host_id}
     host_query, devices_query = _CLAIMED[locking]
-    host = session.execute(host_query, ids).first()
-    devices = session.execute(devices_query, ids).all()
-    vms = session.execute(_SOME[2], {"host_ids": [host_id]}).all()
+    connection = session.connection()
+    host = connection.execute(host_query, ids).first()
+    devices = connection.execute(devices_query, ids).all()
+    vms = connection.execute(_SOME[2], {"host_ids": [host_id]}).all()
     hosts = [host] if host is not None else []
     return (Snapshot.build(*_views(hosts, devices, vms)),
             {(row.kind, row.id): row for row in devices}, host)

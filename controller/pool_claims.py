@@ -27,7 +27,7 @@ def check_pool_claim(session, db, request, host_id, devices, index):
     tenant, check the quota of each pool the claim takes devices of, counting what its
     VMs hold now (403); a sibling from a pool not shared with it is 403 too."""
     names = {"names": sorted({ask.pool for ask in request.pools})}
-    rows = {row.name: row for row in session.execute(
+    rows = {row.name: row for row in session.connection().execute(
         _ASKED_POOLS if db.is_sqlite else _ASKED_POOLS_SHARED, names)}
     for ask in request.pools:
         row = rows.get(ask.pool)

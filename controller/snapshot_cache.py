@@ -147,8 +147,7 @@ class SnapshotCache:
     def _read_revisions(self):
         with self.db.read() as session:
             checked = time.monotonic()
-            fingerprint = tuple(session.execute(
-                select(func.count(), func.coalesce(func.sum(Host.revision), 0))).one())
+            fingerprint = tuple(session.connection().execute(_FINGERPRINT).one())
             with self.lock:
                 if fingerprint == self.fingerprint:
                     self._checked(checked)
@@ -234,6 +233,7 @@ def revisions(session):
 
 
 _REVISIONS = select(Host.__table__.c.id, Host.__table__.c.revision)
+_FINGERPRINT = select(func.count(), func.coalesce(func.sum(Host.__table__.c.revision), 0))
 _REVISIONS_SQL = {}   # dialect name → the statement as that database's SQL
 
 

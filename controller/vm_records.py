@@ -41,13 +41,13 @@ def settle_create(db, name, op_id, agent_state):
         # (models.SCHEDULED_VM_COLUMNS), so no host is locked or its revision bumped, and
         # holding this one lock it waits on no other writer. One UPDATE on the condition
         # vm_states.created checks, without the ORM's load and flush of the row.
-        vm = session.execute(_SETTLE_CREATE, {
+        vm = session.connection().execute(_SETTLE_CREATE, {
             "vm_name": name, "vm_op_id": op_id, "from_states": sorted(vm_states.CREATED_FROM),
             **{f"new_{key}": value for key, value in
                vm_states.created_values(agent_state).items()}}).first()
         if vm is None:   # not that create's row in a state it settles from: say why
             _refuse_settle(session, db, name, op_id, agent_state)
-        return render(vm, session.execute(_HELD, {"name": name}).all())
+        return render(vm, session.connection().execute(_HELD, {"name": name}).all())
     return db.transaction(record)
 
 

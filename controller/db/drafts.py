@@ -39,13 +39,13 @@ def update_rows(session, table, drafts, keys):
             values.update((f"new_{name}", value) for name, value in changes.items())
             shapes.setdefault(tuple(sorted(changes)), []).append(values)
     for columns, rows in shapes.items():
-        session.execute(_statement("update", table, tuple(keys), columns), rows)
+        session.connection().execute(_statement("update", table, tuple(keys), columns), rows)
 
 
 def insert_row(session, table, draft):
     """INSERT `draft`'s values (the table's defaults fill the rest)."""
     values = {name: value for name, value in vars(draft).items() if name != "_original"}
-    session.execute(_statement("insert", table), values)
+    session.connection().execute(_statement("insert", table), values)
 
 
 _statements = {}
