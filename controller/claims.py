@@ -9,7 +9,7 @@ same transaction that records the VM (vm_states). A release gives them back.
 from sqlalchemy import select
 
 from controller.db.drafts import Draft, insert_row, update_rows
-from controller.db.models import Device, Vm, bump_revisions
+from controller.db.models import Device, Vm
 from controller.pool_claims import check_pool_claim
 from controller.placement_views import claim_snapshot
 from hostplane.core import device_states, vm_states
@@ -28,9 +28,14 @@ def name_taken(request):
     return Conflict(f"VM {request.name} already exists", code="name_taken")
 
 
+class NoLongerFits(Exception):
+    """The chosen host can no longer take the request: the claim's transaction is rolled
+    back (it bumped the host's revision already) and the placement tried again."""
+
+
 def claim_on(session, db, request, policy, host_id, new_vm):
-    """(the scheduler's Candidate, the host row as locked here), or None when the host
-    can no longer take `request`; the VM row (`new_vm`) is inserted."""
+    """(the scheduler's Candidate, the host row as locked here); raises NoLongerFits
+    when the host can no longer take `request`; the VM row (`new_vm`) is inserted."""
     session.info["held_claim"] = True   # held in the snapshot already (snapshot_cache)
     moving = request.existing_vm is not None and request.existing_vm.host_id != host_id
     if moving:   # both hosts' rows, in id order, as every writer takes them
@@ -41,12 +46,11 @@ def claim_on(session, db, request, policy, host_id, new_vm):
         _reserve_move(session, db, request.existing_vm, host_id)
     chosen = place(request, local, policy).chosen
     if chosen is None:
-        return None
+        raise NoLongerFits(host_id)
     if request.pools:   # pool rows locked, tenant quotas checked (controller.pool_claims)
         check_pool_claim(session, db, request, host_id, chosen.devices, local.index)
     # Written as plain statements, not through the ORM (controller.db.drafts): the host's
-    # revision first (its row is locked already), then the VM, then its devices.
-    bump_revisions(session, [host_id])
+    # revision was bumped as it was locked (claim_snapshot); then the VM, then its devices.
     if new_vm is not None:
         fields = {key: value for key, value in new_vm.items() if key not in ("op_id", "op_since")}
         row = Draft({**fields, "host_id": host_id})

@@ -11,7 +11,7 @@ those, none of them uses this one.
 
 from sqlalchemy.exc import IntegrityError
 
-from controller.claims import claim_on, name_taken
+from controller.claims import NoLongerFits, claim_on, name_taken
 from controller.refusals import count, unplaceable
 from controller.snapshot_cache import CREATE_MAX_AGE_S, cache_for
 from hostplane.config import ConfigError
@@ -69,6 +69,8 @@ def place_and_claim(db, request, policy, new_vm, attempts=5):
         try:
             claimed = db.transaction(lambda session: claim_on(
                 session, db, request, policy, placement.chosen.host_id, new_vm))
+        except NoLongerFits:
+            pass
         except IntegrityError:   # the name is in use (or a racing create of it committed)
             raise name_taken(request) from None
         finally:   # a create's claim as committed, which the cache may take as it held it

@@ -4,9 +4,9 @@ Read by the snapshot cache (the whole cluster, or the hosts that changed) and by
 (the chosen host's rows, locked). Imports nothing else of the controller but its models.
 """
 
-from sqlalchemy import bindparam, or_, select
+from sqlalchemy import bindparam, or_, select, update
 
-from controller.db.models import Device, Host, Vm
+from controller.db.models import Device, Host, Vm, bumped
 from hostplane.core.numa import parse_cpulist
 from hostplane.core.placement_topology import NumaNode
 from hostplane.core.scheduler import DeviceView, HostView, Snapshot, VmView
@@ -42,13 +42,18 @@ _ALL = (select(*_columns(Host, HOST_FIELDS)).order_by(Host.__table__.c.id),
 _SOME = (_ALL[0].where(_in_hosts(Host.__table__.c.id)),
          _ALL[1].where(_in_hosts(Device.__table__.c.host_id)),
          _ALL[2].where(_VMS_OF))
-# A claim's host row also carries how to reach its agent (the caller calls it) and the
-# revision it had (the cache's settle). As they are, and locked (PostgreSQL).
-_CLAIMED_HOST = select(*_columns(Host, HOST_FIELDS + ("url", "token", "revision"))).where(
-    Host.__table__.c.id == bindparam("host_id"))
+# A claim's host row, locked and read by the bump of its revision that the claim makes
+# anyway (one statement where a locked read and a bump were two), with how to reach its
+# agent (the caller calls it) and its revision before the claim (the cache's settle).
+_HOSTS = Host.__table__
+_CLAIMED_HOST = (update(_HOSTS).where(_HOSTS.c.id == bindparam("host_id"))
+                 .values(revision=_HOSTS.c.revision + 1)
+                 .returning(*_columns(Host, HOST_FIELDS + ("url", "token")),
+                            (_HOSTS.c.revision - 1).label("revision")))
 _CLAIMED_DEVICES = _ALL[1].where(Device.__table__.c.host_id == bindparam("host_id"))
-_CLAIMED = {False: (_CLAIMED_HOST, _CLAIMED_DEVICES),
-            True: (_CLAIMED_HOST.with_for_update(), _CLAIMED_DEVICES.with_for_update())}
+_CLAIMED = {False: _CLAIMED_DEVICES, True: _CLAIMED_DEVICES.with_for_update()}
+_CLAIMED_VMS = _ALL[2].where(or_(Vm.__table__.c.host_id == bindparam("host_id"),
+                                 Vm.__table__.c.moving_to == bindparam("host_id")))
 
 
 def snapshot(session):
@@ -68,15 +73,16 @@ def cluster_views(session, host_ids=None):
 
 
 def claim_snapshot(session, locking, host_id):
-    """The snapshot of `host_id` as a claim sees it, its rows locked when `locking` (host
-    first, then devices); also {(kind, id): device row} and the host's row (None if
-    gone), with its agent's url and token."""
+    """The snapshot of `host_id` as a claim sees it, its rows locked (host first, its
+    revision bumped; then devices when `locking`); also {(kind, id): device row} and the
+    host's row (None if gone), with its agent's url and token."""
     ids = {"host_id": host_id}
-    host_query, devices_query = _CLAIMED[locking]
     connection = session.connection()
-    host = connection.execute(host_query, ids).first()
-    devices = connection.execute(devices_query, ids).all()
-    vms = connection.execute(_SOME[2], {"host_ids": [host_id]}).all()
+    host = connection.execute(_CLAIMED_HOST, ids).first()
+    if host is not None:
+        bumped(session, [host_id])
+    devices = connection.execute(_CLAIMED[locking], ids).all()
+    vms = connection.execute(_CLAIMED_VMS, ids).all()
     hosts = [host] if host is not None else []
     return (Snapshot.build(*_views(hosts, devices, vms)),
             {(row.kind, row.id): row for row in devices}, host)

@@ -12,6 +12,7 @@ from collections import Counter
 import pytest
 from sqlalchemy import select
 
+from controller.claims import NoLongerFits, claim_on
 from controller.db import Database, Device, Host, Vm, upgrade
 from controller.placement import place_and_claim, policy_from
 from controller.vm_records import forget_create, settle_create
@@ -133,4 +134,24 @@ def test_a_late_settle_changes_only_the_create_it_answers(database_url):
         settle_create(db, "vm", current["op_id"], "running")
     with db.read() as session:
         assert session.get(Vm, "vm").state == "deleting"
+    db.close()
+
+
+def test_a_claim_that_finds_its_host_full_changes_nothing(database_url):
+    """The claim bumps the host's revision as it locks the row; when the host turns out
+    full, that bump is rolled back with the rest, so no cache reloads the host for it."""
+    upgrade(database_url)
+    db = Database(database_url)
+    policy = policy_from(DEFAULTS)
+    _cluster(db, hosts=1)
+    for name in ("first", "second"):
+        place_and_claim(db, _ask(name), policy, _vm(name))
+    with db.read() as session:
+        before = session.get(Host, "claim-0").revision
+    with pytest.raises(NoLongerFits):
+        db.transaction(lambda session: claim_on(session, db, _ask("third"), policy,
+                                                "claim-0", _vm("third")))
+    with db.read() as session:
+        assert session.get(Host, "claim-0").revision == before
+        assert session.get(Vm, "third") is None
     db.close()

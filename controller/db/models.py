@@ -162,12 +162,17 @@ def _bump_host_revisions(session, _context, _instances):
 def bump_revisions(session, host_ids):
     """Bump the revision of `host_ids` once in this transaction (the flush above, and
     writes that bypass the ORM, call it)."""
-    bumped = session.info.setdefault("revisions_bumped_hosts", set())
-    wanted = set(host_ids) - bumped - {None}
+    wanted = set(host_ids) - session.info.get("revisions_bumped_hosts", set()) - {None}
     if wanted:
-        bumped.update(wanted)
-        session.info["revisions_bumped"] = True   # snapshot caches look after the commit
+        bumped(session, wanted)
         session.connection().execute(_BUMP, {"host_ids": sorted(wanted)})
+
+
+def bumped(session, host_ids):
+    """Note that this transaction bumped the revision of `host_ids` (by `_BUMP`, or a
+    statement of its own), so that it bumps them no more."""
+    session.info.setdefault("revisions_bumped_hosts", set()).update(host_ids)
+    session.info["revisions_bumped"] = True   # snapshot caches look after the commit
 
 
 # Built once: nearly every write runs it.
