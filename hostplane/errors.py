@@ -65,6 +65,11 @@ class DatabaseUnavailable(DependencyDown):
     retry_after_s = 5
 
 
+def code_for_reason(reason):
+    """An HTTP reason phrase as an error code: "URI Too Long" → "uri_too_long"."""
+    return (reason or "error").lower().replace(" ", "_").replace("-", "_")
+
+
 def envelope(status, code, message, details=None):
     response = jsonify({"error": {"code": code, "message": message, "details": details or {}}})
     response.status_code = status
@@ -78,8 +83,8 @@ def register_error_handlers(app):
 
     @app.errorhandler(HTTPException)
     def _http_error(exc):
-        code = (exc.name or "error").lower().replace(" ", "_").replace("-", "_")
-        response = envelope(exc.code or 500, code, exc.description or exc.name)
+        response = envelope(exc.code or 500, code_for_reason(exc.name),
+                            exc.description or exc.name)
         if exc.code == 405 and getattr(exc, "valid_methods", None):
             response.headers["Allow"] = ", ".join(exc.valid_methods)
         return response

@@ -167,7 +167,9 @@ def exec_gunicorn(server, app_spec, config_variable, config_path=None, bind=None
                "--graceful-timeout", "30",
                # No gunicornc control socket: nothing uses it, and under the units'
                # ProtectSystem its default path ($HOME/.gunicorn) is read-only.
-               "--no-control-socket"]
+               "--no-control-socket",
+               # its own error answers (a request line too long...) as JSON, like the app's
+               "--config", "python:hostplane.gunicorn_errors"]
     if threads > 1:
         command += ["--threads", str(threads)]
     if server.get("tls_cert"):

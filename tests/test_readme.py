@@ -148,6 +148,11 @@ def test_readme_quick_start_and_examples_work_as_pasted(local):
         for line in block.splitlines():
             assert run(line).stdout.strip(), line
 
+    for bind in (env["CONTROLLER_BIND"], env["AGENT_BIND"]):   # gunicorn's own refusals too
+        too_long = requests.get(f"http://{bind}/v1/vms/{'a' * 9000}", timeout=10)
+        assert too_long.status_code == 414, (bind, too_long.text[:200])
+        assert too_long.json()["error"]["code"] == "uri_too_long"
+
     pids = {name: _pid(state / f"{name}.pid") for name in ("controller", "agent", "demo-agent")}
     assert all(pids.values()), pids
     run("./scripts/run-local --stop")
