@@ -241,11 +241,14 @@ def gpu_asks(texts):
 
 def print_explanation(answer, codes=frozenset()):
     """Candidates, then each rejected host's reasons with their codes (only `codes`, if any)."""
-    chosen = answer.get("chosen")
-    print(f"placeable: {chosen} would be chosen" if chosen else "not placeable on any host")
+    chosen, refused = answer.get("chosen"), answer.get("refused")
+    if refused:   # it would fit, but the create is refused (a tenant's quota)
+        print(f"refused ({refused['code']}): {refused['message']}")
+    else:
+        print(f"placeable: {chosen} would be chosen" if chosen else "not placeable on any host")
     for quota in answer.get("quotas") or []:
         if quota["exceeded"]:
-            print(f"but over the quota of pool {quota['pool']}: {quota['used']} held, "
+            print(f"over the quota of pool {quota['pool']}: {quota['used']} held, "
                   f"{quota['asked']} asked, {quota['limit']} allowed")
     if answer.get("candidates"):
         print("\ncandidates (best first):")

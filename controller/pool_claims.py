@@ -55,9 +55,14 @@ def check_pool_claim(session, db, request, host_id, devices, index):
         used = used_by(session, match, request.tenant)
         refusal = quota_refusal(name, used, adding, share_row.max_count)
         if refusal:
-            raise Forbidden(f"quota of device pool {name} exceeded: {used} of "
-                            f"{share_row.max_count} in use, {adding} more asked",
-                            code="quota_exceeded", details=refusal)
+            raise quota_exceeded(refusal)
+
+
+def quota_exceeded(refusal):
+    """The 403 of a create past a tenant's quota (`quota_refusal`'s details)."""
+    return Forbidden(f"quota of device pool {refusal['pool']} exceeded: {refusal['used']} of "
+                     f"{refusal['limit']} in use, {refusal['asked']} more asked",
+                     code="quota_exceeded", details=refusal)
 
 
 # Built once (a claim from pools runs it): the asked pools as plain rows, in name order,

@@ -204,9 +204,13 @@ def test_tenant_sees_only_shared_pools_and_is_held_to_its_quota(world):
         "name": "acme-2", "vcpus": 1, "memory_mib": 64, "devices": [{"pool": "vfs", "count": 2}]})
     assert explained.get_json()["quotas"] == [{"pool": "vfs", "used": 2, "asked": 2,
                                                "limit": 3, "exceeded": True}]
+    assert explained.get_json()["candidates"]   # it would fit, but the create is refused
     over = create(client, "acme-2", TENANT, devices=[{"pool": "vfs", "count": 2}])
     assert over.status_code == 403 and error(over)["code"] == "quota_exceeded"
     assert error(over)["details"] == {"pool": "vfs", "used": 2, "asked": 2, "limit": 3}
+    # explain tells the same: no host chosen, and the create's own 403
+    assert explained.get_json()["chosen"] is None
+    assert explained.get_json()["refused"] == error(over)
     assert client.get("/v1/vms/acme-2", headers=TENANT).status_code == 404
     assert create(client, "acme-3", TENANT, devices=[{"pool": "vfs"}]).status_code == 201
     admin_view = client.get("/v1/device-pools/vfs", headers=ADMIN).get_json()
@@ -220,13 +224,13 @@ def test_tenant_sees_only_shared_pools_and_is_held_to_its_quota(world):
 
 def test_cli_creates_shares_lists_and_places_by_pool(tmp_path, capsys):
     from controller import opcli, opcli_pools
-    from tests.test_controller_support import ADMIN_TOKEN, Served
+    from tests.test_controller_support import ADMIN_TOKEN, TENANT_TOKEN, Served
     from tests.test_opcli import columns
     with two_host_world(tmp_path) as (app, client, _):
         served = Served(app)
 
-        def run(*argv):
-            status = opcli.main(["--url", served.url, "--token", ADMIN_TOKEN, *argv])
+        def run(*argv, token=ADMIN_TOKEN):
+            status = opcli.main(["--url", served.url, "--token", token, *argv])
             return (status, *capsys.readouterr())
         try:
             status, out, _ = run("pool", "create", "vfs", "--match", "8086:1889",
@@ -240,6 +244,12 @@ def test_cli_creates_shares_lists_and_places_by_pool(tmp_path, capsys):
             status, out, _ = run("schedule", "--explain", "--vcpus", "1", "--memory-mib", "64",
                                  "--pool", "vfs:2")
             assert status == 0 and "would be chosen" in out
+            # the tenant, past its quota: it would fit, but the create would be refused
+            status, out, _ = run("schedule", "--explain", "--vcpus", "1", "--memory-mib", "64",
+                                 "--pool", "vfs:3", token=TENANT_TOKEN)
+            assert status == 1 and out.startswith(
+                "refused (quota_exceeded): quota of device pool vfs exceeded: 0 of 2 in use, "
+                "3 more asked\n"), out
             # a pool name may end in x2: the count has its own separator
             assert opcli_pools.pool_asks(["nvmex2", "a100:4"]) == [
                 {"pool": "nvmex2", "count": 1}, {"pool": "a100", "count": 4}]

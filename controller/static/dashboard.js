@@ -289,8 +289,9 @@ async function explain(event) {
     const answer = await api("POST", "/v1/schedule/explain", placementBody());
     const verdict = document.createElement("p");
     verdict.id = "explain-verdict";
-    verdict.textContent = answer.chosen ? `Placeable: ${answer.chosen} would be chosen.`
-                                        : "Not placeable on any host.";
+    verdict.textContent = answer.refused ? `Refused: ${answer.refused.message}.`
+      : answer.chosen ? `Placeable: ${answer.chosen} would be chosen.`
+      : "Not placeable on any host.";
     verdict.className = answer.chosen ? "ok" : "bad";
     out.appendChild(verdict);
     list(out, "Candidates", answer.candidates.map((c) => `${c.host} (score ${c.score})`));
