@@ -19,6 +19,7 @@ from hostplane.errors import Conflict
 VMS, DEVICES = Vm.__table__, Device.__table__
 DEVICE_KEY = ("host_id", "id")   # the primary key
 
+
 def name_taken(request):
     """409 for a create of a name in use; a tenant is not told whose it is, or whether
     the name is used at all rather than merely unavailable."""
