@@ -1,9 +1,10 @@
 """Claims and releases: the write side of placement, under the chosen host's row lock.
 
-A claim takes the write lock of the chosen host — `BEGIN IMMEDIATE` on SQLite, `SELECT ...
-FOR UPDATE` of the host and device rows on PostgreSQL — re-runs the scheduler on that host's
-rows as they are now, and flips the devices it picks to `attached` (device_states) in the
-same transaction that records the VM (vm_states). A release gives them back.
+A claim takes the write lock of the chosen host — `BEGIN IMMEDIATE` on SQLite; on
+PostgreSQL the host's row by the bump of its revision, then its device rows `FOR UPDATE` —
+re-runs the scheduler on that host's rows as they are now, and flips the devices it picks
+to `attached` (device_states) in the same transaction that records the VM (vm_states),
+written as plain statements (controller.db.drafts). A release gives them back.
 """
 
 from sqlalchemy import select
@@ -45,6 +46,8 @@ def claim_on(session, db, request, policy, host_id, new_vm):
     local, by_key, host = claim_snapshot(session, not db.is_sqlite, host_id)
     if moving:
         _reserve_move(session, db, request.existing_vm, host_id)
+    elif request.existing_vm is not None:   # an attach: to the VM as the placement saw it
+        _unchanged(_locked_vm(session, db, request.existing_vm), request.existing_vm)
     chosen = place(request, local, policy).chosen
     if chosen is None:
         raise NoLongerFits(host_id)
@@ -71,14 +74,28 @@ def claim_on(session, db, request, policy, host_id, new_vm):
 def _reserve_move(session, db, seen, target):
     """Count the VM on `target` too (`moving_to`) while it moves, if it is still the
     stopped, device-less VM the placement saw; a second move of it at once is refused."""
+    vm = _locked_vm(session, db, seen)
+    _unchanged(vm, seen, vm_states.STOPPED)
+    vm_states.begin_move(vm, target)
+
+
+def _locked_vm(session, db, seen):
+    """The row of the existing VM a claim is for, locked (after its hosts and devices)."""
     vm = session.scalars(db.locked(select(Vm).where(Vm.name == seen.name))).first()
     if vm is None:
         raise Conflict(f"VM {seen.name} was deleted meanwhile", code="vm_gone")
-    if vm.moving_to is not None or vm.host_id != seen.host_id or vm.state != "stopped":
+    return vm
+
+
+def _unchanged(vm, seen, state=None):
+    """409 unless `vm` is still where the placement saw it, settled (in `state`, if
+    given) and not moving: a claim for a VM being deleted or moved would hand it devices
+    it cannot take."""
+    if (vm.moving_to is not None or vm.host_id != seen.host_id
+            or vm.state in vm_states.BUSY or (state and vm.state != state)):
         raise Conflict(f"{seen.name} changed meanwhile ({vm.state} on {vm.host_id}"
                        + (f", moving to {vm.moving_to}" if vm.moving_to else "") + ")",
                        code="vm_busy")
-    vm_states.begin_move(vm, target)
 
 
 def release(db, host_id, vm_name, devices):

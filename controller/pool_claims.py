@@ -1,5 +1,5 @@
 """The pool side of a claim: pools locked, tenant quotas checked, in the claim's own
-transaction (controller.placement._claim_on calls it after the host rows are locked).
+transaction (controller.claims.claim_on calls it after the host rows are locked).
 
 A claim from a pool holds the pool's row shared (`FOR SHARE`) and a tenant's claim its share
 row exclusively, after the host rows; so a tenant's racing creates are counted one after

@@ -41,10 +41,10 @@ def settle_create(db, name, op_id, agent_state):
         # (models.SCHEDULED_VM_COLUMNS), so no host is locked or its revision bumped, and
         # holding this one lock it waits on no other writer. One UPDATE on the condition
         # vm_states.created checks, without the ORM's load and flush of the row.
-        vm = session.connection().execute(_SETTLE_CREATE, {
+        values = vm_states.created_values(agent_state)
+        vm = session.connection().execute(_settle_statement(tuple(sorted(values))), {
             "vm_name": name, "vm_op_id": op_id, "from_states": sorted(vm_states.CREATED_FROM),
-            **{f"new_{key}": value for key, value in
-               vm_states.created_values(agent_state).items()}}).first()
+            **{f"new_{key}": value for key, value in values.items()}}).first()
         if vm is None:   # not that create's row in a state it settles from: say why
             _refuse_settle(session, db, name, op_id, agent_state)
         return render(vm, session.connection().execute(_HELD, {"name": name}).all())
@@ -59,14 +59,26 @@ def _refuse_settle(session, db, name, op_id, agent_state):
     raise AssertionError(f"{name} settles from {vm.state}, yet its UPDATE matched nothing")
 
 
-# Built once (every create's settle runs them).
 _VMS = Vm.__table__
-_SETTLE_CREATE = (update(_VMS)
-                  .where(_VMS.c.name == bindparam("vm_name"), _VMS.c.op_id == bindparam("vm_op_id"),
-                         _VMS.c.state.in_(bindparam("from_states", expanding=True)))
-                  .values({key: bindparam(f"new_{key}")
-                           for key in vm_states.created_values(None)})
-                  .returning(*_VMS.c))
+_SETTLES = {}   # the columns a settle sets → its statement, built once
+
+
+def _settle_statement(columns):
+    """The settle's UPDATE of `columns` (what vm_states.created_values sets), on the
+    condition vm_states.created checks: the row of that operation id (None matches only
+    a row from before operation ids, as `created` takes it), in a state it settles from."""
+    statement = _SETTLES.get(columns)
+    if statement is None:
+        statement = _SETTLES.setdefault(columns, (
+            update(_VMS)
+            .where(_VMS.c.name == bindparam("vm_name"),
+                   _VMS.c.op_id.is_not_distinct_from(bindparam("vm_op_id")),
+                   _VMS.c.state.in_(bindparam("from_states", expanding=True)))
+            .values({key: bindparam(f"new_{key}") for key in columns})
+            .returning(*_VMS.c)))
+    return statement
+
+
 _HELD = (select(*(Device.__table__.c[column] for column in RENDERED_DEVICE_FIELDS))
          .where(Device.__table__.c.vm == bindparam("name")).order_by(Device.__table__.c.id))
 

@@ -15,6 +15,7 @@ from sqlalchemy import select
 from controller.claims import NoLongerFits, claim_on
 from controller.db import Database, Device, Host, Vm, upgrade
 from controller.placement import place_and_claim, policy_from
+from controller.placement_views import vm_view
 from controller.vm_records import forget_create, settle_create
 from controller.config import DEFAULTS
 from hostplane.core import vm_states
@@ -154,4 +155,50 @@ def test_a_claim_that_finds_its_host_full_changes_nothing(database_url):
     with db.read() as session:
         assert session.get(Host, "claim-0").revision == before
         assert session.get(Vm, "third") is None
+    db.close()
+
+
+def test_a_create_from_before_operation_ids_still_settles(database_url):
+    """A row recorded before creates had operation ids has none; the poller settles it
+    with `op_id` None (any domain of its name is it). The settle's statement must match
+    that row as `vm_states.created` does: a SQL `op_id = NULL` matches nothing."""
+    upgrade(database_url)
+    db = Database(database_url)
+    _cluster(db, hosts=1)
+    with db.write() as session:
+        session.add(Vm(name="older", host_id="claim-0", vcpus=1, memory_mib=64, spec={},
+                       state="creating", op_id=None, op_since=None))
+    assert settle_create(db, "older", None, "running")["state"] == "running"
+    with pytest.raises(Conflict):   # a create of an operation id is not that row
+        settle_create(db, "older", uuid.uuid4().hex, "running")
+    db.close()
+
+
+def test_an_attach_to_a_vm_deleted_meanwhile_claims_nothing(database_url):
+    """An attach looks its VM up, then places and claims: a delete between the two must
+    not leave the claim handing devices to a VM that is gone or going."""
+    upgrade(database_url)
+    db = Database(database_url)
+    policy = policy_from(DEFAULTS)
+    _cluster(db, hosts=1)
+    place_and_claim(db, PlacementRequest(name="vm", vcpus=1, memory_mib=64), policy, _vm("vm"))
+    settle_create(db, "vm", _vm("vm")["op_id"], "running")
+    with db.read() as session:
+        seen = vm_view(session.get(Vm, "vm"))
+    attach = PlacementRequest(name="vm", vcpus=1, memory_mib=64, existing_vm=seen,
+                              gpus=[GpuAsk(vendor_id="10de", device_id="1eb8")])
+
+    with db.write() as session:   # a delete under way
+        vm_states.begin_delete(session.get(Vm, "vm"), op_stale=False, now=0.0)
+    with pytest.raises(Conflict) as refused:
+        place_and_claim(db, attach, policy, None)
+    assert refused.value.code == "vm_busy"
+
+    with db.write() as session:   # and done
+        session.delete(session.get(Vm, "vm"))
+    with pytest.raises(Conflict) as refused:
+        place_and_claim(db, attach, policy, None)
+    assert refused.value.code == "vm_gone"
+    with db.read() as session:
+        assert {(d.status, d.vm) for d in session.scalars(select(Device))} == {("ready", None)}
     db.close()

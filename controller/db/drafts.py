@@ -4,8 +4,8 @@ The state machines (hostplane.core.device_states, vm_states) change any object's
 attributes in place. A claim, the hottest write there is, hands them a `Draft` of a
 plain row instead of an ORM object and writes back exactly what they set, in one
 prebuilt statement: the ORM's loads and flushes were about a fifth of a create's CPU.
-A writer that bypasses the ORM bumps its hosts' revisions itself
-(models.bump_revisions).
+Nothing here bumps a host's revision: a writer that bypasses the ORM does it itself
+(models.bump_revisions, or models.bumped after a statement of its own that bumps).
 """
 
 import threading

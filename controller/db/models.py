@@ -141,7 +141,8 @@ def _bump_host_revisions(session, _context, _instances):
     Before the flush, so that the host row is locked before its device rows, in the same
     order a claim takes them (no deadlock on PostgreSQL). Once per host and transaction:
     a snapshot never sees a transaction half done, so a second bump tells it nothing.
-    Writes that bypass the ORM (`update(Device)...`) call `bump_revisions` themselves.
+    Writes that bypass the ORM (`update(Device)...`, the claim) call `bump_revisions`
+    themselves, or `bumped` after a statement of their own that bumps.
     """
     touched = set()
     for row in session.new | session.dirty | session.deleted:
