@@ -88,14 +88,17 @@ def _locked_vm(session, db, seen):
 
 
 def _unchanged(vm, seen, state=None):
-    """409 unless `vm` is still where the placement saw it, settled (in `state`, if
-    given) and not moving: a claim for a VM being deleted or moved would hand it devices
-    it cannot take."""
+    """409 unless `vm` is still the VM the placement saw (the same create's row, the same
+    tenant's: a name deleted and taken again is another VM), where it saw it, settled
+    (in `state`, if given) and not moving: a claim for a VM being deleted or moved would
+    hand it devices it cannot take."""
     if (vm.moving_to is not None or vm.host_id != seen.host_id
             or vm.state in vm_states.BUSY or (state and vm.state != state)):
         raise Conflict(f"{seen.name} changed meanwhile ({vm.state} on {vm.host_id}"
                        + (f", moving to {vm.moving_to}" if vm.moving_to else "") + ")",
                        code="vm_busy")
+    if vm.op_id != seen.op_id or vm.tenant != seen.tenant:
+        raise Conflict(f"VM {seen.name} was deleted meanwhile", code="vm_gone")
 
 
 def release(db, host_id, vm_name, devices):

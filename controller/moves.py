@@ -28,7 +28,7 @@ from sqlalchemy import select
 from controller.agents import maybe_done, vm_spec
 from controller.db.models import Vm, utcnow
 from controller.claims import release_held
-from controller.vm_records import delete_on_agent, pending_error
+from controller.vm_records import delete_on_agent, locked_vm, pending_error
 from hostplane.core import vm_states
 from hostplane.errors import ApiError, Conflict
 
@@ -90,8 +90,8 @@ def _check_movable(view, name, source_id):
 def mark(db, name, target_id, op_id=None):
     """Stamp the move as alive now (and record the target's operation id, when given);
     409 once it is no longer this move (settled elsewhere)."""
-    with db.write() as session:
-        vm = session.scalars(db.locked(select(Vm).where(Vm.name == name))).first()
+    with db.write() as session:   # hosts first, then the row (its spec bumps them)
+        vm = locked_vm(session, db, name)
         if vm is None or vm.state != "moving" or vm.moving_to != target_id:
             raise Conflict(f"{name} is no longer moving to {target_id}", code="vm_busy",
                            details={"host": target_id})

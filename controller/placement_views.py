@@ -4,6 +4,8 @@ Read by the snapshot cache (the whole cluster, or the hosts that changed) and by
 (the chosen host's rows, locked). Imports nothing else of the controller but its models.
 """
 
+import dataclasses
+
 from sqlalchemy import bindparam, or_, select, update
 
 from controller.db.models import Device, Host, Vm, bumped
@@ -130,4 +132,10 @@ def device_view(device):
 def vm_view(vm):
     return VmView(vm.name, vm.host_id, vm.state, vm.anti_affinity_group, vm.tenant,
                   (vm.spec or {}).get("numa_node"), vm.vcpus, vm.memory_mib)
+
+
+def existing_vm_view(vm):
+    """The view of a VM a claim adds devices to, with the create that made it: the claim
+    checks the row it locks is still this VM (the cache's views leave it out)."""
+    return dataclasses.replace(vm_view(vm), op_id=vm.op_id)
 

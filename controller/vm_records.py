@@ -65,8 +65,9 @@ _SETTLES = {}   # the columns a settle sets → its statement, built once
 
 def _settle_statement(columns):
     """The settle's UPDATE of `columns` (what vm_states.created_values sets), on the
-    condition vm_states.created checks: the row of that operation id (None matches only
-    a row from before operation ids, as `created` takes it), in a state it settles from."""
+    condition settle_create and vm_states.created check together: the row of that
+    operation id (None matches only a row from before operation ids), in a state it
+    settles from."""
     statement = _SETTLES.get(columns)
     if statement is None:
         statement = _SETTLES.setdefault(columns, (

@@ -23,7 +23,7 @@ from controller.db.models import Device, Host, Vm
 from controller.moves import move_and_attach
 from controller.placement import place_and_claim
 from controller.pools import placed_from_pools
-from controller.placement_views import vm_view
+from controller.placement_views import existing_vm_view
 from controller.vm_records import (delete_on_agent, finish_delete, forget_create, held,
                                    locked_vm, pending_error, render, settle_create,
                                    undo_delete, visible)
@@ -126,7 +126,7 @@ def add_devices(name, body):
                                    gpus=[gpu.ask() for gpu in body.gpus],
                                    usb=[usb.id for usb in body.usb], tenant=tenant(),
                                    pools=pools, anti_affinity_group=vm.anti_affinity_group,
-                                   strategy=ctl.strategy, existing_vm=vm_view(vm),
+                                   strategy=ctl.strategy, existing_vm=existing_vm_view(vm),
                                    numa=(vm.spec or {}).get("numa", "none"))
         return place_and_claim(ctl.db, request, ctl.policy, None,
                                ctl.config["scheduler"]["claim_attempts"])

@@ -4,10 +4,12 @@ It sets no setting. Importing it makes the few answers gunicorn writes itself, b
 request reaches the app (a request line or headers too long, a malformed request line),
 use the API's JSON error envelope instead of an HTML page, so a client that reads
 `error.code` on every 4xx is not handed HTML for these. gunicorn writes them all through
-`gunicorn.util.write_error`, which its workers look up at each call.
+`gunicorn.util.write_error`, which its workers look up at each call. (Given `--config`,
+gunicorn no longer reads a `gunicorn.conf.py` from the working directory.)
 """
 
 import json
+from http import HTTPStatus
 
 from gunicorn import util
 
@@ -15,6 +17,8 @@ from hostplane.errors import code_for_reason
 
 
 def write_json_error(sock, status, reason, message):
+    if reason == "Bad Request" and int(status) != 400:   # gunicorn's phrase for its 501
+        reason = HTTPStatus(int(status)).phrase
     body = json.dumps({"error": {"code": code_for_reason(reason),
                                  "message": f"{reason}: {message}" if message else reason,
                                  "details": {}}}).encode()

@@ -12,7 +12,7 @@ from sqlalchemy import select
 
 from controller.db import Database, Device, DevicePool, Host, PoolShare, Vm, upgrade
 from controller.placement import place_and_claim, policy_from
-from controller.placement_views import vm_view
+from controller.placement_views import existing_vm_view
 from controller.recovery import settle_abandoned_creates
 from controller.vm_records import held, render, settle_create
 from controller.config import DEFAULTS
@@ -70,7 +70,7 @@ def test_an_attach_to_an_existing_vm_bumps_its_host_once(database_url):
     with db.write() as session:
         session.get(Vm, "a").state = "running"
     with db.read() as session:
-        view = vm_view(session.get(Vm, "a"))
+        view = existing_vm_view(session.get(Vm, "a"))
     before = _revisions(db)
     request = PlacementRequest(name="a", vcpus=1, memory_mib=64, existing_vm=view,
                                gpus=_ask("a").gpus)
@@ -90,7 +90,7 @@ def test_a_move_for_usb_bumps_both_hosts_once(database_url):
                            vendor_id="0781", product_id="5567", name="stick", usb_major=2,
                            facts={}))
     with db.read() as session:
-        view = vm_view(session.get(Vm, "m"))
+        view = existing_vm_view(session.get(Vm, "m"))
     before = _revisions(db)
     request = PlacementRequest(name="m", vcpus=1, memory_mib=64, usb=["1-1"], existing_vm=view)
     host, devices, _n = place_and_claim(db, request, policy, None)
@@ -240,7 +240,7 @@ def test_mixed_writers_never_deadlock_and_the_cache_stays_the_databases(database
                     if vms:
                         vm = rng.choice(vms)
                         request = PlacementRequest(name=vm.name, vcpus=1, memory_mib=64,
-                                                   existing_vm=vm_view(vm), gpus=_ask("x").gpus)
+                                                   existing_vm=existing_vm_view(vm), gpus=_ask("x").gpus)
                         place_and_claim(db, request, policy, None)
                 else:
                     host = f"claim-{rng.randrange(2)}"

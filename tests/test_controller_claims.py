@@ -15,7 +15,7 @@ from sqlalchemy import select
 from controller.claims import NoLongerFits, claim_on
 from controller.db import Database, Device, Host, Vm, upgrade
 from controller.placement import place_and_claim, policy_from
-from controller.placement_views import vm_view
+from controller.placement_views import existing_vm_view
 from controller.vm_records import forget_create, settle_create
 from controller.config import DEFAULTS
 from hostplane.core import vm_states
@@ -184,7 +184,7 @@ def test_an_attach_to_a_vm_deleted_meanwhile_claims_nothing(database_url):
     place_and_claim(db, PlacementRequest(name="vm", vcpus=1, memory_mib=64), policy, _vm("vm"))
     settle_create(db, "vm", _vm("vm")["op_id"], "running")
     with db.read() as session:
-        seen = vm_view(session.get(Vm, "vm"))
+        seen = existing_vm_view(session.get(Vm, "vm"))
     attach = PlacementRequest(name="vm", vcpus=1, memory_mib=64, existing_vm=seen,
                               gpus=[GpuAsk(vendor_id="10de", device_id="1eb8")])
 
@@ -201,4 +201,39 @@ def test_an_attach_to_a_vm_deleted_meanwhile_claims_nothing(database_url):
     assert refused.value.code == "vm_gone"
     with db.read() as session:
         assert {(d.status, d.vm) for d in session.scalars(select(Device))} == {("ready", None)}
+    db.close()
+
+
+@pytest.mark.parametrize("taker", ["globex", "acme"])
+def test_an_attach_to_a_name_deleted_and_taken_again_claims_nothing(database_url, taker):
+    """acme looks its VM "vm" up; meanwhile it is deleted and a VM of the same name is
+    made on the same host, by another tenant or by acme again. The claim must not hand
+    that VM devices: the row is another create's (its operation id)."""
+    upgrade(database_url)
+    db = Database(database_url)
+    policy = policy_from(DEFAULTS)
+    _cluster(db, hosts=1)
+    with db.write() as session:   # the GPUs are shared with tenants
+        for device in session.scalars(select(Device)):
+            device.shared = True
+
+    def create(tenant):
+        row = {**_vm("vm"), "tenant": tenant, "op_id": uuid.uuid4().hex}
+        place_and_claim(db, PlacementRequest(name="vm", vcpus=1, memory_mib=64,
+                                             tenant=tenant), policy, row)
+        settle_create(db, "vm", row["op_id"], "running")
+    create("acme")
+    with db.read() as session:
+        seen = existing_vm_view(session.get(Vm, "vm"))
+    attach = PlacementRequest(name="vm", vcpus=1, memory_mib=64, existing_vm=seen,
+                              tenant="acme", gpus=[GpuAsk(vendor_id="10de", device_id="1eb8")])
+    with db.write() as session:
+        session.delete(session.get(Vm, "vm"))
+    create(taker)
+
+    with pytest.raises(Conflict) as refused:
+        place_and_claim(db, attach, policy, None)
+    assert refused.value.code == "vm_gone"
+    with db.read() as session:
+        assert {d.vm for d in session.scalars(select(Device))} == {None}
     db.close()

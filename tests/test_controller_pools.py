@@ -211,6 +211,12 @@ def test_tenant_sees_only_shared_pools_and_is_held_to_its_quota(world):
     # explain tells the same: no host chosen, and the create's own 403
     assert explained.get_json()["chosen"] is None
     assert explained.get_json()["refused"] == error(over)
+    # where nothing fits, the create's answer is 422, and explain refuses nothing more
+    nowhere = client.post("/v1/schedule/explain", headers=TENANT, json={
+        "name": "acme-9", "vcpus": 1, "memory_mib": 64, "devices": [{"pool": "vfs", "count": 9}]})
+    assert nowhere.get_json()["quotas"][0]["exceeded"] and "refused" not in nowhere.get_json()
+    assert create(client, "acme-9", TENANT, devices=[{"pool": "vfs", "count": 9}]
+                  ).status_code == 422
     assert client.get("/v1/vms/acme-2", headers=TENANT).status_code == 404
     assert create(client, "acme-3", TENANT, devices=[{"pool": "vfs"}]).status_code == 201
     admin_view = client.get("/v1/device-pools/vfs", headers=ADMIN).get_json()

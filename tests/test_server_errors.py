@@ -6,6 +6,7 @@ Both services as an operator starts them (`hostplane-controller serve`,
 `hostplane-agent serve`); tests/test_readme.py checks README's quick start the same way.
 """
 
+import json
 import socket
 import sys
 from urllib.parse import urlsplit
@@ -56,16 +57,29 @@ def test_a_request_line_too_long_is_a_json_414(served):
     assert "too large" in answer.json()["error"]["message"]
 
 
-def test_a_request_line_gunicorn_cannot_read_is_a_json_400(served):
-    address = urlsplit(served)
+def _raw(url, request):
+    """(status line, head, body) of gunicorn's answer to the raw bytes `request`."""
+    address = urlsplit(url)
     with socket.create_connection((address.hostname, address.port), timeout=10) as sock:
-        sock.sendall(b"GET /v1/health HTTP/9.9 <script>\r\n\r\n")
+        sock.sendall(request)
         answer = b""
         while chunk := sock.recv(65536):
             answer += chunk
     head, _, body = answer.partition(b"\r\n\r\n")
-    assert head.split(b"\r\n")[0].startswith(b"HTTP/1.1 400 ")
-    assert b"Content-Type: application/json" in head
-    error = requests.models.complexjson.loads(body)["error"]
+    assert b"Content-Type: application/json" in head, head
+    assert int(head.split(b"Content-Length: ")[1].split(b"\r\n")[0]) == len(body)
+    return head.split(b"\r\n")[0], head, json.loads(body)["error"]
+
+
+def test_a_request_line_gunicorn_cannot_read_is_a_json_400(served):
+    status, _, error = _raw(served, b"GET /v1/health HTTP/9.9 <script>\r\n\r\n")
+    assert status.startswith(b"HTTP/1.1 400 ")
     assert error["code"] == "bad_request" and error["details"] == {}
+
+
+def test_a_transfer_coding_gunicorn_does_not_speak_is_a_json_501(served):
+    status, _, error = _raw(served, b"POST /v1/vms HTTP/1.1\r\nHost: x\r\n"
+                                    b"Transfer-Encoding: br\r\n\r\n")
+    assert status.startswith(b"HTTP/1.1 501 ")
+    assert error["code"] == "not_implemented"
 

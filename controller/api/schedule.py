@@ -17,8 +17,9 @@ bp.record_once(lambda setup: install_metrics(setup.app))
 @bp.post("/v1/schedule/explain")
 @describe("Ranked candidate hosts and every rejected host with its reasons: `rejected` "
           "{host: [sentence]} and `reasons` {host: [{code, message}]} (codes: see the "
-          "controller docs); for a tenant, `quotas` per asked pool, and when one is "
-          "exceeded `chosen` is null and `refused` is the 403 the create would get",
+          "controller docs); for a tenant, `quotas` per asked pool, and when a host "
+          "fits but a quota is exceeded, `chosen` is null and `refused` is the 403 the "
+          "create would get",
           body=VmCreate,
           responses=(200, 403, 404),
           tags=["schedule"])
@@ -31,10 +32,11 @@ def explain():
     placement = run_placement(ctl.db, body.placement(tenant(), ctl.strategy, asks), ctl.policy)
     refusals = refusal_details(rejected_for(ctl.db, tenant(), placement.rejected))
     quota = quotas(asks)   # a tenant's pools: an exceeded one makes the create 403
+    # it would fit, but the create would be refused there: past a quota (when nothing
+    # fits, the create answers 422 first, as explain's rejected hosts say)
     over = [quota_exceeded({key: q[key] for key in ("pool", "used", "asked", "limit")})
-            for q in quota if q["exceeded"]]
+            for q in quota if q["exceeded"]] if placement.chosen else []
     return jsonify({
-        # the create would be refused wherever it fits: no host is chosen, `refused` says why
         "chosen": placement.chosen.host_id if placement.chosen and not over else None,
         **({"refused": {"code": over[0].code, "message": over[0].message,
                         "details": over[0].details}} if over else {}),

@@ -80,6 +80,9 @@ class VmView:
     numa_node: int | None = None   # the node it is pinned to, counted against that node
     vcpus: int = 0
     memory_mib: int = 0
+    # The create that made it (None: unknown to the snapshot). A claim for an existing VM
+    # checks that the row it locks is still this VM, not a new one of the same name.
+    op_id: str | None = None
 
 
 @dataclass(frozen=True, init=False)
