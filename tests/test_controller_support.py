@@ -182,10 +182,13 @@ class GunicornController(ServedProcess):
         log = tempfile.NamedTemporaryFile(prefix="gunicorn-controller-", suffix=".log",
                                           delete=False)
         log.close()
+        # --keep-alive: gunicorn closes a new connection that sent nothing for 5 s plus
+        # the keep-alive time (2 s by default), and a test's client of 1,000 threads on a
+        # loaded 2-core machine was once that slow between its connect and its request.
         super().__init__([sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}",
                           "--workers", str(workers), "--threads", str(threads), "--backlog",
-                          "2048", "--timeout", "120", "controller.app:create_app()"],
-                         env, log.name)
+                          "2048", "--timeout", "120", "--keep-alive", "30",
+                          "controller.app:create_app()"], env, log.name)
         self.spawn()
 
         def answers():
