@@ -29,6 +29,11 @@ def _revisions(db):
         return {h.id: h.revision for h in session.scalars(select(Host))}
 
 
+def _held_by(db, name):
+    with db.read() as session:
+        return len(session.scalars(select(Device).where(Device.vm == name)).all())
+
+
 def _db(url, hosts=2):
     upgrade(url)
     db = Database(url)
@@ -47,8 +52,7 @@ def test_a_create_bumps_its_host_once_and_a_taken_name_changes_nothing(database_
         place_and_claim(db, _ask("a"), policy, {**_vm("a"), "op_id": uuid.uuid4().hex})
     assert refused.value.code == "name_taken"
     assert _revisions(db) == after
-    with db.read() as session:
-        assert len(session.scalars(select(Device).where(Device.vm == "a")).all()) == 2
+    assert _held_by(db, "a") == 2
     db.close()
 
 
@@ -76,8 +80,7 @@ def test_an_attach_to_an_existing_vm_bumps_its_host_once(database_url):
                                gpus=_ask("a").gpus)
     place_and_claim(db, request, policy, None)
     assert _revisions(db)[host.id] == before[host.id] + 1
-    with db.read() as session:
-        assert len(session.scalars(select(Device).where(Device.vm == "a")).all()) == 4
+    assert _held_by(db, "a") == 4
     db.close()
 
 

@@ -251,11 +251,12 @@ def test_cli_creates_shares_lists_and_places_by_pool(tmp_path, capsys):
                                  "--pool", "vfs:2")
             assert status == 0 and "would be chosen" in out
             # the tenant, past its quota: it would fit, but the create would be refused
+            assert run("pool", "share", "vfs", "acme", "--max-count", "1")[0] == 0
             status, out, _ = run("schedule", "--explain", "--vcpus", "1", "--memory-mib", "64",
-                                 "--pool", "vfs:3", token=TENANT_TOKEN)
+                                 "--pool", "vfs:2", token=TENANT_TOKEN)
             assert status == 1 and out.startswith(
-                "refused (quota_exceeded): quota of device pool vfs exceeded: 0 of 2 in use, "
-                "3 more asked\n"), out
+                "refused (quota_exceeded): quota of device pool vfs exceeded: 0 of 1 in use, "
+                "2 more asked\n"), out
             # a pool name may end in x2: the count has its own separator
             assert opcli_pools.pool_asks(["nvmex2", "a100:4"]) == [
                 {"pool": "nvmex2", "count": 1}, {"pool": "a100", "count": 4}]
