@@ -47,7 +47,7 @@ def settle_create(db, name, op_id, agent_state):
             **{f"new_{key}": value for key, value in values.items()}}).first()
         if vm is None:   # not that create's row in a state it settles from: say why
             _refuse_settle(session, db, name, op_id, agent_state)
-        return render(vm, session.connection().execute(_HELD, {"name": name}).all())
+        return render(vm, held(session, name))
     return db.transaction(record)
 
 
@@ -155,7 +155,8 @@ def expected_domains(session, host_id=None):
 
 
 def held(session, name):
-    return session.scalars(select(Device).where(Device.vm == name).order_by(Device.id)).all()
+    """The devices `name` holds, as `render` shows them (plain rows of those columns)."""
+    return session.connection().execute(_HELD, {"name": name}).all()
 
 
 def render(vm, devices):
