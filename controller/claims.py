@@ -19,6 +19,7 @@ from hostplane.errors import Conflict
 
 VMS, DEVICES = Vm.__table__, Device.__table__
 DEVICE_KEY = ("host_id", "id")   # the primary key
+CLAIMED_FIELDS = ("host_id", "id", "status", "state", "vm")   # what device_states.claim reads
 
 
 def name_taken(request):
@@ -35,15 +36,16 @@ class NoLongerFits(Exception):
     back (it bumped the host's revision already) and the placement tried again."""
 
 
-def claim_on(session, db, request, policy, host_id, new_vm):
+def claim_on(session, db, request, policy, host_id, new_vm, as_read=None):
     """(the scheduler's Candidate, the host row as locked here); raises NoLongerFits
-    when the host can no longer take `request`; the VM row (`new_vm`) is inserted."""
+    when the host can no longer take `request`; the VM row (`new_vm`) is inserted.
+    `as_read`: the host as the snapshot cache read it (placement_views.claim_snapshot)."""
     session.info["held_claim"] = True   # held in the snapshot already (snapshot_cache)
     moving = request.existing_vm is not None and request.existing_vm.host_id != host_id
     if moving:   # both hosts' rows, in id order, as every writer takes them
         db.lock_hosts(session, {host_id, request.existing_vm.host_id})
     # the host's row first (the snapshot reads it locked), then its devices
-    local, by_key, host = claim_snapshot(session, not db.is_sqlite, host_id)
+    local, host = claim_snapshot(session, not db.is_sqlite, host_id, as_read)
     if moving:
         _reserve_move(session, db, request.existing_vm, host_id)
     elif request.existing_vm is not None:   # an attach: to the VM as the placement saw it
@@ -64,10 +66,14 @@ def claim_on(session, db, request, policy, host_id, new_vm):
             row.spec["numa_node"] = chosen.numa_node
         vm_states.begin_create(row, new_vm["op_id"], new_vm["op_since"])
         insert_row(session, VMS, row)   # a name in use fails here (IntegrityError: name_taken)
-    devices = [Draft(by_key[key]._mapping) for key in chosen.devices]
+    devices = [Draft({name: getattr(view, name) for name in CLAIMED_FIELDS})
+               for view in (local.index.device(host_id, *key) for key in chosen.devices)]
     for device in devices:
         device_states.claim(device, request.name)
-    update_rows(session, DEVICES, devices, DEVICE_KEY)
+    # each row only if still ready: a device taken by a write that failed to bump the
+    # host's revision would be a double claim if the host were taken as read
+    if update_rows(session, DEVICES, devices, DEVICE_KEY + ("status",)) != len(devices):
+        raise NoLongerFits(host_id)
     return chosen, host   # the host row too: its caller calls its agent with it
 
 

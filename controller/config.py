@@ -22,7 +22,7 @@ DEFAULTS = {
     "poll": {"interval_s": 10, "timeout_s": 5, "max_failures": 3, "concurrency": 32,
              "jitter_s": 1.0, "enabled": True},
     "scheduler": {"cpu_overcommit": 4.0, "memory_overcommit": 1.0, "strategy": "least-cpu",
-                  "strategy_mode": "preferred", "claim_attempts": 5},
+                  "strategy_mode": "preferred", "claim_attempts": 5, "tie_break": "spread"},
 }
 
 

@@ -13,6 +13,7 @@ from sqlalchemy.exc import IntegrityError
 
 from controller.claims import NoLongerFits, claim_on, name_taken
 from controller.refusals import count, unplaceable
+from controller.placement_views import TIE_BREAKS
 from controller.snapshot_cache import CREATE_MAX_AGE_S, cache_for
 from hostplane.config import ConfigError
 from hostplane.core.scheduler import STRATEGIES, Policy
@@ -28,11 +29,20 @@ def policy_from(config):
 
 def strategy_from(config):
     """`[scheduler] strategy`, the ranking of requests that name none."""
-    strategy = config["scheduler"]["strategy"]
-    if strategy not in STRATEGIES:
-        raise ConfigError(f"[scheduler] strategy must be one of {', '.join(STRATEGIES)}, "
-                          f"not {strategy!r}")
-    return strategy
+    return _scheduler_choice(config, "strategy", STRATEGIES)
+
+
+def tie_break_from(config):
+    """`[scheduler] tie_break`: how hosts of equal score are ordered (placement_views)."""
+    return _scheduler_choice(config, "tie_break", TIE_BREAKS)
+
+
+def _scheduler_choice(config, key, allowed):
+    value = config["scheduler"][key]
+    if value not in allowed:
+        raise ConfigError(f"[scheduler] {key} must be one of {', '.join(allowed)}, "
+                          f"not {value!r}")
+    return value
 
 
 def explain(db, request, policy):
@@ -66,9 +76,12 @@ def place_and_claim(db, request, policy, new_vm, attempts=5):
             count(operation, placement)
             raise unplaceable(request, placement, db)
         claimed = None
+        host_id = placement.chosen.host_id
+        # a create's claim may take the host's rows as the cache read them, if unchanged
+        as_read = cache_for(db).as_read(host_id) if new_vm is not None else None
         try:
             claimed = db.transaction(lambda session: claim_on(
-                session, db, request, policy, placement.chosen.host_id, new_vm))
+                session, db, request, policy, host_id, new_vm, as_read))
         except NoLongerFits:
             pass
         except IntegrityError:   # the name is in use (or a racing create of it committed)

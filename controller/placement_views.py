@@ -5,6 +5,8 @@ Read by the snapshot cache (the whole cluster, or the hosts that changed) and by
 """
 
 import dataclasses
+import hashlib
+import os
 
 from sqlalchemy import bindparam, or_, select, update
 
@@ -74,20 +76,27 @@ def cluster_views(session, host_ids=None):
     return _views(hosts, devices, vms)
 
 
-def claim_snapshot(session, locking, host_id):
+def claim_snapshot(session, locking, host_id, as_read=None):
     """The snapshot of `host_id` as a claim sees it, its rows locked (host first, its
-    revision bumped; then devices when `locking`); also {(kind, id): device row} and the
-    host's row (None if gone), with its agent's url and token."""
-    ids = {"host_id": host_id}
+    revision bumped; then devices when `locking`), and the host's row (None if gone), with
+    its agent's url and token.
+
+    `as_read`: (revision, (host view, devices, VMs)) of the host as a snapshot cache read
+    it from the database. When the locked row still has that revision, no transaction has
+    changed the host's devices or VMs since (every one that does bumps it), so those are
+    taken as read instead of read again: two statements fewer for a create. The claim's
+    writes check the devices' status all the same (claims.claim_on)."""
     connection = session.connection()
-    host = connection.execute(_CLAIMED_HOST, ids).first()
-    if host is not None:
-        bumped(session, [host_id])
-    devices = connection.execute(_CLAIMED[locking], ids).all()
-    vms = connection.execute(_CLAIMED_VMS, ids).all()
-    hosts = [host] if host is not None else []
-    return (Snapshot.build(*_views(hosts, devices, vms)),
-            {(row.kind, row.id): row for row in devices}, host)
+    host = connection.execute(_CLAIMED_HOST, {"host_id": host_id}).first()
+    if host is None:
+        return Snapshot.build((), (), ()), None
+    bumped(session, [host_id])
+    if as_read is not None and as_read[0] == host.revision:
+        host_view_as_read, devices, vms = as_read[1]
+        return Snapshot.build([host_view_as_read], devices, vms), host
+    devices = connection.execute(_CLAIMED[locking], {"host_id": host_id}).all()
+    vms = connection.execute(_CLAIMED_VMS, {"host_id": host_id}).all()
+    return Snapshot.build(*_views([host], devices, vms)), host
 
 
 def _views(hosts, devices, vms):
@@ -111,7 +120,26 @@ def usage_by_host(vms):
 def host_view(host, usage=(0, 0)):
     return HostView(host.id, host.cluster, host.status, host.state, host.iommu_enabled,
                     host.iommu_ready, host.cpu_threads, host.memory_mib, usage[0], usage[1],
-                    numa_nodes=numa_views(host.numa_nodes))
+                    numa_nodes=numa_views(host.numa_nodes), tie=tie_of(host.id))
+
+
+# `[scheduler] tie_break`: "spread" takes hosts of equal score in an order of this
+# process's own (a keyed hash of their ids), so that several controller processes do not
+# all choose, and queue for the lock of, the same host; "host-id" in plain id order.
+TIE_BREAKS = ("spread", "host-id")
+_PROCESS_KEY = os.urandom(16)
+_tie_key = [_PROCESS_KEY]
+
+
+def order_ties(tie_break):
+    """Set this process's order of equal-score hosts (before any snapshot is read)."""
+    _tie_key[0] = _PROCESS_KEY if tie_break == "spread" else None
+
+
+def tie_of(host_id):
+    key = _tie_key[0]
+    return "" if key is None else hashlib.blake2b(host_id.encode(), digest_size=8,
+                                                  key=key).hexdigest()
 
 
 def numa_views(reported):

@@ -4,7 +4,8 @@ from flask import current_app, g
 
 from controller.agents import Agents
 from controller.db import Database
-from controller.placement import policy_from, strategy_from
+from controller.placement import policy_from, strategy_from, tie_break_from
+from controller.placement_views import order_ties
 from controller.poller import Poller
 from hostplane.errors import Forbidden
 
@@ -17,6 +18,7 @@ class Controller:
                            database["connect_timeout_s"])
         self.policy = policy_from(config)
         self.strategy = strategy_from(config)   # for requests that name none
+        order_ties(tie_break_from(config))
         self.agents = Agents(config["poll"], config["agents"]["ca"])
         self.poller = Poller(self.db, config["poll"], self.agents)
 

@@ -95,6 +95,7 @@ class SnapshotCache:
         self.stale_since = float("-inf")   # of the last write here a refresh must see
         self.reloads = {"full": 0, "hosts": 0}   # what refreshes cost (bench, tests)
         self.held = {}                 # id(request) → (request, Candidate): claims under way
+        self.unassumed = {}            # host id → its part as read, where claims are assumed
         self.dirty = set()             # hosts whose held claims settled: read them again
 
     def place(self, request, policy, every_host=True, hold=False, max_age=0.0):
@@ -114,6 +115,17 @@ class SnapshotCache:
                 self._assume([(request, placement.chosen)])
         return placement
 
+    def as_read(self, host_id):
+        """(revision, (host view, devices, VMs)) of `host_id` as the database had it at
+        that revision, without the claims under way here; None when unknown. A claim
+        takes it instead of reading the rows again if the revision is still the same
+        (placement_views.claim_snapshot)."""
+        with self.lock:
+            revision = self.revisions.get(host_id)
+            part = self.unassumed.get(host_id) or (
+                self.snapshot.index.parts.get(host_id) if self.snapshot else None)
+        return None if revision is None or part is None else (revision, part)
+
     def settled(self, request, claimed=None):
         """The claim of `request` committed or gave up: read its host again next time —
         unless `claimed` (a create's committed claim: the Candidate, and the host row as
@@ -127,6 +139,10 @@ class SnapshotCache:
             host_id = held[1].host_id
             if claimed is not None and _as_assumed(held[1], *claimed, self.revisions):
                 self.revisions[host_id] = claimed[1].revision + 1
+                as_read = self.unassumed.pop(host_id, None)
+                if as_read is not None and any(other[1].host_id == host_id
+                                               for other in self.held.values()):
+                    self.unassumed[host_id] = assumed(as_read, request, held[1])
             else:
                 self.dirty.add(host_id)
             self.fingerprint = None
@@ -169,6 +185,7 @@ class SnapshotCache:
         for request, chosen in claims:
             part = changes.get(chosen.host_id) or self.snapshot.index.parts.get(chosen.host_id)
             if part is not None:
+                self.unassumed.setdefault(chosen.host_id, self.snapshot.index.parts[chosen.host_id])
                 changes[chosen.host_id] = assumed(part, request, chosen)
         if changes:
             self.snapshot.apply(changes)
@@ -183,6 +200,7 @@ class SnapshotCache:
             fresh = snapshot(session)
             with self.lock:
                 self.snapshot = fresh
+                self.unassumed = {}
                 self._assume(self.held.values())
             self.revisions = current
             self.reloads["full"] += 1
@@ -197,6 +215,8 @@ class SnapshotCache:
             changes.update(_parts(*cluster_views(session, chunk)))
         with self.lock:
             self.snapshot.apply(changes)
+            for host_id in changes:
+                self.unassumed.pop(host_id, None)
             self._assume([held for held in self.held.values() if held[1].host_id in changes])
         for host_id in changed:
             if host_id not in self.snapshot.index.hosts:

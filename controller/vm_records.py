@@ -35,20 +35,20 @@ def visible(vm, name, tenant):
 
 
 def settle_create(db, name, op_id, agent_state):
-    """The agent made the VM of operation `op_id`: the row takes its state; its view."""
-    def record(session):
-        # Only the VM row is locked and changed: its state is nothing a placement counts
-        # (models.SCHEDULED_VM_COLUMNS), so no host is locked or its revision bumped, and
-        # holding this one lock it waits on no other writer. One UPDATE on the condition
-        # vm_states.created checks, without the ORM's load and flush of the row.
-        values = vm_states.created_values(agent_state)
-        vm = session.connection().execute(_settle_statement(tuple(sorted(values))), {
+    """The agent made the VM of operation `op_id`: the row takes its state; its view.
+
+    Only the VM row changes: its state is nothing a placement counts
+    (models.SCHEDULED_VM_COLUMNS), so no host is locked or its revision bumped, and the
+    change is one UPDATE on the condition vm_states.created checks, committed by itself
+    (Database.single_statements). When it matches nothing, a transaction says why."""
+    values = vm_states.created_values(agent_state)
+    with db.single_statements() as connection:
+        vm = connection.execute(_settle_statement(tuple(sorted(values))), {
             "vm_name": name, "vm_op_id": op_id, "from_states": sorted(vm_states.CREATED_FROM),
             **{f"new_{key}": value for key, value in values.items()}}).first()
-        if vm is None:   # not that create's row in a state it settles from: say why
-            _refuse_settle(session, db, name, op_id, agent_state)
-        return render(vm, held(session, name))
-    return db.transaction(record)
+        if vm is not None:
+            return render(vm, connection.execute(_HELD, {"name": name}).all())
+    return db.transaction(lambda session: _refuse_settle(session, db, name, op_id, agent_state))
 
 
 def _refuse_settle(session, db, name, op_id, agent_state):

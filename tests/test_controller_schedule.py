@@ -276,7 +276,7 @@ def test_scheduler_decisions_and_refusal_kinds_are_counted(world):
 def test_a_gpu_held_by_a_vm_named_like_usb_is_counted_by_its_code(world):
     _, client, _ = world
     made = client.post("/v1/vms", headers=ADMIN, json={
-        "name": "USB-kiosk", "vcpus": 1, "memory_mib": 64, "start": False,
+        "name": "USB-kiosk", "host": "host-a", "vcpus": 1, "memory_mib": 64, "start": False,
         "gpus": [{"id": "0000:3b:00.0"}]})
     assert made.status_code == 201, made.get_json()
     try:
@@ -318,3 +318,29 @@ def test_a_request_without_strategy_ranks_by_the_configured_one(tmp_path):
         for agent in agents:
             agent.stop()
         app.extensions["hostplane_controller"].close()
+
+
+def test_equal_hosts_in_id_order_with_tie_break_host_id_and_a_bad_value_refused(tmp_path):
+    """`[scheduler] tie_break = "host-id"` ranks equal hosts by id (the default, "spread",
+    in an order of each controller process's own: tests/test_scheduler_indexed.py); a
+    value it does not know stops the controller with what it takes."""
+    from controller.services import Controller
+    from hostplane.config import ConfigError
+    from tests.test_controller_support import (LoopbackAgent, controller_app,
+                                               controller_config, gpu_host, register)
+    with pytest.raises(ConfigError, match="tie_break must be one of spread, host-id"):
+        Controller(controller_config(tmp_path, scheduler={"tie_break": "random"}))
+    names = [f"host-{n}" for n in "dcba"]
+    agents = [LoopbackAgent(tmp_path, host_id, gpu_host()) for host_id in names]
+    app = controller_app(controller_config(tmp_path, scheduler={"tie_break": "host-id"}))
+    client = app.test_client()
+    try:
+        for agent in agents:
+            register(client, agent)
+        ranked = explain(client)["candidates"]
+        assert [entry["host"] for entry in ranked] == sorted(names)
+    finally:
+        for agent in agents:
+            agent.stop()
+        app.extensions["hostplane_controller"].close()
+        Controller(controller_config(tmp_path))   # this process back to the default

@@ -8,8 +8,10 @@ Real agents on loopback (host-a: GPUs 10de:1eb8, host-b: 10de:2236).
 from dataclasses import replace
 
 import pytest
+from sqlalchemy import select, update
 
-from controller.placement_views import snapshot
+from controller.db.models import Device, Host
+from controller.placement_views import cluster_views, snapshot
 from controller.snapshot_cache import cache_for
 from hostplane.core.scheduler import GpuAsk, PlacementRequest
 from tests.test_controller_support import (ADMIN, NVIDIA_A10, LoopbackAgent, controller_app,
@@ -152,3 +154,76 @@ def test_a_create_made_here_is_not_read_again_yet_the_snapshot_stays_the_databas
     refused = explain(other, gpus=[A10])
     assert refused["chosen"] is None
     assert any("attached to here-" in r for r in refused["rejected"]["host-b"])
+
+
+def _as_database_has(app, host_id):
+    """(revision, part) of `host_id` read afresh, VMs in name order and stateless (a
+    placement counts no VM's state)."""
+    db = app.extensions["hostplane_controller"].db
+    with db.read() as session:
+        revision = session.execute(select(Host.revision).where(Host.id == host_id)).scalar_one()
+        hosts, devices, vms = cluster_views(session, [host_id])
+    return revision, (hosts[0], list(devices), _stateless(vms))
+
+
+def _stateless(vms):
+    return sorted((replace(vm, state="-") for vm in vms), key=lambda vm: vm.name)
+
+
+def test_what_a_claim_may_take_as_read_is_the_database_without_the_claims_under_way(
+        two_controllers):
+    """A create's claim takes its host's devices and VMs as the cache read them when the
+    locked host still has that revision. So what the cache gives it must be the
+    database's rows at that revision: without the claims under way here, with those
+    that settled as assumed; and its revision never one the database has not reached."""
+    (one, other), apps = two_controllers
+    controller = apps[0].extensions["hostplane_controller"]
+    explain(one, gpus=[A10])
+    held = cache(apps[0])
+
+    def as_read_is_the_database():
+        revision, (host, devices, vms) = held.as_read("host-b")
+        now, part = _as_database_has(apps[0], "host-b")
+        assert revision <= now
+        return revision == now and (host, list(devices), _stateless(vms)) == part
+
+    under_way = PlacementRequest("under-way", 1, 64, host="host-b")   # room, no device
+    assert held.place(under_way, controller.policy, every_host=False,
+                      hold=True).chosen.host_id == "host-b"
+    assert as_read_is_the_database()
+    made = one.post("/v1/vms", headers=ADMIN, json={
+        "name": "settled", "vcpus": 2, "memory_mib": 256, "start": False, "gpus": [A10]})
+    assert made.status_code == 201 and made.get_json()["host"] == "host-b"
+    assert as_read_is_the_database()   # one revision on, "under-way" still left out
+    held.settled(under_way)
+    assert as_read_is_the_database()
+    # a change made elsewhere: the revision moved on, so the claim would read the rows
+    assert other.post("/v1/vms", headers=ADMIN, json={
+        "name": "elsewhere", "vcpus": 1, "memory_mib": 64, "start": False,
+        "gpus": [A10]}).status_code == 201
+    assert not as_read_is_the_database()
+    explain(one)
+    assert as_read_is_the_database()
+
+
+def test_a_device_taken_without_a_revision_bump_is_never_claimed_twice(two_controllers):
+    """Every write that changes a device bumps its host's revision; should one ever miss
+    it, a claim taking the host as read would still not hand out a device another VM
+    holds: its write checks each device is still ready, and the create tries again on
+    the host read afresh."""
+    (one, _), apps = two_controllers
+    explain(one, gpus=[A10])
+    db = apps[0].extensions["hostplane_controller"].db
+    with db.engine.begin() as connection:   # behind the revision's back, as no writer should
+        connection.execute(update(Device).where(
+            Device.host_id == "host-b", Device.id == "0000:3b:00.0").values(
+            status="attached", vm="elsewhere"))
+    made = one.post("/v1/vms", headers=ADMIN, json={
+        "name": "second", "vcpus": 1, "memory_mib": 64, "start": False, "gpus": [A10]})
+    assert made.status_code == 201, made.get_json()
+    assert [d["id"] for d in made.get_json()["devices"] if d["type"] == "gpu"] == [
+        "0000:af:00.0"]
+    with db.read() as session:
+        holder = session.execute(select(Device.vm).where(
+            Device.host_id == "host-b", Device.id == "0000:3b:00.0")).scalar_one()
+    assert holder == "elsewhere"

@@ -42,7 +42,9 @@ def host_parts(draw, number):
                     draw(st.integers(0, threads * 5 + 2)), draw(st.integers(0, memory + 4096)),
                     draw(st.sampled_from([(), (NumaNode(0, threads, memory),),
                                           (NumaNode(0, threads // 2, memory // 2),
-                                           NumaNode(1, threads // 2, memory // 2))])))
+                                           NumaNode(1, threads // 2, memory // 2))])),
+                    # a controller's own order of equal hosts, or plain id order ("")
+                    tie=draw(st.sampled_from(["", "3f", "a0", "a0"])))
     devices, vms = [], []
     for slot in range(draw(st.integers(0, 4))):
         vendor, product = draw(st.sampled_from(MODELS))
@@ -145,6 +147,30 @@ def test_a_large_cluster_is_chosen_through_the_index_with_the_full_walks_answer(
             request = PlacementRequest("vm-new", vcpus, 4096, strategy=strategy)
             assert_same_answer(snapshot, request, Policy())
             assert_same_answer(snapshot, request, Policy(strategy_mode="enforced"))
+
+
+def test_equal_hosts_are_taken_in_their_tie_order_by_the_index_and_the_full_walk():
+    """600 hosts alike: a controller that spreads ties ranks them by its own keys, not
+    their ids, and the indexed choice agrees with the full walk's ranking; with no keys
+    (`tie_break = "host-id"`), by id."""
+    def cluster(tie):
+        return Snapshot.build([HostView(f"h{n:03d}", "c1", "connected", "enabled", True, True,
+                                        32, 65536, 4, 1024, tie=tie(n)) for n in range(600)],
+                              [], [])
+    request = PlacementRequest("vm-new", 2, 1024)
+    for shift in (0, 5):
+        def tie(n):
+            return f"{(n * 7919 + shift) % 600:04d}"
+        spread = cluster(tie)
+        expected = [f"h{n:03d}" for n in sorted(range(600), key=tie)]
+        assert expected[0] != "h000" or shift == 0
+        assert [c.host_id for c in scheduler.place(request, spread).ranked] == expected
+        with mock.patch.object(scheduler, "DIRECT_LIMIT", 0):
+            assert scheduler.choose(request, spread).chosen.host_id == expected[0]
+        assert_same_answer(spread, request, Policy())
+    by_id = cluster(lambda n: "")
+    assert [c.host_id for c in scheduler.place(request, by_id).ranked][:2] == ["h000", "h001"]
+    assert scheduler.choose(request, by_id).chosen.host_id == "h000"
 
 
 def test_a_pool_ask_judges_only_hosts_with_enough_free_devices_of_its_model():

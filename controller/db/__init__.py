@@ -44,12 +44,15 @@ class Database:
                 "timeout": busy_timeout_s, "check_same_thread": False})
             _sqlite_pragmas(self.engine)
             writer = self.engine.execution_options(hostplane_begin="BEGIN IMMEDIATE")
+            single = self.engine.execution_options(hostplane_begin=None)
         else:
             self.engine = create_engine(url, pool_size=pool_size, max_overflow=pool_size * 2,
                                         pool_timeout=busy_timeout_s,
                                         connect_args=_connect_timeout(url, connect_timeout_s))
             _ping_when_idle(self.engine, idle_ping_s)
             writer = self.engine
+            single = self.engine.execution_options(isolation_level="AUTOCOMMIT")
+        self._single = single
         self._read = sessionmaker(self.engine, expire_on_commit=False)
         self._write = sessionmaker(writer, expire_on_commit=False)
 
@@ -63,6 +66,14 @@ class Database:
         """One transaction that takes the write lock at once (SQLite) and commits on exit."""
         with self._write() as session, session.begin():
             yield session
+
+    @contextlib.contextmanager
+    def single_statements(self):
+        """A connection on which each statement commits by itself: for a write that is
+        one statement, and reads beside it, without a transaction's BEGIN and COMMIT
+        (two of a create's round trips to PostgreSQL)."""
+        with self._single.connect() as connection:
+            yield connection
 
     def locked(self, statement):
         """`statement` with row locks where the database has them (PostgreSQL)."""
@@ -163,6 +174,8 @@ def _sqlite_pragmas(engine):
     @event.listens_for(engine, "begin")
     def _begin(connection):
         begin = connection.get_execution_options().get("hostplane_begin", "BEGIN")
+        if begin is None:   # Database.single_statements: each statement its own transaction
+            return
         if begin not in _BEGINS:
             raise ValueError(f"not a transaction start: {begin!r}")
         connection.exec_driver_sql(begin)

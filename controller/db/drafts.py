@@ -30,7 +30,8 @@ class Draft:
 def update_rows(session, table, drafts, keys):
     """Write what each of `drafts` changed to its row of `table`, found by the columns
     `keys` (their values as the draft had them first); drafts changed alike go in one
-    round trip."""
+    round trip. Returns how many rows matched: keys beyond the primary key make each
+    write conditional on the row being still as the draft found it."""
     shapes = {}
     for draft in drafts:
         changes = draft.changes()
@@ -38,8 +39,11 @@ def update_rows(session, table, drafts, keys):
             values = {f"key_{name}": draft._original[name] for name in keys}
             values.update((f"new_{name}", value) for name, value in changes.items())
             shapes.setdefault(tuple(sorted(changes)), []).append(values)
+    matched = 0
     for columns, rows in shapes.items():
-        session.connection().execute(_statement("update", table, tuple(keys), columns), rows)
+        matched += session.connection().execute(
+            _statement("update", table, tuple(keys), columns), rows).rowcount
+    return matched
 
 
 def insert_row(session, table, draft):

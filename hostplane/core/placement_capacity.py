@@ -2,10 +2,11 @@
 
 The scheduler's score on a host is the share of the strategy's resource left free once the
 VM is placed: `1 - (used + asked) / (total * overcommit)`. For hosts of one size that order
-is the order of their use, whatever is asked (ties by host id); hosts of different sizes
-mix. So hosts are kept in one bucket per size, each sorted by (use, host id), and
-`best_first` merges the buckets lazily by each bucket's next host's exact score: the order
-handed out is the scheduler's ranking order, (-score, host id), and a placement costs the
+is the order of their use, whatever is asked (ties by the hosts' tie key, then id); hosts
+of different sizes mix. So hosts are kept in one bucket per size, each sorted by (use,
+tie, host id), and `best_first` merges the buckets lazily by each bucket's next host's
+exact score: the order handed out is the scheduler's ranking order, (-score, tie, host
+id), and a placement costs the
 hosts it looks at plus the number of distinct sizes (a few CPU thread counts; memory
 sizes as the hosts report them).
 
@@ -38,8 +39,8 @@ class CapacityIndex:
         if host.cpu_threads <= 0 or host.memory_mib <= 0:
             return
         keys = tuple(keys)
-        filed = (("cpu", host.cpu_threads, (host.used_vcpus, host.id)),   # one bucket per size
-                 ("memory", host.memory_mib, (host.used_memory_mib, host.id)))
+        filed = (("cpu", host.cpu_threads, (host.used_vcpus, host.tie, host.id)),   # by size
+                 ("memory", host.memory_mib, (host.used_memory_mib, host.tie, host.id)))
         self.entries[host.id] = (keys, filed)   # one record per host, however many keys
         for resource, number, entry in filed:
             for key in keys:
@@ -78,14 +79,14 @@ class CapacityIndex:
         return sum(len(b.entries) for b in self.tables.get((key, "cpu"), {}).values())
 
     def best_first(self, key, resource, asked, overcommit, hosts):
-        """(use, score, host) of the hosts filed under `key`, best score first, ties by host
-        id; `use` and `score` computed as the scheduler does. `hosts`: id → HostView."""
+        """(use, score, host) of the hosts filed under `key`, best score first, ties by (tie,
+        host id); `use` and `score` computed as the scheduler does. `hosts`: id → HostView."""
         buckets = list(self.tables.get((key, resource), {}).values())
         frontier = []
         for number, bucket in enumerate(buckets):
             _push(frontier, buckets, number, 0, hosts, resource, asked, overcommit)
         while frontier:
-            neg_score, _, number, place, use, host = heapq.heappop(frontier)
+            neg_score, _, _, number, place, use, host = heapq.heappop(frontier)
             yield use, -neg_score, host
             _push(frontier, buckets, number, place + 1, hosts, resource, asked, overcommit)
 
@@ -111,13 +112,13 @@ def _push(frontier, buckets, number, place, hosts, resource, asked, overcommit):
     """Queue bucket `number`'s host at `place` under its exact ranking key."""
     entries = buckets[number].entries
     if place < len(entries):
-        host = hosts[entries[place][1]]
+        host = hosts[entries[place][2]]
         use = _use(host, resource, asked, overcommit)
-        heapq.heappush(frontier, (-(1.0 - use), host.id, number, place, use, host))
+        heapq.heappush(frontier, (-(1.0 - use), host.tie, host.id, number, place, use, host))
 
 
 class _Bucket:
-    """Hosts of one size, sorted by (use, host id)."""
+    """Hosts of one size, sorted by (use, tie, host id)."""
     __slots__ = ("entries",)
 
     def __init__(self):

@@ -44,6 +44,7 @@ class HostView:
     used_vcpus: int        # sums over VMs placed or claimed on the host
     used_memory_mib: int
     numa_nodes: tuple = ()  # NumaNode per node, as the agent reports them; () unknown
+    tie: str = ""          # hosts of equal score are taken in (tie, id) order
 
 
 @dataclass(frozen=True, slots=True)
@@ -242,7 +243,7 @@ def place(request, snapshot, policy=Policy()):
             outside = {host_id: everywhere + reasons for host_id, reasons in outside.items()}
         outside.update(rejected)
         rejected = outside
-    ranked.sort(key=lambda c: (-c.score, c.host_id))
+    ranked.sort(key=lambda c: _rank(c, index))
     return Placement(tuple(ranked), rejected)
 
 
@@ -272,8 +273,8 @@ def choose(request, snapshot, policy=Policy()):
             best = _better(best, index.hosts[host_id], judge)
     limit = (1.0 if judge.limit is None else judge.limit) + MARGIN
     for use, score, host in stream:
-        if best is not None and (-(score + judge.max_bonus), host.id) > (-best.score,
-                                                                         best.host_id):
+        if best is not None and (-(score + judge.max_bonus), host.tie, host.id) > _rank(
+                best, index):
             break
         if use > limit:   # over capacity or the enforced limit, and every later host too
             break
@@ -300,10 +301,15 @@ def _stream(judge, index, policy):
 
 def _better(best, host, judge):
     reasons, candidate = judge(host)
-    if reasons or (best is not None and (-candidate.score, host.id) > (-best.score,
-                                                                       best.host_id)):
+    if reasons or (best is not None and (-candidate.score, host.tie, host.id) > _rank(
+            best, judge.index)):
         return best
     return candidate
+
+
+def _rank(candidate, index):
+    """The ranking order: best score first, equal scores in their hosts' (tie, id) order."""
+    return -candidate.score, index.hosts[candidate.host_id].tie, candidate.host_id
 
 
 class _Judge:
