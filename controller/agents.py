@@ -10,32 +10,42 @@ leaves it unknown, and the caller must ask again rather than assume.
 """
 
 import json as _json
+import math
 import ssl
 from urllib.parse import urlencode
 
 import urllib3
 from urllib3.exceptions import ConnectTimeoutError, HTTPError, SSLError
 
+from hostplane.config import ConfigError
 from hostplane.errors import ApiError, DependencyDown
 
 NOT_MODIFIED = object()
-# A VM operation's agent call (define, start, unplug) may wait this many poll timeouts.
+# A VM operation's agent call (define, start, unplug) may wait this many poll timeouts,
+# unless `[agents] operation_timeout_s` says how long.
 OPERATION_TIMEOUTS = 6
 
 
 class Agents:
     """Every way the controller reaches an agent, with one timeout policy: a read (a poll,
     the health asked at registration) or a network push waits `[poll] timeout_s`; a VM
-    operation waits `OPERATION_TIMEOUTS` times that. All share one keep-alive pool (a poll
+    operation waits `[agents] operation_timeout_s`, or `OPERATION_TIMEOUTS` times the
+    poll's (a VFIO start pins all guest memory first: minutes for a large VM on a big
+    host, and a VM in a nested lab is slow to define). All share one keep-alive pool (a poll
     cycle reuses connections), verified against `[agents] ca`, or the system's trust
     store without one; the environment's proxies and CA variables are not consulted.
 
     urllib3 directly, not requests: an agent call is a create's third largest cost, and
     requests' session layer (environment merging, request preparation) nearly doubled it."""
 
-    def __init__(self, poll_config, ca=""):
+    def __init__(self, poll_config, ca="", operation_timeout_s=0.0):
         self.timeout_s = float(poll_config["timeout_s"])
-        self.operation_s = OPERATION_TIMEOUTS * self.timeout_s
+        if isinstance(operation_timeout_s, bool) or not isinstance(
+                operation_timeout_s, (int, float)) or not 0 <= operation_timeout_s < math.inf:
+            raise ConfigError("[agents] operation_timeout_s must be a number of seconds, "
+                              f"0 for {OPERATION_TIMEOUTS} x [poll] timeout_s; "
+                              f"not {operation_timeout_s!r}")
+        self.operation_s = float(operation_timeout_s) or OPERATION_TIMEOUTS * self.timeout_s
         connections = int(poll_config["concurrency"])
         self.pool = urllib3.PoolManager(num_pools=connections * 4, maxsize=connections,
                                         cert_reqs="CERT_REQUIRED", ca_certs=ca or None,

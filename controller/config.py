@@ -16,7 +16,7 @@ DEFAULTS = {
                "metrics_token": False,  # nosec B105 - a switch, not a token
                "tls_cert": "", "tls_key": "", "require_tls": False, "require_agent_tls": False},
     "tenants": {},
-    "agents": {"ca": ""},
+    "agents": {"ca": "", "operation_timeout_s": 0.0},   # 0: 6 x [poll] timeout_s
     "database": {"url": "sqlite:////var/lib/hostplane/controller.db", "pool_size": 5,
                  "busy_timeout_s": 30.0, "connect_timeout_s": 5},
     "poll": {"interval_s": 10, "timeout_s": 5, "max_failures": 3, "concurrency": 32,

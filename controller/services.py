@@ -19,7 +19,8 @@ class Controller:
         self.policy = policy_from(config)
         self.strategy = strategy_from(config)   # for requests that name none
         order_ties(tie_break_from(config))
-        self.agents = Agents(config["poll"], config["agents"]["ca"])
+        agents = config["agents"]
+        self.agents = Agents(config["poll"], agents["ca"], agents["operation_timeout_s"])
         self.poller = Poller(self.db, config["poll"], self.agents)
 
     def agent(self, host):

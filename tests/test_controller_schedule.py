@@ -344,3 +344,22 @@ def test_equal_hosts_in_id_order_with_tie_break_host_id_and_a_bad_value_refused(
             agent.stop()
         app.extensions["hostplane_controller"].close()
         Controller(controller_config(tmp_path))   # this process back to the default
+
+
+def test_a_vm_operations_agent_wait_is_its_own_setting(tmp_path):
+    """`[agents] operation_timeout_s` is how long a create, start or unplug waits for its
+    agent (and so when a silent create is asked about again); 0 keeps six poll timeouts;
+    anything but a number of seconds stops the controller."""
+    from controller.services import Controller
+    from hostplane.config import ConfigError
+    from tests.test_controller_support import controller_config
+    for agents, expected in (({}, 12.0), ({"operation_timeout_s": 90}, 90.0)):
+        controller = Controller(controller_config(tmp_path, agents=agents))   # poll: 2 s
+        try:
+            assert controller.agent_call_s() == expected
+            assert controller.poller.create_grace_s == expected + 10
+        finally:
+            controller.close()
+    for bad in (-1, "soon", True, float("nan"), float("inf")):
+        with pytest.raises(ConfigError, match=r"\[agents\] operation_timeout_s must be"):
+            Controller(controller_config(tmp_path, agents={"operation_timeout_s": bad}))

@@ -173,8 +173,8 @@ def test_a_tenant_never_reads_the_name_of_a_vm_that_is_not_its_own(world):
         client.patch(f"/v1/devices/host-a/{device}", headers=ADMIN, json={"shared": True})
     try:
         made = client.post("/v1/vms", headers=ADMIN, json={
-            "name": "secret-admin-vm", "vcpus": 1, "memory_mib": 64, "start": False,
-            "gpus": [{"id": "0000:3b:00.0"}]})
+            "name": "secret-admin-vm", "host": "host-a", "vcpus": 1, "memory_mib": 64,
+            "start": False, "gpus": [{"id": "0000:3b:00.0"}]})
         assert made.status_code == 201, made.get_json()
         ask = {"name": "t-vm", "vcpus": 1, "memory_mib": 64, "gpus": [{"id": "0000:3b:00.0"}]}
         explained = client.post("/v1/schedule/explain", headers=TENANT, json=ask)

@@ -215,6 +215,9 @@ def lab_vars(controller, wheelhouse, credentials):
         "hostplane_wheelhouse": wheelhouse,
         "hostplane_credentials_dir": credentials,
         "hostplane_agent_cluster": CLUSTER,
+        # A VM defined and started inside an emulated node (TCG, with VFIO and NUMA
+        # pinning) took 9-30 s in CI, against the default 30 s a VM operation may take.
+        "hostplane_controller_operation_timeout_s": 90,
     }
 
 
