@@ -227,3 +227,61 @@ def test_a_device_taken_without_a_revision_bump_is_never_claimed_twice(two_contr
         holder = session.execute(select(Device.vm).where(
             Device.host_id == "host-b", Device.id == "0000:3b:00.0")).scalar_one()
     assert holder == "elsewhere"
+
+
+class _SettleAfterApply:
+    """The snapshot, forwarding everything; once a refresh has applied what it read and let
+    go of the cache's lock, `hook` runs (a create settling on another thread just then)."""
+
+    def __init__(self, real, lock, hook):
+        self.__dict__.update(_real=real, _lock=lock, _hook=hook, _applied=False)
+
+    def apply(self, changes):
+        self.__dict__["_applied"] = True
+        return self._real.apply(changes)
+
+    def __getattr__(self, name):
+        if self._applied and self._hook is not None and not self._lock.locked():
+            hook, self.__dict__["_hook"] = self._hook, None
+            hook()
+        return getattr(self._real, name)
+
+
+def test_a_create_settling_while_a_refresh_swaps_its_host_in_is_counted_once(
+        two_controllers):
+    """A refresh reads a host whose revision moved because a create of this process
+    committed there, while that create is still held (so it is assumed again on the rows
+    that already hold it); the create settles just after the refresh has swapped the rows
+    in, before the refresh records their revision. The settle must not take the host as
+    'exactly as assumed, one revision on': that would label a part counting the VM twice
+    with the database's revision, which no refresh reads again and a claim takes as read."""
+    import time
+    import uuid
+    from controller.claims import claim_on
+    (one, _), apps = two_controllers
+    controller = apps[0].extensions["hostplane_controller"]
+    db = controller.db
+    explain(one, gpus=[A10])
+    held = cache(apps[0])
+    request = PlacementRequest("racing", 2, 256, host="host-b")
+    assert held.place(request, controller.policy, every_host=False,
+                      hold=True).chosen.host_id == "host-b"
+    new_vm = {"name": "racing", "tenant": None, "vcpus": 2, "memory_mib": 256,
+              "anti_affinity_group": None, "spec": {"networks": [], "start": False},
+              "op_id": uuid.uuid4().hex, "op_since": time.time()}
+    claimed = db.transaction(lambda session: claim_on(
+        session, db, request, controller.policy, "host-b", new_vm, held.as_read("host-b")))
+    real = held.snapshot
+    held.snapshot = _SettleAfterApply(real, held.lock,
+                                      lambda: held.settled(request, claimed))
+    try:
+        held.refresh()
+    finally:
+        held.snapshot = real
+    if held.held:   # no such window (the revisions recorded with the rows): just after
+        held.settled(request, claimed)
+    explain(one)   # the next placement's refresh
+    revision, (host, devices, vms) = held.as_read("host-b")
+    now, part = _as_database_has(apps[0], "host-b")
+    assert [vm.name for vm in vms].count("racing") == 1
+    assert (revision, (host, list(devices), _stateless(vms))) == (now, part)
