@@ -202,7 +202,7 @@ class SnapshotCache:
                 self.snapshot = fresh
                 self.unassumed = {}
                 self._assume(self.held.values())
-            self.revisions = current
+                self.revisions = current   # with the rows: a settle compares the two
             self.reloads["full"] += 1
             if len(current) >= FREEZE_FROM_HOSTS:
                 gc.collect()
@@ -218,10 +218,12 @@ class SnapshotCache:
             for host_id in changes:
                 self.unassumed.pop(host_id, None)
             self._assume([held for held in self.held.values() if held[1].host_id in changes])
-        for host_id in changed:
-            if host_id not in self.snapshot.index.hosts:
-                del current[host_id]   # gone before its rows were read: try again next time
-        self.revisions = current
+            for host_id in changed:
+                if host_id not in self.snapshot.index.hosts:
+                    del current[host_id]   # gone before its rows were read: try again
+            # under the lock with the rows it labels: a settle in between would take the
+            # new rows (which hold its claim already) as the old revision's, plus its claim
+            self.revisions = current
         self.reloads["hosts"] += len(changes)
 
 
