@@ -37,6 +37,9 @@ BOOT_TIMEOUT = 600
 SSH_OPTS = ["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
             "-o", "LogLevel=ERROR", "-o", "BatchMode=yes",
             "-o", "ConnectTimeout=10"]
+# What ssh says (exit 255) when it never reached the node's sshd, so nothing ran there.
+SSH_NOT_CONNECTED = ("Connection timed out", "Connection refused", "banner exchange",
+                     "kex_exchange_identification", "No route to host")
 
 
 def log(msg):
@@ -212,7 +215,7 @@ class Lab:
         while time.monotonic() - t0 < timeout:
             if not _alive(nd["pid"]):
                 raise RuntimeError(f"node{n} qemu exited; see {nd['dir']}")
-            r = self.ssh(n, "true", check=False, timeout=30)
+            r = self.ssh(n, "true", check=False, timeout=30, attempts=1)   # it loops itself
             if r.returncode == 0:
                 boot = time.time() - nd["started"]
                 log(f"node{n}: SSH up {boot:.1f}s after qemu start")
@@ -251,12 +254,27 @@ class Lab:
         return ["ssh", "-i", nd["key"], "-p", str(nd["ssh_port"])] + \
             SSH_OPTS + ["root@127.0.0.1"]
 
-    def ssh(self, n, cmd, check=True, timeout=300, text=True):
-        """Run cmd (string for the remote shell, or argv list) on node n."""
+    def ssh(self, n, cmd, check=True, timeout=300, text=True, attempts=3):
+        """Run cmd (string for the remote shell, or argv list) on node n.
+
+        An ssh that never reached the node's sshd is tried again: the command did not
+        run. A node busy starting a nested VM (TCG) has answered slower than
+        ConnectTimeout in CI, right after the VM's create."""
         if not isinstance(cmd, str):
             cmd = shlex.join(cmd)
-        return subprocess.run(self.ssh_argv(n) + [cmd], capture_output=True,
-                              text=text, check=check, timeout=timeout)
+        argv = self.ssh_argv(n) + [cmd]
+        for attempt in range(1, attempts + 1):
+            done = subprocess.run(argv, capture_output=True, text=text, timeout=timeout)
+            stderr = done.stderr if text else done.stderr.decode(errors="replace")
+            if not (done.returncode == 255 and attempt < attempts
+                    and any(sign in stderr for sign in SSH_NOT_CONNECTED)):
+                break
+            log(f"node{n}: ssh did not connect ({stderr.strip()[:200]}); again")
+            time.sleep(3 * attempt)
+        if check and done.returncode != 0:
+            raise RuntimeError(f"ssh node{n} {cmd!r}: exit {done.returncode}: "
+                               f"{stderr.strip()[-1000:]}")
+        return done
 
     def fetch(self, n, remote, local):
         """Copy a file out of node n (over ssh cat)."""
