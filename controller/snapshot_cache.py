@@ -184,8 +184,9 @@ class SnapshotCache:
         changes = {}
         for request, chosen in claims:
             part = changes.get(chosen.host_id) or self.snapshot.index.parts.get(chosen.host_id)
-            if part is not None:
-                self.unassumed.setdefault(chosen.host_id, self.snapshot.index.parts[chosen.host_id])
+            if part is not None:   # as read, before the first claim assumed on it
+                self.unassumed.setdefault(chosen.host_id,
+                                          self.snapshot.index.parts[chosen.host_id])
                 changes[chosen.host_id] = assumed(part, request, chosen)
         if changes:
             self.snapshot.apply(changes)

@@ -301,8 +301,8 @@ def _stream(judge, index, policy):
 
 def _better(best, host, judge):
     reasons, candidate = judge(host)
-    if reasons or (best is not None and (-candidate.score, host.tie, host.id) > _rank(
-            best, judge.index)):
+    if reasons or (best is not None and _rank(candidate, judge.index) > _rank(best,
+                                                                             judge.index)):
         return best
     return candidate
 
